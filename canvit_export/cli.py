@@ -1,0 +1,153 @@
+"""canvit-export: the command line. Each target is one command; every error is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from canvit_export.errors import ExportError
+
+EXIT_BAD_INPUT = 2
+EXIT_PARITY_FAILED = 1
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn ExportError (and ValueError from the runtime layer) into `error: <message>` and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ExportError, ValueError) as error:
+            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+    return wrapper
+
+
+def weight_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--model / --revision / --random-weights / --backbone / --seed (source.load)."""
+    for option in reversed([
+        click.option("--model", "model", default=None, metavar="ID|DIR",
+                     help="Hugging Face Hub id or local canvit-pytorch checkpoint folder "
+                          "[default: the released CanViT-B, canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02]."),
+        click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
+        click.option("--random-weights", is_flag=True, help="Seeded random weights of the exact architecture (offline)."),
+        click.option("--backbone", type=click.Choice(["vitb16", "vits16"]), default="vitb16", show_default=True,
+                     help="Backbone for --random-weights."),
+        click.option("--seed", "weight_seed", type=int, default=0, show_default=True, help="Seed for --random-weights."),
+    ]):
+        command = option(command)
+    return command
+
+
+def load_weights(model: str | None, revision: str | None, random_weights: bool, backbone: str, weight_seed: int):
+    from canvit_export import source
+    from canvit_export.progress import console
+
+    with console.status("loading weights"):
+        return source.load(model, random_weights=random_weights, backbone=backbone, seed=weight_seed,
+                           revision=revision)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="canvit-export")
+def main() -> None:
+    """Export CanViT's glimpse step (scene, state, viewpoint) -> state' and prove it matches canvit-pytorch."""
+
+
+@main.command()
+@weight_options
+@click.option("--canvas", "canvas_grid", type=int, default=32, show_default=True, help="Canvas grid G (G x G tokens).")
+@click.option("--glimpse", "glimpse_px", type=int, default=128, show_default=True, help="Glimpse size in px.")
+@click.option("--scene", "scene_px", type=int, default=512, show_default=True, help="Scene size in px (square).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--glimpse-output", is_flag=True, help="Also output the sampled glimpse [B, 3, g, g].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-fp32].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@one_line_errors
+def onnx(model, revision, random_weights, backbone, weight_seed, canvas_grid, glimpse_px, scene_px, batch, opset,
+         glimpse_output, out, force) -> None:
+    """Export the glimpse step as DIR/step.onnx + DIR/manifest.json (+ initial_state.bin)."""
+    from canvit_export.export.artifact import Geometry, default_out_dir
+    from canvit_export.export.onnx import export_onnx
+    from canvit_export.progress import console
+
+    geometry = Geometry(batch=batch, scene_px=scene_px, glimpse_px=glimpse_px, canvas_grid=canvas_grid)
+    if out is not None and out.exists() and not force:  # before loading anything
+        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+    loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
+    out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, "fp32", "onnx")
+    manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output)
+    size = manifest["files"]["graph"]["bytes"]
+    console.print(f"wrote {out}: step.onnx {size / 1e6:.1f} MB, {manifest['artifact']['nodes']} nodes, opset {opset}, "
+                  f"{manifest['export_seconds']:.1f} s")
+
+
+@main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (with manifest.json).")
+@click.option("--runtime", default="onnxruntime", show_default=True, help="Runtime to check: onnxruntime.")
+@weight_options
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="Photograph to roll out on [default: skimage.data.astronaut()].")
+@click.option("--policy", default="c2f", show_default=True,
+              help="Viewpoints: full, c2f, f-iid, r-iid, or a viewpoints JSON file.")
+@click.option("--glimpses", type=int, default=21, show_default=True)
+@click.option("--policy-seed", "seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
+@click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              help="JSON report path [default: <artifact>/parity-<runtime>.json].")
+@one_line_errors
+def parity(artifact, runtime, model, revision, random_weights, backbone, weight_seed, image, policy, glimpses, seed,
+           threads, report_path) -> None:
+    """Roll out an artifact on a runtime and canvit-pytorch (fp32, CPU) side by side; exit 1 past tolerance.
+
+    The reference weights are those the manifest names; --model or --random-weights override them.
+    """
+    from canvit_export.parity import parity_command, print_report
+    from canvit_export.progress import console
+
+    loaded = None
+    if model is not None or random_weights:
+        loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
+    report = parity_command(artifact=artifact, runtime=runtime, loaded=loaded, image=image, policy=policy,
+                            glimpses=glimpses, seed=seed, threads=threads, report_path=report_path)
+    print_report(report)
+    console.print(f"report: {report['report_path']}")
+    if not report["passed"]:
+        sys.exit(EXIT_PARITY_FAILED)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the artifact's files.")
+@one_line_errors
+def info(artifact, no_verify) -> None:
+    """Print an artifact's manifest summary (and verify its checksums)."""
+    from canvit_runtime.manifest import load_manifest
+
+    manifest = load_manifest(artifact, verify=not no_verify)
+    data = manifest.data
+    summary = {k: data[k] for k in ("artifact", "model", "geometry", "precision")}
+    summary["inputs"] = data["inputs"]
+    summary["outputs"] = data["outputs"]
+    summary["files"] = {k: {"bytes": v["bytes"], "sha256": v["sha256"][:16] + "..."} for k, v in data["files"].items()}
+    click.echo(json.dumps(summary, indent=1))
+    if not no_verify:
+        click.echo("checksums: OK", err=True)
+
+
+if __name__ == "__main__":
+    main()

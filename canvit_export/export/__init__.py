@@ -1,0 +1,1 @@
+"""One module per export target: onnx (this issue's), and later tensorrt, openvino, coreml."""

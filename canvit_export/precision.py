@@ -1,0 +1,146 @@
+"""The precision rule, and the audit that proves an ONNX graph keeps it.
+
+The rule (paper App. D.3; DESIGN.md, Contracts): whatever the compute precision, these stay float32:
+- the state I/O (`canvas`, `recurrent_cls`, `canvas_next`, `recurrent_cls_next`) and the scene and viewpoint inputs;
+- the canvas residual stream: `canvas`, every `canvas + write(...)` sum up to `canvas_next`, and each update as it
+  is added;
+- scene coordinates, RoPE angles/sin/cos and the VPE: every tensor computed from `centers`/`scales` alone
+  (the coordinate region below), and every Sin, Cos, Log and GridSample input and output;
+- LayerNorm statistics of the canvas (LayerNormalization on a canvas-stream tensor: float32 input, stash_type 1).
+
+`audit_onnx` walks the graph and lists every tensor that breaks the rule; an empty list is a pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import TensorProto
+
+COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16")
+FORBIDDEN_OPS = ("ScatterND",)
+"""Ops the exported step must not contain: ScatterND (slice assignment) is slow or unsupported on edge runtimes."""
+STATE_IO = ("canvas", "recurrent_cls", "canvas_next", "recurrent_cls_next")
+COORDINATE_INPUTS = ("centers", "scales")
+FLOAT32_OPS = ("Sin", "Cos", "Log", "GridSample")
+DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
+               TensorProto.DOUBLE: "float64", TensorProto.INT64: "int64", TensorProto.INT32: "int32",
+               TensorProto.BOOL: "bool", TensorProto.INT8: "int8", TensorProto.UINT8: "uint8"}
+NARROW = {TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT8, TensorProto.UINT8,
+          TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
+
+
+@dataclass
+class AuditReport:
+    """What audit_onnx checked and what broke the rule (`violations`, one line each; empty is a pass)."""
+
+    canvas_stream: list[str] = field(default_factory=list)
+    coordinate_tensors: int = 0
+    float32_op_tensors: int = 0
+    op_counts: dict[str, int] = field(default_factory=dict)
+    tensor_dtypes: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type (TensorProto enum) of every named tensor: inputs, outputs, initializers, inferred values."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    graph = inferred.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def _dtype(types: dict[str, int], name: str) -> str:
+    return DTYPE_NAMES.get(types.get(name, 0), f"type {types.get(name, 'unknown')}")
+
+
+def audit_onnx(model: onnx.ModelProto) -> AuditReport:
+    """Check the precision rule and the forbidden ops on an exported step graph (see the module docstring)."""
+    graph = model.graph
+    types = tensor_types(model)
+    report = AuditReport()
+    counts: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        counts[node.op_type] += 1
+    report.op_counts = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    report.tensor_dtypes = {DTYPE_NAMES.get(t, str(t)): 0 for t in set(types.values())}
+    for t in types.values():
+        report.tensor_dtypes[DTYPE_NAMES.get(t, str(t))] += 1
+    bad = report.violations
+
+    for op in FORBIDDEN_OPS:
+        if counts.get(op):
+            bad.append(f"{counts[op]} {op} node(s): the step must be built without slice assignment")
+
+    io_names = {v.name for v in (*graph.input, *graph.output)}
+    for name in (*STATE_IO, *COORDINATE_INPUTS, "scene"):
+        if name in io_names and types.get(name) != TensorProto.FLOAT:
+            bad.append(f"graph I/O {name} is {_dtype(types, name)}, must be float32")
+
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+
+    # The canvas residual stream: canvas -> Add -> ... -> canvas_next (Identity/Reshape-free by construction).
+    stream = ["canvas"]
+    while stream[-1] != "canvas_next":
+        adds = [n for n in consumers[stream[-1]] if n.op_type == "Add"]
+        if len(adds) != 1:
+            bad.append(f"canvas stream breaks after {stream[-1]}: {len(adds)} Add consumers, expected 1")
+            break
+        add = adds[0]
+        update = add.input[1] if add.input[0] == stream[-1] else add.input[0]
+        if types.get(update) != TensorProto.FLOAT:
+            bad.append(f"canvas update {update} is added as {_dtype(types, update)}, must be float32")
+        stream.append(add.output[0])
+        if len(stream) > len(graph.node):
+            bad.append("canvas stream does not reach canvas_next")
+            break
+    report.canvas_stream = stream
+    for name in stream:
+        if types.get(name) != TensorProto.FLOAT:
+            bad.append(f"canvas stream tensor {name} is {_dtype(types, name)}, must be float32")
+        for node in consumers[name]:
+            if node.op_type == "LayerNormalization":
+                stash = next((a.i for a in node.attribute if a.name == "stash_type"), 1)
+                if stash != 1:
+                    bad.append(f"LayerNormalization {node.name} on the canvas has stash_type {stash}, must be 1 (float32)")
+
+    # The coordinate region: tensors computed from centers/scales (and constants) alone. It ends at Cast nodes
+    # (a deliberate hand-over, e.g. the VPE token entering a narrower backbone stream) and at nodes that also
+    # read a tensor from outside the region (e.g. RoPE multiplying query features).
+    initializers = {init.name for init in graph.initializer}
+    region = set(COORDINATE_INPUTS) & io_names
+    for node in graph.node:  # nodes are topologically sorted
+        data_inputs = [name for name in node.input if name and name not in initializers and types.get(name) is not None]
+        if node.op_type in ("Constant", "Cast") or not data_inputs:
+            continue
+        if all(name in region for name in data_inputs):
+            region.update(out for out in node.output if out)
+    report.coordinate_tensors = len(region)
+    for name in sorted(region):
+        if types.get(name) in NARROW:
+            bad.append(f"coordinate/RoPE/VPE tensor {name} is {_dtype(types, name)}, must be float32")
+
+    for node in graph.node:
+        if node.op_type in FLOAT32_OPS:
+            for name in (*node.input, *node.output):
+                report.float32_op_tensors += 1
+                if types.get(name) in NARROW:
+                    bad.append(f"{node.op_type} tensor {name} is {_dtype(types, name)}, must be float32")
+    return report

@@ -1,0 +1,185 @@
+"""Where CanViT's weights come from: a Hugging Face Hub id, a local checkpoint folder, or seeded random weights.
+
+Every real checkpoint is loaded by canvit-pytorch (`CanViTForPretraining.from_pretrained`, or
+`CanViTForImageClassification.from_pretrained` for a classifier checkpoint), never by hand. Each source yields the
+`CanViT` module plus a JSON record for the manifest, from which `parity` rebuilds the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from canvit_pytorch import CanViT, CanViTConfig, CanViTForImageClassification, CanViTForPretraining
+from canvit_pytorch.hub.repos import FLAGSHIP, RELEASED_CANVAS_GRID_SIZE
+from canvit_pytorch.model.backbone.vit import LayerScale
+
+from canvit_export.errors import ExportError
+
+DEFAULT_MODEL = FLAGSHIP
+"""canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02, the paper's CanViT-B."""
+BACKBONES = ("vitb16", "vits16")
+RANDOM_LAYERSCALE_STD = 0.3
+"""Std of the random LayerScale gammas. canvit-pytorch initializes them at 1e-5, which makes every ViT block
+nearly an identity; trained-like magnitudes make random weights exercise the model (DESIGN.md, Contracts)."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FIX = "pass --model DIR (a checkpoint folder written by canvit-pytorch's save_pretrained) or --random-weights"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The CanViT module in eval mode (float32, CPU) and the manifest's record of where its weights came from."""
+
+    canvit: CanViT
+    record: dict[str, Any]
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order): proves two loads equal."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def random_model(backbone: str, seed: int) -> CanViT:
+    """CanViT of the exact released architecture (CanViTConfig defaults) on `backbone`, with seeded random weights.
+
+    torch.manual_seed(seed) before construction; then every LayerScale gamma ~ N(0, RANDOM_LAYERSCALE_STD) from a
+    generator seeded with `seed`. Deterministic for a given torch version.
+    """
+    if backbone not in BACKBONES:
+        raise ExportError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
+    torch.manual_seed(seed)
+    config = CanViTConfig(backbone_name=backbone)  # type: ignore[arg-type]
+    model = CanViTForPretraining(canvit_config=config, teacher_dim=config.backbone_spec.embed_dim,
+                                 teacher_patch_grid=RELEASED_CANVAS_GRID_SIZE)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.canvit.modules():
+            if isinstance(module, LayerScale):
+                module.gamma.normal_(0.0, RANDOM_LAYERSCALE_STD, generator=generator)
+    return model.canvit
+
+
+def _checkpoint_class(directory: Path) -> type[CanViTForPretraining] | type[CanViTForImageClassification]:
+    """The canvit-pytorch class whose save_pretrained wrote this folder, from its config.json keys."""
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    if not (config_path.is_file() and weights_path.is_file()):
+        raise ExportError(f"{directory} holds no config.json + model.safetensors, so it is no canvit-pytorch "
+                          f"checkpoint: {FIX}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{config_path} is not valid JSON ({error.msg}): {FIX}") from error
+    if not isinstance(config, dict) or "canvit_config" not in config:
+        raise ExportError(f"{config_path} is not a canvit-pytorch 0.2 checkpoint config (no canvit_config; 0.1 "
+                          f"checkpoints convert with `python -m canvit_pytorch.legacy SRC DST`): {FIX}")
+    return CanViTForImageClassification if "n_classes" in config else CanViTForPretraining
+
+
+def _from_pretrained(cls: type, location: str, **kwargs: Any) -> CanViT:
+    try:
+        model = cls.from_pretrained(location, **kwargs)
+    except ExportError:
+        raise
+    except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"{location}: canvit-pytorch cannot load this checkpoint ({first_line[:200]}): {FIX}") from error
+    return model.canvit
+
+
+def _files_sha256(directory: Path) -> dict[str, str]:
+    from canvit_runtime.manifest import sha256_file
+
+    return {name: sha256_file(directory / name) for name in ("config.json", "model.safetensors")}
+
+
+def load_checkpoint_dir(directory: Path) -> LoadedModel:
+    """A local checkpoint folder in canvit-pytorch's format (config.json + model.safetensors)."""
+    cls = _checkpoint_class(directory)
+    canvit = _from_pretrained(cls, str(directory))
+    record = {"kind": "checkpoint", "path": str(directory.resolve()), "class": cls.__name__,
+              "sha256": _files_sha256(directory)}
+    return LoadedModel(canvit=canvit.eval(), record=record)
+
+
+def load_hub(repo: str, revision: str | None = None) -> LoadedModel:
+    """A Hub repo: snapshot config.json + model.safetensors (cached), then load that folder through canvit-pytorch.
+
+    Raises ExportError when the Hub cannot be reached and the files are not cached.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "model.safetensors"]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ExportError(f"cannot fetch {repo} from the Hugging Face Hub ({reason}): {FIX}") from error
+    cls = _checkpoint_class(snapshot)
+    canvit = _from_pretrained(cls, str(snapshot))
+    # Hub snapshots live in .../snapshots/<commit sha>/: the folder name is the resolved revision.
+    record = {"kind": "hub", "repo": repo, "revision": snapshot.name, "class": cls.__name__,
+              "sha256": _files_sha256(snapshot)}
+    return LoadedModel(canvit=canvit.eval(), record=record)
+
+
+def load_random(backbone: str, seed: int) -> LoadedModel:
+    """Seeded random weights of the exact architecture (random_model)."""
+    record = {"kind": "random", "backbone": backbone, "seed": seed, "layerscale_std": RANDOM_LAYERSCALE_STD,
+              "torch": torch.__version__}
+    return LoadedModel(canvit=random_model(backbone, seed).eval(), record=record)
+
+
+SourceKind = Literal["hub", "checkpoint", "random"]
+
+
+def load(model: str | None, *, random_weights: bool, backbone: str = "vitb16", seed: int = 0,
+         revision: str | None = None) -> LoadedModel:
+    """Resolve --model / --random-weights to weights: an existing folder is a checkpoint, an `org/name` is a Hub
+    id, None is the released flagship. Raises ExportError naming the fix for anything else."""
+    if random_weights:
+        if model is not None:
+            raise ExportError("--model and --random-weights exclude each other: pass one")
+        loaded = load_random(backbone, seed)
+    elif model is None:
+        loaded = load_hub(DEFAULT_MODEL, revision)
+    elif Path(model).exists():
+        if not Path(model).is_dir():
+            raise ExportError(f"{model} is a file, not a checkpoint folder: {FIX}")
+        loaded = load_checkpoint_dir(Path(model))
+    elif HUB_ID.match(model):
+        loaded = load_hub(model, revision)
+    else:
+        raise ExportError(f"{model}: no such checkpoint folder, and not a Hub id (org/name): {FIX}")
+    loaded.record["weights_fingerprint"] = weights_fingerprint(loaded.canvit)
+    return loaded
+
+
+def load_from_record(record: dict[str, Any]) -> LoadedModel:
+    """Rebuild the weights a manifest's model record names (for parity), and check their fingerprint.
+
+    Raises ExportError when the weights cannot be had or differ from the exported ones.
+    """
+    kind = record.get("kind")
+    if kind == "random":
+        loaded = load_random(record["backbone"], int(record["seed"]))
+    elif kind == "checkpoint":
+        loaded = load_checkpoint_dir(Path(record["path"]))
+    elif kind == "hub":
+        loaded = load_hub(record["repo"], record.get("revision"))
+    else:
+        raise ExportError(f"the manifest's weight source {kind!r} is unknown: pass --model DIR or --random-weights")
+    loaded.record["weights_fingerprint"] = weights_fingerprint(loaded.canvit)
+    if loaded.record["weights_fingerprint"] != record.get("weights_fingerprint"):
+        raise ExportError("the reference weights differ from those exported (fingerprint mismatch; another torch "
+                          "version draws other random weights): pass the exported weights with --model")
+    return loaded

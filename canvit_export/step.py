@@ -1,0 +1,205 @@
+"""One CanViT glimpse as a module on plain tensors, written for export: `(scene, state, viewpoint) -> state'`.
+
+It computes exactly `CanViT.forward` (canvit-pytorch model/canvit.py) after `sample_at_viewpoint`, on the reference
+modules' own parameters, with three export-minded changes that leave the arithmetic as it is:
+
+- SR-RoPE rotation (canvit-pytorch `apply_2d_rope`) writes into slices of an empty tensor, which exports as
+  ScatterND; `rotate` builds the same result with Slice/Concat.
+- The canvas grid's RoPE depends only on the canvas size, so its sin/cos are computed once here (float32,
+  `compute_2d_rope` on `grid_coords`) and become graph constants.
+- LayerNorm stays `nn.LayerNorm`, which exports as a single LayerNormalization op (opset >= 17).
+
+Precision (paper App. D.3): scene coordinates, RoPE angles/sin/cos, the VPE and the canvas residual stream are
+float32 whatever `compute_dtype` is; with a narrower compute dtype, only the inputs of matmuls, the patch
+embedding and attention are cast down, and Canvas Write updates are cast back to float32 before the residual add.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from canvit_pytorch import CanViT, Viewpoint, sample_at_viewpoint
+from canvit_pytorch.model.attention.base import CanvasAttention, from_multihead, to_multihead
+from canvit_pytorch.model.backbone.vit import SelfAttention, ViTBlock
+from canvit_pytorch.model.rope import RoPE, compute_2d_rope, make_rope_periods
+from canvit_pytorch.viewpoint import grid_coords, viewpoint_grid_coords
+from torch import Tensor, nn
+
+INPUT_NAMES = ("scene", "canvas", "recurrent_cls", "centers", "scales")
+STATE_OUTPUT_NAMES = ("canvas_next", "recurrent_cls_next")
+GLIMPSE_OUTPUT_NAME = "glimpse"
+
+
+class StepInputs(NamedTuple):
+    """The step's inputs, all float32.
+
+    scene [B, 3, S, S] ImageNet-normalized; canvas [B, R + G*G, Dc]; recurrent_cls [B, 1, Db];
+    centers [B, 2] (row, col) in scene coordinates [-1, 1]; scales [B] in (0, 1].
+    """
+
+    scene: Tensor
+    canvas: Tensor
+    recurrent_cls: Tensor
+    centers: Tensor
+    scales: Tensor
+
+
+def rotate(x: Tensor, rope: RoPE) -> Tensor:
+    """SR-RoPE on the last N tokens of [B, heads, N_total, head_dim]; the earlier (prefix) tokens pass through.
+
+    Same arithmetic as canvit-pytorch `apply_2d_rope` (rotation in float32, result in x's dtype), assembled with
+    Slice/Concat instead of slice assignment. rope.sin/cos: [B or 1, 1, N, head_dim] float32.
+    """
+    assert x.ndim == 4, x.shape
+    assert rope.sin.dtype == torch.float32, rope.sin.dtype
+    n_prefix = x.shape[2] - rope.sin.shape[2]
+    assert n_prefix >= 0, f"RoPE covers {rope.sin.shape[2]} tokens, input has {x.shape[2]}"
+    half = x.shape[3] // 2
+    tail = x[:, :, n_prefix:].float()
+    swapped = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)
+    rotated = (tail * rope.cos + swapped * rope.sin).to(x.dtype)
+    return torch.cat([x[:, :, :n_prefix], rotated], dim=2) if n_prefix else rotated
+
+
+class GlimpseStep(nn.Module):
+    """CanViT's glimpse step on plain tensors; see the module docstring.
+
+    forward(scene, canvas, recurrent_cls, centers, scales) -> (canvas_next [B, R + G*G, Dc] float32,
+    recurrent_cls_next [B, 1, Db] float32[, glimpse [B, 3, g, g] float32 when glimpse_output]).
+    """
+
+    canvas_rope_sin: Tensor
+    canvas_rope_cos: Tensor
+    backbone_periods: Tensor
+    canvas_periods: Tensor
+
+    def __init__(self, canvit: CanViT, *, glimpse_px: int, canvas_grid: int, glimpse_output: bool = False,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        patch = canvit.patch_size
+        assert glimpse_px > 0 and glimpse_px % patch == 0, f"glimpse {glimpse_px} px is not whole {patch} px patches"
+        assert canvas_grid > 0, canvas_grid
+        self.canvit = canvit
+        self.glimpse_px = glimpse_px
+        self.glimpse_grid = glimpse_px // patch
+        self.canvas_grid = canvas_grid
+        self.glimpse_output = glimpse_output
+        self.compute_dtype = compute_dtype
+        spec, config = canvit.backbone.spec, canvit.config
+        self.register_buffer("backbone_periods", make_rope_periods(head_dim=spec.head_dim, base=spec.rope_base,
+                                                                   device=None), persistent=False)
+        self.register_buffer("canvas_periods", make_rope_periods(head_dim=config.canvas_head_dim,
+                                                                 base=spec.rope_base, device=None), persistent=False)
+        # The canvas grid's SR-RoPE, a constant of the canvas size: [1, 1, G*G, canvas_head_dim] float32.
+        canvas_positions = grid_coords(size=canvas_grid, device=None).flatten(0, 1).unsqueeze(0)
+        canvas_rope = compute_2d_rope(positions=canvas_positions, periods=self.canvas_periods)
+        self.register_buffer("canvas_rope_sin", canvas_rope.sin, persistent=False)
+        self.register_buffer("canvas_rope_cos", canvas_rope.cos, persistent=False)
+        self.read_after_block = dict(zip(canvit.read_after_blocks, canvit.canvas_reads, strict=True))
+        self.write_after_block = dict(zip(canvit.write_after_blocks, canvit.canvas_writes, strict=True))
+
+    # --- precision helpers: identities in float32 ---------------------------------------------------------------
+    def _low(self, x: Tensor) -> Tensor:
+        return x.to(self.compute_dtype)
+
+    def _linear(self, layer: nn.Module, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """nn.Linear (or nn.Identity) in the compute dtype; `bias` overrides layer.bias."""
+        if isinstance(layer, nn.Identity):
+            return x
+        assert isinstance(layer, nn.Linear), type(layer)
+        b = layer.bias if bias is None else bias
+        return F.linear(self._low(x), self._low(layer.weight), None if b is None else self._low(b))
+
+    # --- the blocks, as canvit-pytorch computes them --------------------------------------------------------------
+    def _self_attention(self, attn: SelfAttention, x: Tensor, rope: RoPE) -> Tensor:
+        """canvit-pytorch SelfAttention.forward: fused QKV without key bias, SR-RoPE on q and k, SDPA, proj."""
+        B, N, D = x.shape
+        assert attn.qkv.bias is not None
+        qkv = self._linear(attn.qkv, x, bias=attn.qkv.bias * attn._bias_mask)
+        qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
+        out = F.scaled_dot_product_attention(rotate(q, rope), rotate(k, rope), v, scale=attn.head_dim**-0.5)
+        return self._linear(attn.proj, out.transpose(1, 2).reshape(B, N, D))
+
+    def _block(self, block: ViTBlock, x: Tensor, rope: RoPE) -> Tensor:
+        """canvit-pytorch ViTBlock.forward: pre-norm attention and MLP, each scaled by LayerScale."""
+        x = x + block.ls1(self._self_attention(block.attn, block.norm1(x), rope))
+        hidden = F.gelu(self._linear(block.mlp.fc1, block.norm2(x)))
+        return x + block.ls2(self._linear(block.mlp.fc2, hidden))
+
+    def _canvas_attention(self, ca: CanvasAttention, *, query: Tensor, kv: Tensor, query_rope: RoPE,
+                          kv_rope: RoPE) -> Tensor:
+        """canvit-pytorch CanvasAttention.forward: LayerNorm both sides, SR-RoPE on q and k, SDPA at canvas width."""
+        q = rotate(to_multihead(self._linear(ca.q_map, ca.ln_q(query)), ca.num_heads), query_rope)
+        kv = ca.ln_kv(kv)
+        k = rotate(to_multihead(self._linear(ca.k_map, kv), ca.num_heads), kv_rope)
+        v = to_multihead(self._linear(ca.v_map, kv), ca.num_heads)
+        out = F.scaled_dot_product_attention(self._low(q), self._low(k), self._low(v))
+        return self._linear(ca.o_map, from_multihead(out))
+
+    def forward(self, scene: Tensor, canvas: Tensor, recurrent_cls: Tensor, centers: Tensor,
+                scales: Tensor) -> tuple[Tensor, ...]:
+        canvit = self.canvit
+        B = scene.shape[0]
+        viewpoint = Viewpoint(centers=centers, scales=scales)
+        glimpse = sample_at_viewpoint(spatial=scene, viewpoint=viewpoint, glimpse_size_px=self.glimpse_px)
+
+        conv = canvit.backbone.patch_embed.proj
+        patches = F.conv2d(self._low(glimpse), self._low(conv.weight), self._low(conv.bias), stride=conv.stride)
+        patches = patches.flatten(2).transpose(1, 2)  # [B, g*g, Db]
+        prefix = [recurrent_cls.to(patches.dtype), canvit.backbone_registers.expand(B, -1, -1).to(patches.dtype)]
+        if canvit.vpe is not None:
+            prefix.insert(0, canvit.vpe(viewpoint).unsqueeze(1).to(patches.dtype))  # float32 inside
+        tokens = torch.cat([*prefix, patches], dim=1)
+
+        glimpse_positions = viewpoint_grid_coords(viewpoint, size=self.glimpse_grid).flatten(1, 2)  # [B, g*g, 2]
+        glimpse_rope = compute_2d_rope(positions=glimpse_positions, periods=self.backbone_periods)
+        glimpse_rope_canvas = compute_2d_rope(positions=glimpse_positions, periods=self.canvas_periods)
+        canvas_rope = RoPE(sin=self.canvas_rope_sin, cos=self.canvas_rope_cos)
+        assert canvas.shape[1] == canvit.config.num_canvas_registers + self.canvas_grid**2, (
+            f"canvas has {canvas.shape[1]} tokens, expected {canvit.config.num_canvas_registers} + {self.canvas_grid}²")
+
+        for i, block in enumerate(canvit.backbone.blocks):
+            tokens = self._block(block, tokens, glimpse_rope)
+            if (read := self.read_after_block.get(i)) is not None:
+                tokens = tokens + self._canvas_attention(read, query=tokens, kv=canvas, query_rope=glimpse_rope_canvas,
+                                                         kv_rope=canvas_rope).to(tokens.dtype)
+            if (write := self.write_after_block.get(i)) is not None:
+                update = self._canvas_attention(write, query=canvas, kv=tokens, query_rope=canvas_rope,
+                                                kv_rope=glimpse_rope_canvas)
+                canvas = canvas + update.float()  # the canvas residual stream stays float32
+
+        cls_index = 1 if canvit.vpe is not None else 0
+        recurrent_cls_next = tokens[:, cls_index:cls_index + 1].float()
+        outputs: tuple[Tensor, ...] = (canvas, recurrent_cls_next)
+        return (*outputs, glimpse) if self.glimpse_output else outputs
+
+    def example_inputs(self, *, batch: int, scene_px: int) -> StepInputs:
+        """Inputs for tracing: a zero scene, the initial state (CanViT.init_state), full-scene viewpoints."""
+        state = self.canvit.init_state(batch_size=batch, canvas_grid_size=self.canvas_grid)
+        viewpoint = Viewpoint.full_scene(batch_size=batch, device=None)
+        return StepInputs(torch.zeros(batch, 3, scene_px, scene_px), state.canvas.detach().clone(),
+                          state.recurrent_cls.detach().clone(), viewpoint.centers, viewpoint.scales)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (*STATE_OUTPUT_NAMES, GLIMPSE_OUTPUT_NAME) if self.glimpse_output else STATE_OUTPUT_NAMES
+
+    @property
+    def num_canvas_tokens(self) -> int:
+        return self.canvit.config.num_canvas_registers + self.canvas_grid**2
+
+
+def reference_step(canvit: CanViT, scene: Tensor, canvas: Tensor, recurrent_cls: Tensor, centers: Tensor,
+                   scales: Tensor, *, glimpse_px: int) -> tuple[Tensor, Tensor]:
+    """canvit-pytorch's own glimpse step (sample_at_viewpoint, then CanViT.forward): the parity reference."""
+    from canvit_pytorch import RecurrentState
+
+    viewpoint = Viewpoint(centers=centers, scales=scales)
+    glimpse = sample_at_viewpoint(spatial=scene, viewpoint=viewpoint, glimpse_size_px=glimpse_px)
+    state = canvit(glimpse=glimpse, state=RecurrentState(canvas=canvas, recurrent_cls=recurrent_cls),
+                   viewpoint=viewpoint).state
+    return state.canvas, state.recurrent_cls
+

@@ -1,0 +1,49 @@
+"""canvit_runtime: loop an exported CanViT glimpse step without torch.
+
+    import canvit_runtime
+    session = canvit_runtime.open("models/canvitb16-c32", runtime="onnxruntime")
+    session.reset()
+    result = session.step(scene, centers, scales)   # numpy in, numpy out; the state stays in the session
+
+Backends are imported lazily: a missing one costs nothing until it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from canvit_runtime.base import Runner, StepResult
+from canvit_runtime.manifest import Manifest, ManifestError, load_manifest
+
+RUNNERS: dict[str, tuple[str, str, str]] = {
+    # name: (module, class, how to install it)
+    "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install onnxruntime"),
+}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The backend's Python package is not installed, or cannot run on this machine."""
+
+
+def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | None = None, **options: Any) -> Runner:  # noqa: A001
+    """Load an artifact on a backend and return its runner, reset for the artifact's batch.
+
+    Verifies the manifest and every file's SHA-256 first. Raises ManifestError (a ValueError) for a bad artifact,
+    ValueError for an unknown runtime, RuntimeUnavailable when the backend's package is missing.
+    """
+    if runtime not in RUNNERS:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNNERS)}")
+    manifest = load_manifest(artifact_dir)
+    module_name, class_name, install = RUNNERS[runtime]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise RuntimeUnavailable(f"runtime {runtime!r} is not available ({error}); {install}") from error
+    runner: Runner = getattr(module, class_name)(manifest, threads=threads, **options)
+    runner.reset()
+    return runner
+
+
+__all__ = ["Manifest", "ManifestError", "RUNNERS", "Runner", "RuntimeUnavailable", "StepResult", "load_manifest", "open"]
