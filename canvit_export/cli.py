@@ -73,13 +73,16 @@ def main() -> None:
 @click.option("--scene", "scene_px", type=int, default=512, show_default=True, help="Scene size in px (square).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp16-all"]), default="fp32", show_default=True,
+              help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
+                   "(fp16-all: canvas in fp16 too, a control experiment).")
 @click.option("--glimpse-output", is_flag=True, help="Also output the sampled glimpse [B, 3, g, g].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-fp32].")
+              help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
 def onnx(model, revision, random_weights, backbone, weight_seed, canvas_grid, glimpse_px, scene_px, batch, opset,
-         glimpse_output, out, force) -> None:
+         precision, glimpse_output, out, force) -> None:
     """Export the glimpse step as DIR/step.onnx + DIR/manifest.json (+ initial_state.bin)."""
     from canvit_export.export.artifact import Geometry, default_out_dir
     from canvit_export.export.onnx import export_onnx
@@ -89,16 +92,45 @@ def onnx(model, revision, random_weights, backbone, weight_seed, canvas_grid, gl
     if out is not None and out.exists() and not force:  # before loading anything
         raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
-    out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, "fp32", "onnx")
-    manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output)
+    out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx")
+    manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output,
+                           precision=precision)
     size = manifest["files"]["graph"]["bytes"]
     console.print(f"wrote {out}: step.onnx {size / 1e6:.1f} MB, {manifest['artifact']['nodes']} nodes, opset {opset}, "
-                  f"{manifest['export_seconds']:.1f} s")
+                  f"{precision}, {manifest['export_seconds']:.1f} s")
+    if violations := manifest["precision"]["audit_violations"]:
+        console.print(f"[yellow]note[/yellow]: {precision} breaks the float32 rule by design ({violations} audit findings)")
+
+
+@main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to build from.")
+@click.option("--fp16", is_flag=True, help="Assert the artifact is the fp16 graph (TensorRT keeps the graph's types).")
+@click.option("--bf16", is_flag=True, help="Assert the artifact is the bf16 graph.")
+@click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine artifact folder [default: <artifact>-trt].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command (e.g. for a Jetson).")
+@one_line_errors
+def trt(artifact, fp16, bf16, workspace_gib, timing_cache, out, force, print_trtexec) -> None:
+    """Build a strongly typed TensorRT engine (TensorRT 10 with STRONGLY_TYPED, or 11) from an ONNX artifact."""
+    from canvit_export.export.tensorrt import export_tensorrt
+    from canvit_export.progress import console
+
+    result = export_tensorrt(artifact, out, fp16=fp16, bf16=bf16, workspace_gib=workspace_gib, timing_cache=timing_cache,
+                             force=force, print_trtexec=print_trtexec)
+    if isinstance(result, str):
+        click.echo(result)
+        return
+    facts = result["artifact"]
+    console.print(f"wrote {out or artifact.with_name(artifact.name + '-trt')}: TensorRT {facts['tensorrt']} engine for "
+                  f"{facts['gpu']} (compute capability {facts['compute_capability']}), "
+                  f"{result['files']['engine']['bytes'] / 1e6:.1f} MB")
 
 
 @main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (with manifest.json).")
-@click.option("--runtime", default="onnxruntime", show_default=True, help="Runtime to check: onnxruntime.")
+@click.option("--runtime", default="onnxruntime", show_default=True, help="Runtime to check: onnxruntime, tensorrt.")
 @weight_options
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="Photograph to roll out on [default: skimage.data.astronaut()].")

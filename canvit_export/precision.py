@@ -13,13 +13,70 @@ The rule (paper App. D.3; DESIGN.md, Contracts): whatever the compute precision,
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import onnx
+import torch
+from canvit_pytorch import CanViT
 from onnx import TensorProto
+from torch import nn
 
-COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+@dataclass(frozen=True)
+class Precision:
+    """A compute precision: `compute` for matmuls, the patch-embedding conv and attention; `stream` for the
+    residual streams (canvas, glimpse tokens), LayerNorm and LayerScale. `follows_rule` is False only for the
+    all-fp16 comparison variant, which exists to measure what the float32 canvas buys."""
+
+    name: str
+    compute: torch.dtype
+    stream: torch.dtype
+    follows_rule: bool = True
+
+    @property
+    def onnx_compute(self) -> str:
+        return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[self.compute]
+
+    @property
+    def onnx_stream(self) -> str:
+        return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[self.stream]
+
+
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision("fp32", torch.float32, torch.float32),
+    "fp16": Precision("fp16", torch.float16, torch.float32),
+    "bf16": Precision("bf16", torch.bfloat16, torch.float32),
+    # Everything in float16, canvas included (RoPE/coordinates are still computed in float32, then rounded):
+    # the control experiment of issue 3, never a deployment choice.
+    "fp16-all": Precision("fp16-all", torch.float16, torch.float16, follows_rule=False),
+}
+
+
+def cast_model(canvit: CanViT, precision: Precision) -> CanViT:
+    """The model with its weights in the dtypes the step computes in; `canvit` itself is left untouched.
+
+    Linear and Conv2d weights go to precision.compute. With a narrow stream (fp16-all) LayerNorm, LayerScale and
+    the learned tokens go to precision.stream too. The VPE module always stays float32 (paper App. D.3).
+    For fp32 the model is returned as is (no copy).
+    """
+    if precision.compute == torch.float32 and precision.stream == torch.float32:
+        return canvit
+    model = copy.deepcopy(canvit)
+    vpe_modules = set(model.vpe.modules()) if model.vpe is not None else set()
+    for module in model.modules():
+        if module in vpe_modules:
+            continue
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            module.to(precision.compute)
+        elif precision.stream != torch.float32 and isinstance(module, nn.LayerNorm):
+            module.to(precision.stream)
+    if precision.stream != torch.float32:
+        for name, parameter in model.named_parameters():
+            if parameter.dtype == torch.float32 and not name.startswith("vpe."):
+                parameter.data = parameter.data.to(precision.stream)
+    return model
 FORBIDDEN_OPS = ("ScatterND",)
 """Ops the exported step must not contain: ScatterND (slice assignment) is slow or unsupported on edge runtimes."""
 STATE_IO = ("canvas", "recurrent_cls", "canvas_next", "recurrent_cls_next")
@@ -96,18 +153,23 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
         for name in node.input:
             consumers[name].append(node)
 
-    # The canvas residual stream: canvas -> Add -> ... -> canvas_next (Identity/Reshape-free by construction).
+    # The canvas residual stream: canvas -> Add (one per Canvas Write) -> ... -> canvas_next, through any Cast
+    # on the way (a Cast to a narrower type is then reported as a narrow stream tensor).
     stream = ["canvas"]
     while stream[-1] != "canvas_next":
         adds = [n for n in consumers[stream[-1]] if n.op_type == "Add"]
-        if len(adds) != 1:
-            bad.append(f"canvas stream breaks after {stream[-1]}: {len(adds)} Add consumers, expected 1")
+        casts = [n for n in consumers[stream[-1]] if n.op_type == "Cast"]
+        if len(adds) == 1:
+            add = adds[0]
+            update = add.input[1] if add.input[0] == stream[-1] else add.input[0]
+            if types.get(update) != TensorProto.FLOAT:
+                bad.append(f"canvas update {update} is added as {_dtype(types, update)}, must be float32")
+            stream.append(add.output[0])
+        elif not adds and len(casts) == 1:
+            stream.append(casts[0].output[0])
+        else:
+            bad.append(f"canvas stream breaks after {stream[-1]}: {len(adds)} Add and {len(casts)} Cast consumers")
             break
-        add = adds[0]
-        update = add.input[1] if add.input[0] == stream[-1] else add.input[0]
-        if types.get(update) != TensorProto.FLOAT:
-            bad.append(f"canvas update {update} is added as {_dtype(types, update)}, must be float32")
-        stream.append(add.output[0])
         if len(stream) > len(graph.node):
             bad.append("canvas stream does not reach canvas_next")
             break

@@ -9,9 +9,11 @@ modules' own parameters, with three export-minded changes that leave the arithme
   `compute_2d_rope` on `grid_coords`) and become graph constants.
 - LayerNorm stays `nn.LayerNorm`, which exports as a single LayerNormalization op (opset >= 17).
 
-Precision (paper App. D.3): scene coordinates, RoPE angles/sin/cos, the VPE and the canvas residual stream are
-float32 whatever `compute_dtype` is; with a narrower compute dtype, only the inputs of matmuls, the patch
-embedding and attention are cast down, and Canvas Write updates are cast back to float32 before the residual add.
+Precision (paper App. D.3; canvit_export.precision): matmuls, the patch-embedding conv and attention run in
+`precision.compute`; the residual streams (the canvas, and the glimpse tokens), LayerNorm and LayerScale in
+`precision.stream` (float32 except for the all-fp16 control variant). Scene coordinates, RoPE angles/sin/cos and
+the VPE are float32 always. The casts are explicit here, so the exported graph carries the precision decision and
+TensorRT's strongly typed mode, ONNX Runtime and OpenVINO execute exactly these types.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from canvit_pytorch.model.backbone.vit import SelfAttention, ViTBlock
 from canvit_pytorch.model.rope import RoPE, compute_2d_rope, make_rope_periods
 from canvit_pytorch.viewpoint import grid_coords, viewpoint_grid_coords
 from torch import Tensor, nn
+
+from canvit_export.precision import PRECISIONS, Precision, cast_model
 
 INPUT_NAMES = ("scene", "canvas", "recurrent_cls", "centers", "scales")
 STATE_OUTPUT_NAMES = ("canvas_next", "recurrent_cls_next")
@@ -76,8 +80,9 @@ class GlimpseStep(nn.Module):
     canvas_periods: Tensor
 
     def __init__(self, canvit: CanViT, *, glimpse_px: int, canvas_grid: int, glimpse_output: bool = False,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 precision: Precision = PRECISIONS["fp32"]) -> None:
         super().__init__()
+        canvit = cast_model(canvit, precision)
         patch = canvit.patch_size
         assert glimpse_px > 0 and glimpse_px % patch == 0, f"glimpse {glimpse_px} px is not whole {patch} px patches"
         assert canvas_grid > 0, canvas_grid
@@ -86,7 +91,7 @@ class GlimpseStep(nn.Module):
         self.glimpse_grid = glimpse_px // patch
         self.canvas_grid = canvas_grid
         self.glimpse_output = glimpse_output
-        self.compute_dtype = compute_dtype
+        self.precision = precision
         spec, config = canvit.backbone.spec, canvit.config
         self.register_buffer("backbone_periods", make_rope_periods(head_dim=spec.head_dim, base=spec.rope_base,
                                                                    device=None), persistent=False)
@@ -100,9 +105,14 @@ class GlimpseStep(nn.Module):
         self.read_after_block = dict(zip(canvit.read_after_blocks, canvit.canvas_reads, strict=True))
         self.write_after_block = dict(zip(canvit.write_after_blocks, canvit.canvas_writes, strict=True))
 
-    # --- precision helpers: identities in float32 ---------------------------------------------------------------
+    # --- precision helpers: identities in fp32 --------------------------------------------------------------------
     def _low(self, x: Tensor) -> Tensor:
-        return x.to(self.compute_dtype)
+        """To the compute dtype (matmul, conv and attention inputs)."""
+        return x.to(self.precision.compute)
+
+    def _stream(self, x: Tensor) -> Tensor:
+        """To the residual-stream dtype (float32 unless fp16-all)."""
+        return x.to(self.precision.stream)
 
     def _linear(self, layer: nn.Module, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """nn.Linear (or nn.Identity) in the compute dtype; `bias` overrides layer.bias."""
@@ -110,7 +120,7 @@ class GlimpseStep(nn.Module):
             return x
         assert isinstance(layer, nn.Linear), type(layer)
         b = layer.bias if bias is None else bias
-        return F.linear(self._low(x), self._low(layer.weight), None if b is None else self._low(b))
+        return F.linear(self._low(x), layer.weight, None if b is None else b.to(layer.weight.dtype))
 
     # --- the blocks, as canvit-pytorch computes them --------------------------------------------------------------
     def _self_attention(self, attn: SelfAttention, x: Tensor, rope: RoPE) -> Tensor:
@@ -125,9 +135,9 @@ class GlimpseStep(nn.Module):
 
     def _block(self, block: ViTBlock, x: Tensor, rope: RoPE) -> Tensor:
         """canvit-pytorch ViTBlock.forward: pre-norm attention and MLP, each scaled by LayerScale."""
-        x = x + block.ls1(self._self_attention(block.attn, block.norm1(x), rope))
+        x = x + block.ls1(self._stream(self._self_attention(block.attn, block.norm1(x), rope)))
         hidden = F.gelu(self._linear(block.mlp.fc1, block.norm2(x)))
-        return x + block.ls2(self._linear(block.mlp.fc2, hidden))
+        return x + block.ls2(self._stream(self._linear(block.mlp.fc2, hidden)))
 
     def _canvas_attention(self, ca: CanvasAttention, *, query: Tensor, kv: Tensor, query_rope: RoPE,
                           kv_rope: RoPE) -> Tensor:
@@ -147,12 +157,12 @@ class GlimpseStep(nn.Module):
         glimpse = sample_at_viewpoint(spatial=scene, viewpoint=viewpoint, glimpse_size_px=self.glimpse_px)
 
         conv = canvit.backbone.patch_embed.proj
-        patches = F.conv2d(self._low(glimpse), self._low(conv.weight), self._low(conv.bias), stride=conv.stride)
-        patches = patches.flatten(2).transpose(1, 2)  # [B, g*g, Db]
-        prefix = [recurrent_cls.to(patches.dtype), canvit.backbone_registers.expand(B, -1, -1).to(patches.dtype)]
+        patches = self._stream(conv(self._low(glimpse)).flatten(2).transpose(1, 2))  # [B, g*g, Db]
+        prefix = [self._stream(recurrent_cls), self._stream(canvit.backbone_registers.expand(B, -1, -1))]
         if canvit.vpe is not None:
-            prefix.insert(0, canvit.vpe(viewpoint).unsqueeze(1).to(patches.dtype))  # float32 inside
+            prefix.insert(0, self._stream(canvit.vpe(viewpoint).unsqueeze(1)))  # computed in float32
         tokens = torch.cat([*prefix, patches], dim=1)
+        canvas = self._stream(canvas)
 
         glimpse_positions = viewpoint_grid_coords(viewpoint, size=self.glimpse_grid).flatten(1, 2)  # [B, g*g, 2]
         glimpse_rope = compute_2d_rope(positions=glimpse_positions, periods=self.backbone_periods)
@@ -164,24 +174,24 @@ class GlimpseStep(nn.Module):
         for i, block in enumerate(canvit.backbone.blocks):
             tokens = self._block(block, tokens, glimpse_rope)
             if (read := self.read_after_block.get(i)) is not None:
-                tokens = tokens + self._canvas_attention(read, query=tokens, kv=canvas, query_rope=glimpse_rope_canvas,
-                                                         kv_rope=canvas_rope).to(tokens.dtype)
+                tokens = tokens + self._stream(self._canvas_attention(
+                    read, query=tokens, kv=canvas, query_rope=glimpse_rope_canvas, kv_rope=canvas_rope))
             if (write := self.write_after_block.get(i)) is not None:
                 update = self._canvas_attention(write, query=canvas, kv=tokens, query_rope=canvas_rope,
                                                 kv_rope=glimpse_rope_canvas)
-                canvas = canvas + update.float()  # the canvas residual stream stays float32
+                canvas = canvas + self._stream(update)  # the canvas residual stream: float32 (but for fp16-all)
 
         cls_index = 1 if canvit.vpe is not None else 0
         recurrent_cls_next = tokens[:, cls_index:cls_index + 1].float()
-        outputs: tuple[Tensor, ...] = (canvas, recurrent_cls_next)
+        outputs: tuple[Tensor, ...] = (canvas.float(), recurrent_cls_next)
         return (*outputs, glimpse) if self.glimpse_output else outputs
 
     def example_inputs(self, *, batch: int, scene_px: int) -> StepInputs:
         """Inputs for tracing: a zero scene, the initial state (CanViT.init_state), full-scene viewpoints."""
         state = self.canvit.init_state(batch_size=batch, canvas_grid_size=self.canvas_grid)
         viewpoint = Viewpoint.full_scene(batch_size=batch, device=None)
-        return StepInputs(torch.zeros(batch, 3, scene_px, scene_px), state.canvas.detach().clone(),
-                          state.recurrent_cls.detach().clone(), viewpoint.centers, viewpoint.scales)
+        return StepInputs(torch.zeros(batch, 3, scene_px, scene_px), state.canvas.detach().float().clone(),
+                          state.recurrent_cls.detach().float().clone(), viewpoint.centers, viewpoint.scales)
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -22,16 +22,16 @@ def vits16() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def export_artifact(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """export_artifact(backbone, canvas, batch) -> artifact folder, exported once per configuration."""
+    """export_artifact(backbone, canvas, batch, seed, precision) -> artifact folder, exported once per configuration."""
     cache: dict[tuple, Path] = {}
 
-    def make(backbone: str = "vits16", canvas: int = 16, batch: int = 1, seed: int = 0) -> Path:
-        key = (backbone, canvas, batch, seed)
+    def make(backbone: str = "vits16", canvas: int = 16, batch: int = 1, seed: int = 0, precision: str = "fp32") -> Path:
+        key = (backbone, canvas, batch, seed, precision)
         if key not in cache:
-            out = tmp_path_factory.mktemp("artifacts") / f"{backbone}-c{canvas}-b{batch}-s{seed}"
+            out = tmp_path_factory.mktemp("artifacts") / f"{backbone}-c{canvas}-b{batch}-s{seed}-{precision}"
             loaded = load(None, random_weights=True, backbone=backbone, seed=seed)
             export_onnx(loaded, Geometry(batch=batch, scene_px=SCENE_PX, glimpse_px=GLIMPSE_PX, canvas_grid=canvas),
-                        out, quiet=True)
+                        out, precision=precision, quiet=True)
             cache[key] = out
         return cache[key]
 

@@ -70,11 +70,11 @@ def scene(photo) -> np.ndarray:
     ([[0.0, 0.0]], [0.5, 0.5], "scales must have shape [1]"),
 ])
 def test_invalid_viewpoints_are_rejected(session, scene, centers, scales, needle) -> None:
-    before = session._state
+    before = session.state("canvas")
     with pytest.raises(ValueError) as error:
         session.step(scene, np.array(centers, np.float32), np.array(scales, np.float32))
     assert needle in str(error.value)
-    assert session._state is before, "a rejected step must not touch the state"
+    assert session.state("canvas") is before, "a rejected step must not touch the state"
 
 
 def test_bad_scenes_are_rejected(session, scene) -> None:
@@ -95,7 +95,7 @@ def test_state_is_carried_and_reset(session, scene) -> None:
     second = session.step(scene, *quadrant).canvas.copy()
     assert not np.allclose(first, second)
     session.reset()
-    np.testing.assert_array_equal(session._state["canvas"], session.manifest.initial_state(1)["canvas"])
+    np.testing.assert_array_equal(session.state("canvas"), session.manifest.initial_state(1)["canvas"])
     again = session.step(scene, *full).canvas
     np.testing.assert_array_equal(again, first)
     # The same glimpse from another state gives another canvas: the state input is used.

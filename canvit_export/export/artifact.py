@@ -26,6 +26,7 @@ from canvit_runtime.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    Manifest,
     ROLE_CENTERS,
     ROLE_EXTRA,
     ROLE_SCALES,
@@ -199,4 +200,35 @@ def finish_manifest(directory: Path, manifest: dict[str, Any], files: dict[str, 
                                "sha256": sha256_file(directory / name)} for key, name in files.items()}
     manifest["tools"] = tool_versions(*packages)
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def derived_manifest(source: Manifest, artifact: dict[str, Any]) -> dict[str, Any]:
+    """A manifest for an artifact compiled from the ONNX artifact `source` (TensorRT engine, OpenVINO IR): the
+    same model, geometry, tensors, state, preprocessing, viewpoint and precision records, with a new `artifact`
+    (which records the source graph's SHA-256). `files` and `tools` are then set by finish_manifest."""
+    data = {key: value for key, value in source.data.items() if key not in ("files", "tools", "created", "artifact")}
+    source_graph = source.data["files"]["graph"]
+    return {**data, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "artifact": {**artifact, "source": {"path": str(source.directory.resolve()),
+                                                "graph_sha256": source_graph["sha256"],
+                                                "target": source.data["artifact"]["target"]}}}
+
+
+def copy_initial_state(source: Manifest, directory: Path) -> None:
+    """Copy the source artifact's initial_state.bin into directory."""
+    shutil.copyfile(source.file("initial_state"), directory / INITIAL_STATE_FILE)
+
+
+def load_source_artifact(path: Path, *, target: str) -> Manifest:
+    """The ONNX artifact another target compiles from; ExportError if it is missing, altered or not ONNX."""
+    from canvit_runtime.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(path)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    if manifest.data["artifact"]["target"] != "onnx":
+        raise ExportError(f"{path} is a {manifest.data['artifact']['target']} artifact; {target} builds from an ONNX "
+                          f"artifact (canvit-export onnx --out DIR)")
     return manifest

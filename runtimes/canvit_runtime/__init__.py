@@ -20,6 +20,8 @@ from canvit_runtime.manifest import Manifest, ManifestError, load_manifest
 RUNNERS: dict[str, tuple[str, str, str]] = {
     # name: (module, class, how to install it)
     "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install onnxruntime"),
+    "tensorrt": ("canvit_runtime.tensorrt", "TensorRtRunner",
+                 "pip install tensorrt cuda-python on a machine with an NVIDIA GPU (JetPack ships TensorRT)"),
 }
 
 
@@ -38,10 +40,9 @@ def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | 
     manifest = load_manifest(artifact_dir)
     module_name, class_name, install = RUNNERS[runtime]
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
+        runner: Runner = getattr(importlib.import_module(module_name), class_name)(manifest, threads=threads, **options)
+    except ImportError as error:  # the backend's package, imported by the module or by the runner
         raise RuntimeUnavailable(f"runtime {runtime!r} is not available ({error}); {install}") from error
-    runner: Runner = getattr(module, class_name)(manifest, threads=threads, **options)
     runner.reset()
     return runner
 

@@ -1,14 +1,16 @@
 """The runner protocol every backend implements: reset(), then step(scene, centers, scales) once per glimpse.
 
-`Runner` owns what is common to all backends: input checks, the state loop (each state output becomes the next
-glimpse's state input, as the manifest's state pairs say) and the initial state. A backend implements `_run`,
-one execution of the graph on numpy inputs, in a module of its own.
+`Runner` owns what is common to all backends: input checks, the initial state and the result. Two families:
+- `HostStateRunner`: the state lives in numpy arrays fed to the graph every glimpse (ONNX Runtime, stateless
+  OpenVINO); a backend implements `_run`, one execution of the graph on numpy inputs.
+- backends that keep the state themselves (TensorRT device buffers, OpenVINO state variables) implement
+  `_reset_state`, `_step` and `_read_state`; the canvas is read back only when the caller asks for it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,30 +18,48 @@ from canvit_runtime.manifest import ROLE_CENTERS, ROLE_SCALES, ROLE_SCENE, Manif
 from canvit_runtime.policies import check_viewpoints
 
 
-@dataclass(frozen=True)
 class StepResult:
-    """The state after one glimpse, as numpy arrays.
+    """The state after one glimpse. Attributes are read on first access (a device-resident state is copied to
+    the host only then) and cached.
 
     canvas: [B, R + G*G, Dc] float32 (R canvas registers, then the G x G grid, row-major);
     recurrent_cls: [B, 1, Db] float32; extras: other outputs by name (e.g. "glimpse" [B, 3, g, g]).
+    Reading a device-resident state after the runner's next step raises RuntimeError: read (or copy) first.
     """
 
-    canvas: np.ndarray
-    recurrent_cls: np.ndarray
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    def __init__(self, read: Callable[[str], np.ndarray], extras: dict[str, np.ndarray] | None = None) -> None:
+        self._read = read
+        self._cache: dict[str, np.ndarray] = {}
+        self.extras = extras or {}
+
+    def _get(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self._read(name)
+        return self._cache[name]
+
+    @property
+    def canvas(self) -> np.ndarray:
+        return self._get("canvas")
+
+    @property
+    def recurrent_cls(self) -> np.ndarray:
+        return self._get("recurrent_cls")
 
 
 class Runner(ABC):
     """One artifact loaded on one backend. Call reset() before the first glimpse of each new scene."""
 
     name: str = "?"
+    emulated: str | None = None
+    """Set when the backend cannot run the graph's types natively and emulates them (e.g. "bfloat16")."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self._scene = manifest.input(ROLE_SCENE)
         self._centers = manifest.input(ROLE_CENTERS)
         self._scales = manifest.input(ROLE_SCALES)
-        self._state: dict[str, np.ndarray] | None = None
+        self._generation = 0
+        self._is_reset = False
 
     def reset(self, batch_size: int | None = None) -> None:
         """Return the state to its initial value (the artifact's initial_state) for batch_size scenes.
@@ -50,8 +70,9 @@ class Runner(ABC):
         if batch != self.manifest.batch:
             raise ValueError(f"batch_size {batch}: this artifact was exported for batch {self.manifest.batch}; "
                              f"re-export with --batch {batch}")
-        self._state = self.manifest.initial_state(batch)
-        self._on_reset(self._state)
+        self._reset_state(self.manifest.initial_state(batch))
+        self._generation += 1
+        self._is_reset = True
 
     def step(self, scene: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> StepResult:
         """Run one glimpse of `scene` [B, 3, S, S] float32 (ImageNet-normalized) at viewpoints `centers` [B, 2]
@@ -60,17 +81,28 @@ class Runner(ABC):
         Raises ValueError for a scene of another shape or dtype, or an invalid or non-finite viewpoint
         (policies.check_viewpoints), before anything runs.
         """
-        if self._state is None:
+        if not self._is_reset:
             self.reset()
         scene = self._check_scene(scene)
         centers, scales = check_viewpoints(centers, scales, batch=self.manifest.batch)
-        assert self._state is not None
-        feeds = {self._scene.name: scene, self._centers.name: centers, self._scales.name: scales, **self._state}
-        outputs = self._run(feeds)
-        self._state = {inp: outputs[out] for inp, out in self.manifest.state_pairs}
-        state_outputs = {out for _, out in self.manifest.state_pairs}
-        extras = {name: value for name, value in outputs.items() if name not in state_outputs}
-        return StepResult(canvas=self._state["canvas"], recurrent_cls=self._state["recurrent_cls"], extras=extras)
+        extras = self._step({self._scene.name: scene, self._centers.name: centers, self._scales.name: scales})
+        self._generation += 1
+        return StepResult(self._reader(), extras)
+
+    def _reader(self) -> Callable[[str], np.ndarray]:
+        """How a StepResult reads the state of the step just run: from the backend, while no later step ran."""
+        generation = self._generation
+
+        def read(name: str) -> np.ndarray:
+            if generation != self._generation:
+                raise RuntimeError(f"this step's {name} was overwritten by a later step or reset; read it before")
+            return self._read_state(name)
+
+        return read
+
+    def state(self, name: str) -> np.ndarray:
+        """The current state tensor ("canvas" or "recurrent_cls") as a host array."""
+        return self._read_state(name)
 
     def _check_scene(self, scene: object) -> np.ndarray:
         if not isinstance(scene, np.ndarray):
@@ -82,8 +114,35 @@ class Runner(ABC):
             raise ValueError(f"scene has dtype {scene.dtype}; this artifact takes float32 (ImageNet-normalized)")
         return np.ascontiguousarray(scene)
 
-    def _on_reset(self, state: dict[str, np.ndarray]) -> None:
-        """Hook for backends that keep the state themselves (OpenVINO variables, TensorRT device buffers)."""
+    @abstractmethod
+    def _reset_state(self, state: dict[str, np.ndarray]) -> None:
+        """Install the initial state (by state input name)."""
+
+    @abstractmethod
+    def _step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one glimpse on the non-state inputs (by name), advance the state; return the extra outputs."""
+
+    @abstractmethod
+    def _read_state(self, name: str) -> np.ndarray:
+        """Copy the current state tensor `name` to the host."""
+
+
+class HostStateRunner(Runner):
+    """A backend whose graph takes and returns the state: the state is held here as numpy arrays."""
+
+    def _reset_state(self, state: dict[str, np.ndarray]) -> None:
+        self._state = state
+
+    def _step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._run({**inputs, **self._state})
+        self._state = {inp: outputs.pop(out) for inp, out in self.manifest.state_pairs}
+        return outputs
+
+    def _read_state(self, name: str) -> np.ndarray:
+        return self._state[name]
+
+    def _reader(self) -> Callable[[str], np.ndarray]:
+        return self._state.__getitem__  # host arrays are never overwritten: results stay readable later
 
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

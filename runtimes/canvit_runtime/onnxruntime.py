@@ -1,29 +1,106 @@
-"""ONNX Runtime runner: the artifact's step.onnx in an InferenceSession (CPU by default)."""
+"""ONNX Runtime runner: the artifact's step.onnx in an InferenceSession (CPU by default).
+
+ONNX Runtime's CPU execution provider has no bfloat16 kernels (MatMul, Add, Softmax, ...). A bf16 graph is
+therefore run through `emulate_bfloat16`: every bfloat16 tensor becomes float32 rounded to bfloat16 where it is
+produced (Cast to bfloat16 and back), so storage rounding is exact and arithmetic inside each op is float32, as
+on GPUs with float32 accumulation. The report of such a run says "bfloat16 emulated".
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from canvit_runtime.base import Runner
+from canvit_runtime.base import HostStateRunner
 from canvit_runtime.manifest import Manifest
 
 
-class OnnxRuntimeRunner(Runner):
+def emulate_bfloat16(model):  # onnx.ModelProto -> onnx.ModelProto
+    """A float32 graph equal to `model` with every bfloat16 tensor rounded to bfloat16 where it is produced.
+
+    bfloat16 initializers and Constant values are widened exactly to float32; each node that produced a bfloat16
+    output now produces float32 and is followed by Cast(to=BFLOAT16) -> Cast(to=FLOAT), which rounds (round to
+    nearest even) and widens back. Casts to bfloat16 keep their rounding the same way.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.input, *inferred.graph.output,
+                                                            *inferred.graph.value_info)}
+    graph = model.graph
+
+    def widen(tensor: onnx.TensorProto) -> onnx.TensorProto:
+        bits = np.frombuffer(tensor.raw_data, dtype=np.uint16) if tensor.raw_data else \
+            np.asarray(tensor.int32_data, dtype=np.uint16)
+        values = (bits.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
+        return numpy_helper.from_array(values, tensor.name)
+
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.BFLOAT16:
+            graph.initializer[i].CopyFrom(widen(init))
+            types[init.name] = TensorProto.BFLOAT16
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == TensorProto.BFLOAT16:
+                    attr.t.CopyFrom(widen(attr.t))
+                    types[node.output[0]] = TensorProto.BFLOAT16
+            nodes.append(node)
+            continue
+        rounded = [out for out in node.output if out and types.get(out) == TensorProto.BFLOAT16]
+        if node.op_type == "Cast":
+            to = next(a for a in node.attribute if a.name == "to")
+            if to.i == TensorProto.BFLOAT16:
+                nodes.append(node)  # keeps rounding to bfloat16 ...
+                widened = helper.make_node("Cast", [node.output[0] + "_bf16"], [node.output[0]], to=TensorProto.FLOAT)
+                node.output[0] += "_bf16"
+                nodes.append(widened)  # ... and widens back
+                continue
+        nodes.append(node)
+        for out in rounded:
+            index = list(node.output).index(out)
+            node.output[index] = out + "_f32"
+            nodes.append(helper.make_node("Cast", [out + "_f32"], [out + "_bf16"], to=TensorProto.BFLOAT16))
+            nodes.append(helper.make_node("Cast", [out + "_bf16"], [out], to=TensorProto.FLOAT))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for value in graph.value_info:
+        if value.type.tensor_type.elem_type == TensorProto.BFLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
+
+
+def has_bfloat16(model) -> bool:
+    from onnx import TensorProto
+
+    return any(init.data_type == TensorProto.BFLOAT16 for init in model.graph.initializer) or any(
+        a.name == "to" and a.i == TensorProto.BFLOAT16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute)
+
+
+class OnnxRuntimeRunner(HostStateRunner):
     """Runs step.onnx with ONNX Runtime; `providers` defaults to ["CPUExecutionProvider"], `threads` sets
-    intra-op threads (None: ONNX Runtime's default, one per physical core)."""
+    intra-op threads (None: ONNX Runtime's default, one per physical core). A bfloat16 graph on the CPU
+    provider runs through emulate_bfloat16 (`self.emulated` is then "bfloat16")."""
 
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+        import onnx
         import onnxruntime as ort
 
         super().__init__(manifest)
+        providers = providers or ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(manifest.file("graph")), options,
-                                            providers=providers or ["CPUExecutionProvider"])
+        graph: str | bytes = str(manifest.file("graph"))
+        if providers == ["CPUExecutionProvider"]:
+            model = onnx.load(graph)
+            if has_bfloat16(model):
+                graph, self.emulated = emulate_bfloat16(model).SerializeToString(), "bfloat16"
+        self.session = ort.InferenceSession(graph, options, providers=providers)
         self._output_names = [o.name for o in self.session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
