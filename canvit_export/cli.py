@@ -129,8 +129,33 @@ def trt(artifact, fp16, bf16, workspace_gib, timing_cache, out, force, print_trt
 
 
 @main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="fp32 ONNX artifact folder to convert.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "f16"]), default="fp32", show_default=True,
+              help="OpenVINO inference precision; the canvas path, RoPE, coordinates and VPE stay f32.")
+@click.option("--int8-weights", is_flag=True, help="Compress matmul weights to INT8 with NNCF (canvas path untouched).")
+@click.option("--stateful/--no-stateful", default=True, show_default=True,
+              help="Canvas and recurrent CLS as OpenVINO state variables, or as graph I/O.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="IR artifact folder [default: <artifact>-openvino-<precision>].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@one_line_errors
+def openvino(artifact, precision, int8_weights, stateful, out, force) -> None:
+    """Convert an ONNX artifact to OpenVINO IR (step.xml/bin + manifest), stateful by default."""
+    from canvit_export.export.openvino import export_openvino
+    from canvit_export.progress import console
+
+    manifest = export_openvino(artifact, out, precision=precision, int8_weights=int8_weights, stateful=stateful,
+                               force=force)
+    audit = manifest["artifact"]["compiled_audit"]
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    console.print(f"wrote OpenVINO IR ({manifest['precision']['compute']}, {'stateful' if stateful else 'stateless'}, "
+                  f"{size / 1e6:.1f} MB); compiled-model audit: {audit['checked']} protected nodes run in f32")
+
+
+@main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (with manifest.json).")
-@click.option("--runtime", default="onnxruntime", show_default=True, help="Runtime to check: onnxruntime, tensorrt.")
+@click.option("--runtime", default="onnxruntime", show_default=True,
+              help="Runtime to check: onnxruntime, openvino, tensorrt.")
 @weight_options
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="Photograph to roll out on [default: skimage.data.astronaut()].")

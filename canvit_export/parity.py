@@ -35,6 +35,14 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "bf16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
     # The control variant is held to fp16's bar: failing it is the measured cost of a float16 canvas.
     "fp16-all": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
+    "f16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
+    # INT8 weight-only compression (NNCF, asymmetric per channel) is a designed approximation: each weight moves
+    # by up to half a quantization step, (max - min) / 255 / 2 of its output channel. Measured over 21 C2F
+    # glimpses on a photo: canvas rel-L2 1.3e-2, cosine 0.99991 (ViT-S). The bound is about 4x that, so the
+    # designed approximation passes and a broken one (wrong zero points, per-tensor scales, a compressed VPE or
+    # canvas path) fails.
+    "fp32-int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998},
+    "bf16-int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998},
 }
 
 

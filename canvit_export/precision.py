@@ -94,6 +94,9 @@ class AuditReport:
     """What audit_onnx checked and what broke the rule (`violations`, one line each; empty is a pass)."""
 
     canvas_stream: list[str] = field(default_factory=list)
+    protected: set[str] = field(default_factory=set)
+    """Every tensor the rule keeps float32: the canvas stream, the coordinate region, Sin/Cos/Log/GridSample
+    outputs and canvas LayerNorm outputs (what other compilers, e.g. OpenVINO, must keep in f32)."""
     coordinate_tensors: int = 0
     float32_op_tensors: int = 0
     op_counts: dict[str, int] = field(default_factory=dict)
@@ -179,6 +182,7 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
             bad.append(f"canvas stream tensor {name} is {_dtype(types, name)}, must be float32")
         for node in consumers[name]:
             if node.op_type == "LayerNormalization":
+                report.protected.update(node.output)
                 stash = next((a.i for a in node.attribute if a.name == "stash_type"), 1)
                 if stash != 1:
                     bad.append(f"LayerNormalization {node.name} on the canvas has stash_type {stash}, must be 1 (float32)")
@@ -195,12 +199,14 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
         if all(name in region for name in data_inputs):
             region.update(out for out in node.output if out)
     report.coordinate_tensors = len(region)
+    report.protected.update(stream, region)
     for name in sorted(region):
         if types.get(name) in NARROW:
             bad.append(f"coordinate/RoPE/VPE tensor {name} is {_dtype(types, name)}, must be float32")
 
     for node in graph.node:
         if node.op_type in FLOAT32_OPS:
+            report.protected.update(node.output)
             for name in (*node.input, *node.output):
                 report.float32_op_tensors += 1
                 if types.get(name) in NARROW:

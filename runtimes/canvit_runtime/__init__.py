@@ -18,8 +18,9 @@ from canvit_runtime.base import Runner, StepResult
 from canvit_runtime.manifest import Manifest, ManifestError, load_manifest
 
 RUNNERS: dict[str, tuple[str, str, str]] = {
-    # name: (module, class, how to install it)
+    # name: (module, runner class or factory, how to install it)
     "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install onnxruntime"),
+    "openvino": ("canvit_runtime.openvino", "make_runner", "pip install openvino"),
     "tensorrt": ("canvit_runtime.tensorrt", "TensorRtRunner",
                  "pip install tensorrt cuda-python on a machine with an NVIDIA GPU (JetPack ships TensorRT)"),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from canvit_runtime.base import HostStateRunner
-from canvit_runtime.manifest import Manifest
+from canvit_runtime.manifest import Manifest, ManifestError
 
 
 def emulate_bfloat16(model):  # onnx.ModelProto -> onnx.ModelProto
@@ -90,6 +90,9 @@ class OnnxRuntimeRunner(HostStateRunner):
         import onnxruntime as ort
 
         super().__init__(manifest)
+        if manifest.data["artifact"]["target"] != "onnx":
+            raise ManifestError(f"{manifest.directory} is a {manifest.data['artifact']['target']} artifact; ONNX Runtime "
+                                f"runs ONNX artifacts (canvit-export onnx)")
         providers = providers or ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         if threads is not None:

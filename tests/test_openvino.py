@@ -1,0 +1,129 @@
+"""OpenVINO: stateful IR with the canvas as a float32 variable, precision audited in the compiled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import canvit_runtime
+from canvit_export.errors import ExportError
+from canvit_export.export.openvino import audit_compiled, export_openvino, protected_ops
+from canvit_export.parity import parity_command
+from canvit_export.precision import audit_onnx
+from canvit_runtime.policies import make_policy
+from canvit_runtime.preprocess import scene_batch
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install canvit-export[openvino])")
+
+
+@pytest.fixture(scope="module")
+def ir(export_artifact, tmp_path_factory):
+    """ir(precision, stateful, int8, batch) -> IR artifact from the vits16 canvas-16 fp32 ONNX artifact."""
+    cache: dict[tuple, Path] = {}
+
+    def make(precision: str = "fp32", stateful: bool = True, int8: bool = False, batch: int = 1, canvas: int = 16) -> Path:
+        key = (precision, stateful, int8, batch, canvas)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("ir") / f"{precision}-{stateful}-{int8}-{batch}-{canvas}"
+            export_openvino(export_artifact("vits16", canvas=canvas, batch=batch), out, precision=precision,
+                            int8_weights=int8, stateful=stateful, quiet=True)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+def parity(artifact: Path, photo, tmp_path: Path, glimpses: int = 10) -> dict:
+    return parity_command(artifact=artifact, runtime="openvino", loaded=None, image=photo, policy="c2f",
+                          glimpses=glimpses, seed=0, threads=None, report_path=tmp_path / "r.json")
+
+
+def test_stateful_ir_holds_the_state_as_variables(ir) -> None:
+    artifact = ir("fp32")
+    model = ov.Core().read_model(str(artifact / "step.xml"))
+    assert {i.get_any_name() for i in model.inputs} == {"scene", "centers", "scales"}
+    assert len(model.outputs) == 0
+    read_values = {op.get_variable_id(): op for op in model.get_ops() if op.get_type_name() == "ReadValue"}
+    assert set(read_values) == {"canvascanvas_next", "recurrent_clsrecurrent_cls_next"}
+    assert str(read_values["canvascanvas_next"].get_output_element_type(0)) == "<Type: 'float32'>"
+    assert list(read_values["canvascanvas_next"].get_output_shape(0)) == [1, 16 + 256, 1024]
+    assert sum(op.get_type_name() == "Assign" for op in model.get_ops()) == 2
+    manifest = canvit_runtime.load_manifest(artifact).data
+    assert manifest["artifact"]["stateful"] and manifest["artifact"]["compiled_audit"]["checked"] >= 30
+    assert [s["variable"] for s in manifest["state"]] == ["canvascanvas_next", "recurrent_clsrecurrent_cls_next"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_parity_on_a_photo(ir, photo, tmp_path, precision: str) -> None:
+    report = parity(ir(precision), photo, tmp_path)
+    assert report["passed"], report["failures"]
+    worst = report["worst"]
+    if precision == "fp32":
+        assert worst["canvas_rel_l2"] <= 1e-4, worst
+    else:
+        assert 1e-5 < worst["canvas_rel_l2"] <= 2e-2 and worst["canvas_cosine"] >= 0.999, worst
+
+
+def test_int8_weights_parity_and_size(ir, photo, tmp_path) -> None:
+    artifact = ir("fp32", int8=True)
+    report = parity(artifact, photo, tmp_path)
+    assert report["passed"], report["failures"]
+    assert report["worst"]["canvas_rel_l2"] > 1e-4, "the weights really were compressed"
+    size = (artifact / "step.bin").stat().st_size
+    assert size < 0.35 * (ir("fp32") / "step.bin").stat().st_size
+
+
+def test_batch_2(ir, photo, tmp_path) -> None:
+    report = parity(ir("fp32", batch=2, canvas=32), photo, tmp_path, glimpses=3)
+    assert report["passed"] and report["geometry"]["batch"] == 2, report["failures"]
+
+
+def test_stateful_equals_stateless_and_reset(ir, photo) -> None:
+    stateful = canvit_runtime.open(ir("bf16"), runtime="openvino")
+    stateless = canvit_runtime.open(ir("bf16", stateful=False), runtime="openvino")
+    scene = scene_batch(photo, scene_px=512, batch=1)
+    viewpoints = make_policy("c2f", batch=1, glimpses=5, seed=0)
+    first = None
+    for t, v in enumerate(viewpoints):
+        a = stateful.step(scene, v.centers, v.scales)
+        b = stateless.step(scene, v.centers, v.scales)
+        np.testing.assert_allclose(a.canvas, b.canvas, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(a.recurrent_cls, b.recurrent_cls, rtol=1e-5, atol=1e-4)
+        if t == 0:
+            first = a.canvas.copy()
+    with pytest.raises(RuntimeError, match="overwritten by a later step"):
+        a_old = stateful.step(scene, viewpoints[0].centers, viewpoints[0].scales)
+        stateful.step(scene, viewpoints[0].centers, viewpoints[0].scales)
+        a_old.canvas  # noqa: B018 (the variable moved on)
+    stateful.reset()
+    np.testing.assert_array_equal(stateful.state("canvas"), stateful.manifest.initial_state(1)["canvas"])
+    np.testing.assert_array_equal(stateful.step(scene, viewpoints[0].centers, viewpoints[0].scales).canvas, first)
+
+
+def test_compiled_audit_catches_openvinos_own_bf16(export_artifact) -> None:
+    """OpenVINO's bf16 inference hint on the fp32 graph narrows the canvas LayerNorm, the VPE and RoPE: the
+    audit of the compiled model must say so (this is why bf16 IRs come from our typed graph)."""
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16: OpenVINO's bf16 hint falls back to f32")
+    path = export_artifact("vits16", canvas=16) / "step.onnx"
+    protected = audit_onnx(onnx.load(str(path))).protected
+    model = ov.convert_model(str(path))
+    ops = protected_ops(model, protected)
+    narrowed = audit_compiled(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"}), ops)
+    assert narrowed["violations"], narrowed
+    assert any("MVN" in v for v in narrowed["violations"]), narrowed["violations"]
+    exact = audit_compiled(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), ops)
+    assert not exact["violations"] and exact["checked"] >= 30
+
+
+def test_bad_openvino_inputs(export_artifact, tmp_path) -> None:
+    with pytest.raises(ExportError, match="no such artifact folder"):
+        export_openvino(tmp_path / "missing", tmp_path / "o", quiet=True)
+    with pytest.raises(ExportError, match="--precision int4"):
+        export_openvino(export_artifact("vits16", canvas=16), tmp_path / "o", precision="int4", quiet=True)
+    with pytest.raises(ValueError, match="OpenVINO device 'NPU' is not available"):
+        canvit_runtime.open(export_artifact("vits16", canvas=16), runtime="openvino", device="NPU")
+    assert not (tmp_path / "o").exists()
