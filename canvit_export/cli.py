@@ -188,6 +188,34 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
 
 
 @main.command()
+@click.option("--artifacts", "artifacts", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Artifact folders (repeat the option, or give several after one --artifacts).")
+@click.argument("more_artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--runtimes", default="onnxruntime,openvino,tensorrt", show_default=True,
+              help="Comma-separated runtimes; each runs the artifacts of its targets.")
+@click.option("--threads", type=int, default=None, help="Threads for every runtime and PyTorch [default: each one's].")
+@click.option("--iters", type=int, default=50, show_default=True, help="Timed glimpses per configuration.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed glimpses first.")
+@click.option("--quick", is_flag=True, help="Smoke run: 2 timed glimpses after 1 warm-up.")
+@click.option("--no-peer", is_flag=True, help="Skip the canvit-pytorch live-export baseline (it exports once per group).")
+@click.option("--image", type=click.Path(path_type=Path), default=None, help="Photograph [default: skimage astronaut].")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True,
+              help="Folder for bench.json, bench.md and bench.png.")
+@one_line_errors
+def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, image, out) -> None:
+    """Latency, throughput, memory, size and error of every artifact x runtime vs PyTorch eager, in one run."""
+    from canvit_export.bench import bench_command
+    from canvit_export.progress import console
+
+    if quick:
+        iters, warmup = 2, 1
+    report = bench_command(artifacts=[*artifacts, *more_artifacts], runtimes=[r for r in runtimes.split(",") if r],
+                           threads=threads, iters=iters, warmup=warmup, out=out, peer=not no_peer, image=image)
+    console.print((out / "bench.md").read_text(), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report['rows'])} rows)")
+
+
+@main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the artifact's files.")
 @one_line_errors

@@ -18,6 +18,7 @@ per channel) with NNCF, leaving the protected ops (the VPE's Fourier features) u
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,6 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str = "fp32"
                                      "tensors": {name: tensors[name].dtype for name in
                                                  [t["name"] for t in (*manifest["inputs"], *manifest["outputs"])]}}
         if (staging / "onnx").exists():
-            import shutil
-
             shutil.rmtree(staging / "onnx")
         finish_manifest(staging, manifest, {"ir": IR_FILE, "weights": WEIGHTS_FILE, "initial_state": INITIAL_STATE_FILE},
                         "openvino", "nncf")

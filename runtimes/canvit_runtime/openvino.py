@@ -35,33 +35,40 @@ def compile_step(manifest: Manifest, *, device: str, threads: int | None, infere
     return ov.Core().compile_model(str(path), device, config)
 
 
-class OpenVinoRunner(HostStateRunner):
-    """A stateless IR or an ONNX artifact: the state goes in and out of the graph every glimpse."""
+class _CompiledStep:
+    """What both OpenVINO runners hold: the compiled step, one infer request, the output names."""
 
     name = "openvino"
 
-    def __init__(self, manifest: Manifest, *, threads: int | None = None, device: str = "CPU",
-                 inference_precision: str | None = None) -> None:
-        super().__init__(manifest)
+    def _compile(self, manifest: Manifest, device: str, threads: int | None, inference_precision: str | None) -> None:
         self.compiled = compile_step(manifest, device=device, threads=threads, inference_precision=inference_precision)
         self.request = self.compiled.create_infer_request()
         self._output_names = [o.get_any_name() for o in self.compiled.outputs]
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(feeds)
         return {name: np.array(results[i], copy=True) for i, name in enumerate(self._output_names)}
 
 
-class OpenVinoStatefulRunner(Runner):
-    """A stateful IR: canvas and recurrent CLS are OpenVINO variables, read back only when asked for."""
-
-    name = "openvino"
+class OpenVinoRunner(_CompiledStep, HostStateRunner):
+    """A stateless IR or an ONNX artifact: the state goes in and out of the graph every glimpse."""
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, device: str = "CPU",
                  inference_precision: str | None = None) -> None:
-        super().__init__(manifest)
-        self.compiled = compile_step(manifest, device=device, threads=threads, inference_precision=inference_precision)
-        self.request = self.compiled.create_infer_request()
+        HostStateRunner.__init__(self, manifest)
+        self._compile(manifest, device, threads, inference_precision)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._infer(feeds)
+
+
+class OpenVinoStatefulRunner(_CompiledStep, Runner):
+    """A stateful IR: canvas and recurrent CLS are OpenVINO variables, read back only when asked for."""
+
+    def __init__(self, manifest: Manifest, *, threads: int | None = None, device: str = "CPU",
+                 inference_precision: str | None = None) -> None:
+        Runner.__init__(self, manifest)
+        self._compile(manifest, device, threads, inference_precision)
         by_variable = {state.name: state for state in self.request.query_state()}
         self._states = {}
         for record in manifest.data["state"]:
@@ -69,7 +76,6 @@ class OpenVinoStatefulRunner(Runner):
                 raise ManifestError(f"{manifest.file('ir')} has no state variable {record['variable']!r} "
                                     f"(has {sorted(by_variable)}); re-export the artifact")
             self._states[record["input"]] = by_variable[record["variable"]]
-        self._output_names = [o.get_any_name() for o in self.compiled.outputs]
 
     def _reset_state(self, state: dict[str, np.ndarray]) -> None:
         import openvino as ov
@@ -78,8 +84,7 @@ class OpenVinoStatefulRunner(Runner):
             variable.state = ov.Tensor(np.ascontiguousarray(state[name]).copy())
 
     def _step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.request.infer(inputs)
-        return {name: np.array(results[i], copy=True) for i, name in enumerate(self._output_names)}
+        return self._infer(inputs)
 
     def _read_state(self, name: str) -> np.ndarray:
         return np.array(self._states[name].state.data, copy=True)

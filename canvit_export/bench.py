@@ -1,0 +1,319 @@
+"""canvit-export bench: step latency, throughput, memory, size and error of every artifact x runtime, against
+PyTorch eager (fp32) and canvit-pytorch's own browser export (viz.live GlimpseStep) on ONNX Runtime.
+
+Every configuration steps through the same C2F rollout of a real photo with its state carried, and the
+configurations take their steps in turn (round-robin), so drift of this shared machine hits all of them alike.
+PyTorch eager's state at each glimpse is also the parity reference: each configuration's worst canvas rel-L2 and
+cosine over the rollout are measured outside the timed region. Peak resident memory is measured per
+configuration in a child process (load + 3 glimpses), since one process's peak mixes them all.
+GFLOPs per glimpse: canvit_pytorch.flops.glimpse_flops (paper App. G), for the artifact's canvas and glimpse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+import canvit_runtime
+from canvit_export.errors import ExportError
+from canvit_export.bench_child import PeerStepper
+from canvit_export.export.artifact import tool_versions
+from canvit_export.parity import compare, default_image
+from canvit_export.progress import console
+from canvit_export.source import LoadedModel, load_from_record
+from canvit_export.step import reference_step
+from canvit_runtime.manifest import Manifest, load_manifest
+from canvit_runtime.policies import Viewpoints, make_policy
+from canvit_runtime.preprocess import scene_batch
+
+COMPATIBLE = {"onnxruntime": {"onnx"}, "openvino": {"onnx", "openvino"}, "tensorrt": {"tensorrt"}}
+COLUMNS = ("config", "runtime", "precision", "canvas", "batch", "median ms", "p10 ms", "p90 ms", "glimpses/s",
+           "vs eager", "peak RSS MB", "size MB", "worst rel-L2", "worst cosine", "GFLOPs/glimpse", "GFLOP/s")
+
+
+class Stepper(Protocol):
+    def reset(self) -> None: ...
+    def step(self, scene: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> Any: ...
+
+
+@dataclass
+class Candidate:
+    """One configuration being timed: its stepper, facts for the table, and what it measured."""
+
+    name: str
+    runtime: str
+    precision: str
+    group: str  # weights fingerprint + geometry: candidates of one group share a reference
+    manifest: Manifest
+    stepper: Stepper
+    size_bytes: int
+    child: list[str]  # argv of the child process that measures peak RSS
+    times_ms: list[float] = field(default_factory=list)
+    rel_l2: list[float] = field(default_factory=list)
+    cosine: list[float] = field(default_factory=list)
+    canvas: np.ndarray | None = None  # eager only: the reference canvas of the current glimpse
+
+
+class EagerStepper:
+    """canvit-pytorch's CanViT in float32 on the CPU (step.reference_step), state carried as torch tensors."""
+
+    def __init__(self, loaded: LoadedModel, manifest: Manifest) -> None:
+        self.canvit, self.manifest = loaded.canvit.float().eval(), manifest
+
+    def reset(self) -> None:
+        initial = self.manifest.initial_state(self.manifest.batch)
+        self.canvas = torch.from_numpy(initial["canvas"].copy())
+        self.cls = torch.from_numpy(initial["recurrent_cls"].copy())
+
+    def step(self, scene: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            self.canvas, self.cls = reference_step(self.canvit, torch.from_numpy(scene), self.canvas, self.cls,
+                                                   torch.from_numpy(centers), torch.from_numpy(scales),
+                                                   glimpse_px=self.manifest.glimpse_px)
+        return self.canvas
+
+
+def export_peer(loaded: LoadedModel, manifest: Manifest, workdir: Path) -> Path:
+    """canvit-pytorch's browser export (viz.live.step.GlimpseStep, torch.onnx dynamo, opset 18) of these weights
+    and geometry, written once to workdir/peer-<artifact>.onnx."""
+    from canvit_pytorch.viz.live.step import GlimpseStep, StepInputs, StepOutputs
+
+    path = workdir / f"peer-{manifest.directory.name}.onnx"
+    if path.exists():
+        return path
+    module = GlimpseStep(loaded.canvit.float().eval(), glimpse_size_px=manifest.glimpse_px).eval()
+    initial = manifest.initial_state(manifest.batch)
+    inputs = tuple(torch.from_numpy(np.array(a)) for a in (
+        np.zeros(manifest.input("scene").shape, np.float32), initial["canvas"], initial["recurrent_cls"],
+        np.zeros((manifest.batch, 2), np.float32), np.ones(manifest.batch, np.float32)))
+    with torch.inference_mode(), open(os.devnull, "w") as null:
+        stdout, sys.stdout = sys.stdout, null
+        try:
+            program = torch.onnx.export(module, inputs, input_names=list(StepInputs._fields),
+                                        output_names=list(StepOutputs._fields), opset_version=18, dynamo=True,
+                                        external_data=False)
+        finally:
+            sys.stdout = stdout
+    program.save(str(path), external_data=False)
+    return path
+
+
+def glimpse_gflops(manifest: Manifest) -> float:
+    """Analytic GFLOPs of one glimpse per scene x batch (canvit_pytorch.flops.glimpse_flops; paper App. G)."""
+    from canvit_pytorch import CanViTConfig
+    from canvit_pytorch.flops import glimpse_flops
+
+    arch = manifest.data["architecture"]
+    config = CanViTConfig(backbone_name=arch["backbone"], canvas_num_heads=arch["canvas_num_heads"],
+                          canvas_head_dim=arch["canvas_head_dim"], num_canvas_registers=arch["num_canvas_registers"],
+                          num_backbone_registers=arch["num_backbone_registers"], enable_vpe=arch["enable_vpe"],
+                          canvas_projections=arch["canvas_projections"])
+    return glimpse_flops(config, glimpse_size_px=manifest.glimpse_px, canvas_grid_size=manifest.canvas_grid) \
+        * manifest.batch / 1e9
+
+
+def peak_rss_mb(argv: list[str]) -> float | None:
+    """Peak resident memory (MB) of a child process: `python -m canvit_export.bench_child ...`."""
+    result = subprocess.run([sys.executable, "-m", "canvit_export.bench_child", *argv], capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode != 0:
+        console.print(f"[yellow]peak RSS of {argv} not measured[/yellow]: {result.stderr.strip()[-200:]}")
+        return None
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def machine_facts(threads: int | None) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+            "versions": tool_versions("onnx", "onnxruntime", "openvino", "nncf", "tensorrt")}
+
+
+def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | None, workdir: Path,
+                     peer: bool) -> list[Candidate]:
+    """Every compatible artifact x runtime, plus per group (weights + geometry) the eager and peer baselines."""
+    candidates: list[Candidate] = []
+    groups: dict[str, Manifest] = {}
+    thread_arg = str(threads) if threads is not None else "-"
+    for artifact in artifacts:
+        try:
+            manifest = load_manifest(artifact)
+        except ValueError as error:
+            raise ExportError(str(error)) from error
+        group = f"{manifest.data['model']['weights_fingerprint'][:12]}-{json.dumps(manifest.data['geometry'])}"
+        groups.setdefault(group, manifest)
+        size = sum(f["bytes"] for f in manifest.data["files"].values())
+        target = manifest.data["artifact"]["target"]
+        for runtime in runtimes:
+            if target not in COMPATIBLE.get(runtime, set()):
+                continue
+            try:
+                runner = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
+            except (ValueError, canvit_runtime.RuntimeUnavailable) as error:
+                console.print(f"[yellow]skipping {artifact} on {runtime}[/yellow]: {error}")
+                continue
+            candidates.append(Candidate(f"{artifact.name} [{runtime}]", runtime, manifest.precision, group, manifest,
+                                        runner, size, ["runtime", str(artifact), runtime, thread_arg]))
+    if not candidates:
+        raise ExportError(f"no artifact runs on {', '.join(runtimes)}: pass --artifacts of matching targets")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    for group, manifest in groups.items():
+        with console.status(f"preparing the baselines of {manifest.directory.name}"):
+            loaded = load_from_record(manifest.data["model"])
+            candidates.insert(0, Candidate(f"PyTorch eager ({manifest.directory.name})", "pytorch", "fp32", group,
+                                           manifest, EagerStepper(loaded, manifest), 0,
+                                           ["eager", str(manifest.directory), "pytorch", thread_arg]))
+            if peer:
+                path = export_peer(loaded, manifest, workdir)
+                candidates.insert(1, Candidate(f"canvit-pytorch live export ({manifest.directory.name}) [onnxruntime]",
+                                               "onnxruntime", "fp32", group, manifest,
+                                               PeerStepper(path, manifest, threads), path.stat().st_size,
+                                               ["peer", str(manifest.directory), "onnxruntime", thread_arg, str(path)]))
+    return candidates
+
+
+def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: int, seed: int = 0) -> None:
+    """Round-robin rollout: every candidate takes glimpse t before any takes glimpse t + 1."""
+    total = warmup + iters
+    batch_of = {c.group: c.manifest.batch for c in candidates}
+    scenes = {g: scene_batch(image, scene_px=next(c.manifest.scene_px for c in candidates if c.group == g), batch=b)
+              for g, b in batch_of.items()}
+    policies: dict[str, list[Viewpoints]] = {}
+    for group, batch in batch_of.items():  # C2F, repeated: 21 glimpses per scene, reset in between
+        policies[group] = make_policy("c2f", batch=batch, glimpses=21, seed=seed)
+    for c in candidates:
+        c.stepper.reset()
+    with console.status("benchmark") as status:
+        for t in range(total):
+            for c in candidates:
+                if t % 21 == 0 and t:
+                    c.stepper.reset()
+                v = policies[c.group][t % 21]
+                start = time.perf_counter()
+                result = c.stepper.step(scenes[c.group], v.centers, v.scales)
+                elapsed = (time.perf_counter() - start) * 1e3
+                canvas = result if isinstance(result, np.ndarray | torch.Tensor) else result.canvas
+                canvas = canvas.numpy() if isinstance(canvas, torch.Tensor) else canvas
+                if c.runtime == "pytorch":
+                    c.canvas = canvas
+                else:
+                    reference = next(r for r in candidates if r.runtime == "pytorch" and r.group == c.group).canvas
+                    registers = c.manifest.num_canvas_registers
+                    rel, _, cosine = compare(canvas[:, registers:], reference[:, registers:])
+                    c.rel_l2.append(rel)
+                    c.cosine.append(cosine)
+                if t >= warmup:
+                    c.times_ms.append(elapsed)
+            status.update(f"benchmark: glimpse {t + 1}/{total} of {len(candidates)} configurations")
+
+
+def rows(candidates: list[Candidate], rss: dict[str, float | None]) -> list[dict[str, Any]]:
+    eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.runtime == "pytorch"}
+    out = []
+    for c in candidates:
+        median = float(np.median(c.times_ms))
+        gflops = glimpse_gflops(c.manifest)
+        out.append({
+            "config": c.name, "runtime": c.runtime, "precision": c.precision, "canvas": c.manifest.canvas_grid,
+            "batch": c.manifest.batch, "median ms": median, "p10 ms": float(np.percentile(c.times_ms, 10)),
+            "p90 ms": float(np.percentile(c.times_ms, 90)), "glimpses/s": 1e3 * c.manifest.batch / median,
+            "vs eager": eager[c.group] / median, "peak RSS MB": rss.get(c.name), "size MB": c.size_bytes / 1e6,
+            "worst rel-L2": max(c.rel_l2) if c.rel_l2 else 0.0, "worst cosine": min(c.cosine) if c.cosine else 1.0,
+            "GFLOPs/glimpse": gflops, "GFLOP/s": gflops / (median / 1e3),
+        })
+    return out
+
+
+def markdown(table: list[dict[str, Any]], facts: dict[str, Any], iters: int) -> str:
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "n/a"
+        if key in ("worst rel-L2",):
+            return f"{value:.1e}"
+        if key == "worst cosine":
+            return f"{value:.6f}"
+        if key == "vs eager":
+            return f"{value:.2f}x"
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    lines = [f"Machine: {facts['cpu']}, {facts['cores']} cores, threads {facts['threads'] or 'default'}; "
+             f"median of {iters} glimpses per configuration, interleaved.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(k, r[k]) for k in COLUMNS) + " |" for r in table]
+    return "\n".join(lines) + "\n"
+
+
+def chart(table: list[dict[str, Any]], path: Path) -> None:
+    """Median latency per configuration (bars with p10-p90), and latency vs canvas grid per runtime/precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, max(4, 0.35 * len(table) + 2)),
+                                       gridspec_kw={"width_ratios": [3, 2]})
+    names = [r["config"] for r in table]
+    medians = np.array([r["median ms"] for r in table])
+    errors = np.array([[r["median ms"] - r["p10 ms"] for r in table], [r["p90 ms"] - r["median ms"] for r in table]])
+    bars.barh(range(len(table)), medians, xerr=errors, color="tab:blue", alpha=0.8)
+    bars.set_yticks(range(len(table)), names, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlabel("step latency, ms (median, p10-p90)")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in table:
+        series.setdefault(f"{r['runtime']} {r['precision']}", []).append((r["canvas"], r["median ms"]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        curves.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    curves.set_xlabel("canvas grid G (G x G tokens)")
+    curves.set_ylabel("median step latency, ms")
+    curves.legend(fontsize=7)
+    curves.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | None, iters: int, warmup: int,
+                  out: Path, peer: bool, image: Path | None) -> dict[str, Any]:
+    """Run the benchmark and write out/bench.json, out/bench.md and out/bench.png; return the JSON."""
+    if iters < 1 or warmup < 0:
+        raise ExportError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
+    unknown = [r for r in runtimes if r not in COMPATIBLE]
+    if unknown:
+        raise ExportError(f"unknown runtime(s) {unknown}: choose from {', '.join(COMPATIBLE)}")
+    with tempfile.TemporaryDirectory(prefix="canvit-bench-") as tmp:
+        workdir = Path(tmp)
+        candidates = build_candidates(artifacts, runtimes, threads, workdir, peer)
+        run_bench(candidates, default_image() if image is None else image, iters=iters, warmup=warmup)
+        rss = {}
+        with console.status("measuring peak resident memory, one child process per configuration"):
+            for c in candidates:
+                rss[c.name] = peak_rss_mb(c.child)
+    facts = machine_facts(threads)
+    table = rows(candidates, rss)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": facts, "iters": iters, "warmup": warmup, "image": str(image or "skimage.data.astronaut()"),
+              "policy": "c2f (21 glimpses, reset after each 21)", "columns": list(COLUMNS), "rows": table}
+    (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "bench.md").write_text(markdown(table, facts, iters))
+    chart(table, out / "bench.png")
+    return report
+
+

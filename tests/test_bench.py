@@ -1,0 +1,41 @@
+"""canvit-export bench --quick: the table, JSON and chart are produced with every column; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from canvit_export.bench import COLUMNS
+from canvit_export.cli import main
+
+
+def test_bench_quick(export_artifact, tmp_path) -> None:
+    fp32 = export_artifact("vits16", canvas=16)
+    fp16 = export_artifact("vits16", canvas=16, precision="fp16")
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", "--artifacts", str(fp32), str(fp16), "--runtimes",
+                                       "onnxruntime,openvino", "--quick", "--threads", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["iters"] == 2 and report["warmup"] == 1
+    assert report["machine"]["cores"] and report["machine"]["threads"] == 2 and "onnxruntime" in report["machine"]["versions"]
+    rows = report["rows"]
+    names = [r["config"] for r in rows]
+    # eager + the peer export, then each artifact on each runtime that runs it
+    assert len(rows) == 2 + 2 * 2, names
+    assert names[0].startswith("PyTorch eager") and names[1].startswith("canvit-pytorch live export")
+    for row in rows:
+        assert set(row) == set(COLUMNS), row
+        assert row["median ms"] > 0 and row["glimpses/s"] > 0 and row["GFLOPs/glimpse"] > 1
+        assert row["peak RSS MB"] is not None and row["peak RSS MB"] > 50, row
+        assert 0 <= row["worst rel-L2"] < 2e-2 and row["worst cosine"] > 0.999, row
+    assert rows[0]["vs eager"] == 1.0 and rows[0]["worst rel-L2"] == 0.0
+    fp16_rows = [r for r in rows if r["precision"] == "fp16"]
+    assert fp16_rows and all(r["worst rel-L2"] > 1e-5 for r in fp16_rows), "the fp16 error is measured, not assumed"
+    table = (out / "bench.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| config"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
+    assert sum(line.startswith("| ") for line in table) == 1 + len(rows)
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
