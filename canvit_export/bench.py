@@ -188,8 +188,15 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
     return candidates
 
 
+SETTLE_SECONDS = 0.02
+"""Untimed pause before each timed step: ONNX Runtime's and OpenMP's worker threads spin for a while after a run,
+and on a 2-core machine they would slow whichever configuration runs next (measured: the configuration right
+after another ONNX Runtime session lost about 25%)."""
+
+
 def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: int, seed: int = 0) -> None:
-    """Round-robin rollout: every candidate takes glimpse t before any takes glimpse t + 1."""
+    """Round-robin rollout: every candidate takes glimpse t before any takes glimpse t + 1, in an order shuffled
+    each round (seeded), each after a short untimed pause, so that no configuration always follows the same one."""
     total = warmup + iters
     batch_of = {c.group: c.manifest.batch for c in candidates}
     scenes = {g: scene_batch(image, scene_px=next(c.manifest.scene_px for c in candidates if c.group == g), batch=b)
@@ -199,12 +206,16 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
         policies[group] = make_policy("c2f", batch=batch, glimpses=21, seed=seed)
     for c in candidates:
         c.stepper.reset()
+    rng = np.random.default_rng(seed)
     with console.status("benchmark") as status:
         for t in range(total):
-            for c in candidates:
+            order = [candidates[i] for i in rng.permutation(len(candidates))]
+            order.sort(key=lambda c: c.runtime != "pytorch")  # the reference first: the others compare with it
+            for c in order:
                 if t % 21 == 0 and t:
                     c.stepper.reset()
                 v = policies[c.group][t % 21]
+                time.sleep(SETTLE_SECONDS)
                 start = time.perf_counter()
                 result = c.stepper.step(scenes[c.group], v.centers, v.scales)
                 elapsed = (time.perf_counter() - start) * 1e3

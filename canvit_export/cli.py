@@ -51,6 +51,33 @@ def weight_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def geometry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--canvas / --glimpse / --scene / --batch, passed on as one Geometry named `geometry`."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, canvas_grid: int, glimpse_px: int, scene_px: int, batch: int, **kwargs: Any) -> Any:
+        from canvit_export.export.artifact import Geometry
+
+        geometry = Geometry(batch=batch, scene_px=scene_px, glimpse_px=glimpse_px, canvas_grid=canvas_grid)
+        return command(*args, geometry=geometry, **kwargs)
+
+    for option in reversed([
+        click.option("--canvas", "canvas_grid", type=int, default=32, show_default=True,
+                     help="Canvas grid G (G x G tokens)."),
+        click.option("--glimpse", "glimpse_px", type=int, default=128, show_default=True, help="Glimpse size in px."),
+        click.option("--scene", "scene_px", type=int, default=512, show_default=True, help="Scene size in px (square)."),
+        click.option("--batch", type=int, default=1, show_default=True, help="Static batch size."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def refuse_existing(out: Path | None, force: bool) -> None:
+    """Fail before loading anything when --out exists and --force is not given."""
+    if out is not None and out.exists() and not force:
+        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+
+
 def load_weights(model: str | None, revision: str | None, random_weights: bool, backbone: str, weight_seed: int):
     from canvit_export import source
     from canvit_export.progress import console
@@ -68,10 +95,7 @@ def main() -> None:
 
 @main.command()
 @weight_options
-@click.option("--canvas", "canvas_grid", type=int, default=32, show_default=True, help="Canvas grid G (G x G tokens).")
-@click.option("--glimpse", "glimpse_px", type=int, default=128, show_default=True, help="Glimpse size in px.")
-@click.option("--scene", "scene_px", type=int, default=512, show_default=True, help="Scene size in px (square).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@geometry_options
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp16-all"]), default="fp32", show_default=True,
               help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
@@ -81,16 +105,14 @@ def main() -> None:
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
-def onnx(model, revision, random_weights, backbone, weight_seed, canvas_grid, glimpse_px, scene_px, batch, opset,
-         precision, glimpse_output, out, force) -> None:
+def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset, precision, glimpse_output, out,
+         force) -> None:
     """Export the glimpse step as DIR/step.onnx + DIR/manifest.json (+ initial_state.bin)."""
-    from canvit_export.export.artifact import Geometry, default_out_dir
+    from canvit_export.export.artifact import default_out_dir
     from canvit_export.export.onnx import export_onnx
     from canvit_export.progress import console
 
-    geometry = Geometry(batch=batch, scene_px=scene_px, glimpse_px=glimpse_px, canvas_grid=canvas_grid)
-    if out is not None and out.exists() and not force:  # before loading anything
-        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+    refuse_existing(out, force)
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx")
     manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output,
@@ -153,9 +175,42 @@ def openvino(artifact, precision, int8_weights, stateful, out, force) -> None:
 
 
 @main.command()
+@weight_options
+@geometry_options
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32.")
+@click.option("--stateful", is_flag=True, help="Canvas as a Core ML state (iOS18/macOS15+; stored as float16).")
+@click.option("--min-target", type=click.Choice(["iOS17", "iOS18", "macOS14", "macOS15"]), default=None,
+              help="Minimum deployment target [default: iOS17, iOS18 with --stateful].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>-coreml].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@one_line_errors
+def coreml(model, revision, random_weights, backbone, weight_seed, geometry, precision, stateful, min_target, out,
+           force) -> None:
+    """Export the glimpse step as a Core ML ML program (DIR/step.mlpackage + manifest), converted from PyTorch."""
+    from canvit_export.export.artifact import default_out_dir
+    from canvit_export.export.coreml import export_coreml
+    from canvit_export.progress import console
+
+    refuse_existing(out, force)
+    loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
+    out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision,
+                                 "coreml-stateful" if stateful else "coreml")
+    manifest = export_coreml(loaded, geometry, out, precision=precision, stateful=stateful, min_target=min_target,
+                             force=force)
+    audit = manifest["artifact"]["mil_audit"]
+    console.print(f"wrote {out}: step.mlpackage {manifest['files']['package']['bytes'] / 1e6:.1f} MB, "
+                  f"{sum(manifest['artifact']['op_counts'].values())} MIL ops, canvas stream of "
+                  f"{len(audit['canvas_stream']) - 1} fp32 adds, {audit['coordinate_ops']} fp32 coordinate ops")
+    if stateful:
+        console.print("[yellow]note[/yellow]: Core ML states are float16: the canvas is stored in fp16 between glimpses")
+
+
+@main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (with manifest.json).")
 @click.option("--runtime", default="onnxruntime", show_default=True,
-              help="Runtime to check: onnxruntime, openvino, tensorrt.")
+              help="Runtime to check: onnxruntime, openvino, tensorrt, coreml (macOS).")
 @weight_options
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="Photograph to roll out on [default: skimage.data.astronaut()].")

@@ -18,6 +18,7 @@ TensorRT's strongly typed mode, ONNX Runtime and OpenVINO execute exactly these 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -130,7 +131,10 @@ class GlimpseStep(nn.Module):
         qkv = self._linear(attn.qkv, x, bias=attn.qkv.bias * attn._bias_mask)
         qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
-        out = F.scaled_dot_product_attention(rotate(q, rope), rotate(k, rope), v, scale=attn.head_dim**-0.5)
+        # canvit-pytorch passes scale=head_dim**-0.5, which is SDPA's default; leaving it implicit lets coremltools
+        # build the scale in the query's dtype (an explicit fp32 scale breaks its fp16 conversion).
+        assert attn.head_dim**-0.5 == 1 / math.sqrt(q.shape[-1]), attn.head_dim
+        out = F.scaled_dot_product_attention(rotate(q, rope), rotate(k, rope), v)
         return self._linear(attn.proj, out.transpose(1, 2).reshape(B, N, D))
 
     def _block(self, block: ViTBlock, x: Tensor, rope: RoPE) -> Tensor:

@@ -19,5 +19,5 @@ if [ ! -x .venv/bin/python ]; then
     "$(find_python)" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev,openvino]"
+.venv/bin/python -m pip install --quiet -e ".[dev,openvino,coreml]"
 echo "canvit-export is installed in .venv ($(.venv/bin/python --version))"

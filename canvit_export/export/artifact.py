@@ -34,6 +34,7 @@ from canvit_runtime.manifest import (
     ROLE_STATE,
     TensorSpec,
     sha256_file,
+    size_bytes,
 )
 from canvit_runtime.policies import MIN_SCALE
 
@@ -196,7 +197,7 @@ def base_manifest(*, canvit: CanViT, source_record: dict[str, Any], geometry: Ge
 
 def finish_manifest(directory: Path, manifest: dict[str, Any], files: dict[str, str], *packages: str) -> dict[str, Any]:
     """Add each file's size and SHA-256 (files: key -> name in directory) and tool versions; write manifest.json."""
-    manifest["files"] = {key: {"path": name, "bytes": (directory / name).stat().st_size,
+    manifest["files"] = {key: {"path": name, "bytes": size_bytes(directory / name),
                                "sha256": sha256_file(directory / name)} for key, name in files.items()}
     manifest["tools"] = tool_versions(*packages)
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -21,6 +21,7 @@ RUNNERS: dict[str, tuple[str, str, str]] = {
     # name: (module, runner class or factory, how to install it)
     "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install onnxruntime"),
     "openvino": ("canvit_runtime.openvino", "make_runner", "pip install openvino"),
+    "coreml": ("canvit_runtime.coreml", "CoreMLRunner", "pip install coremltools, on macOS"),
     "tensorrt": ("canvit_runtime.tensorrt", "TensorRtRunner",
                  "pip install tensorrt cuda-python on a machine with an NVIDIA GPU (JetPack ships TensorRT)"),
 }

@@ -52,12 +52,21 @@ class TensorSpec:
 
 
 def sha256_file(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in 16 MiB blocks."""
+    """SHA-256 hex digest of a file, read in 16 MiB blocks; of a folder (an .mlpackage), the digest of its files'
+    relative paths and digests, in path order."""
+    if path.is_dir():
+        lines = [f"{f.relative_to(path).as_posix()} {sha256_file(f)}\n" for f in sorted(path.rglob("*")) if f.is_file()]
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def size_bytes(path: Path) -> int:
+    """A file's size, or the total size of a folder's files."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 @dataclass(frozen=True)
@@ -125,9 +134,9 @@ class Manifest:
         """Raise ManifestError unless every file listed in manifest["files"] exists with its SHA-256 and size."""
         for key, record in self.data["files"].items():
             path = self.directory / record["path"]
-            if not path.is_file():
+            if not path.exists():
                 raise ManifestError(f"{path}: missing from the artifact ({key}); re-export it or copy the whole folder")
-            if path.stat().st_size != record["bytes"] or sha256_file(path) != record["sha256"]:
+            if size_bytes(path) != record["bytes"] or sha256_file(path) != record["sha256"]:
                 raise ManifestError(f"{path}: SHA-256 mismatch, the file was altered or truncated; re-export or re-copy it")
 
     # --- state ---------------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Core ML runner (macOS only: Core ML predicts on Apple platforms; coremltools converts anywhere).
+
+Stateless packages take and return the canvas every glimpse; stateful ones (iOS18/macOS15+) keep it in a Core ML
+state (float16 storage, see canvit_export.export.coreml) and take `reset` = 1.0 on a scene's first glimpse.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from canvit_runtime.base import Runner
+from canvit_runtime.manifest import Manifest, ManifestError
+
+
+class CoreMLRunner(Runner):
+    """Runs step.mlpackage with coremltools' MLModel on `compute_units` (ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE)."""
+
+    name = "coreml"
+
+    def __init__(self, manifest: Manifest, *, threads: int | None = None, compute_units: str = "ALL") -> None:
+        super().__init__(manifest)
+        if manifest.data["artifact"]["target"] != "coreml":
+            raise ManifestError(f"{manifest.directory} is a {manifest.data['artifact']['target']} artifact; Core ML runs "
+                                f"mlpackages (canvit-export coreml)")
+        if sys.platform != "darwin":
+            raise ImportError(f"Core ML predicts on macOS only (this is {sys.platform}); convert here, run on a Mac")
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(manifest.file("package")), compute_units=ct.ComputeUnit[compute_units])
+        self.stateful = bool(manifest.data["artifact"]["stateful"])
+        self._state: Any = None
+
+    def _reset_state(self, state: dict[str, np.ndarray]) -> None:
+        self._host = dict(state)
+        self._first = True
+        if self.stateful:
+            self._state = self.model.make_state()
+
+    def _step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {**inputs, "recurrent_cls": self._host["recurrent_cls"]}
+        if self.stateful:
+            feeds["reset"] = np.full(self.manifest.batch, 1.0 if self._first else 0.0, np.float32)
+            out = self.model.predict(feeds, state=self._state)
+        else:
+            out = self.model.predict({**feeds, "canvas": self._host["canvas"]})
+            self._host["canvas"] = np.asarray(out["canvas_next"], np.float32)
+        self._host["recurrent_cls"] = np.asarray(out["recurrent_cls_next"], np.float32)
+        self._first = False
+        return {}
+
+    def _read_state(self, name: str) -> np.ndarray:
+        if name == "canvas" and self.stateful:
+            if self._first:
+                return self.manifest.initial_state(self.manifest.batch)["canvas"]
+            return np.asarray(self._state.read_state("canvas"), np.float32)  # coremltools >= 8.1
+        return self._host[name]

@@ -1,0 +1,123 @@
+"""Core ML: conversion here (Linux converts; only macOS predicts), the spec against the manifest, the MIL audit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from canvit_export.cli import main
+from canvit_export.export.artifact import Geometry
+from canvit_export.precision import PRECISIONS
+from canvit_export.step import INPUT_NAMES, GlimpseStep
+from canvit_runtime.manifest import load_manifest
+
+ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install canvit-export[coreml])")
+from canvit_export.export.coreml import audit_mil, convert, export_coreml  # noqa: E402
+
+FLOAT32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+FLOAT16 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16
+GEOMETRY = Geometry(batch=1, scene_px=512, glimpse_px=128, canvas_grid=16)
+
+
+@pytest.fixture(scope="module")
+def packages(vits16, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("coreml")
+    export_coreml(vits16, GEOMETRY, root / "fp16", precision="fp16", quiet=True)
+    export_coreml(vits16, GEOMETRY, root / "stateful", precision="fp16", stateful=True, quiet=True)
+    return {"fp16": root / "fp16", "stateful": root / "stateful"}
+
+
+def spec_io(path: Path) -> tuple[dict, dict, dict]:
+    spec = ct.models.MLModel(str(path / "step.mlpackage"), skip_model_load=True).get_spec()
+    def shape_type(feature):
+        return list(feature.type.multiArrayType.shape), feature.type.multiArrayType.dataType
+    return ({f.name: shape_type(f) for f in spec.description.input},
+            {f.name: shape_type(f) for f in spec.description.output},
+            {f.name: (list(f.type.stateType.arrayType.shape), f.type.stateType.arrayType.dataType)
+             for f in spec.description.state})
+
+
+def test_spec_equals_manifest(packages) -> None:
+    manifest = load_manifest(packages["fp16"])  # also verifies the package folder's SHA-256
+    inputs, outputs, states = spec_io(packages["fp16"])
+    assert inputs == {t.name: (list(t.shape), FLOAT32) for t in manifest.inputs}
+    assert outputs == {t.name: (list(t.shape), FLOAT32) for t in manifest.outputs}
+    assert states == {}
+    data = manifest.data
+    assert data["artifact"]["target"] == "coreml" and data["artifact"]["format"] == "mlprogram"
+    assert data["precision"]["follows_float32_rule"] and data["precision"]["matmul_dtype"] == "float16"
+    audit = data["artifact"]["mil_audit"]
+    assert not audit["violations"] and len(audit["canvas_stream"]) == 4 and audit["coordinate_ops"] > 10
+    # fp16 weights: about half the fp32 ONNX export of the same model
+    assert data["files"]["package"]["bytes"] < 60e6
+
+
+def test_stateful_package(packages) -> None:
+    manifest = load_manifest(packages["stateful"])
+    inputs, outputs, states = spec_io(packages["stateful"])
+    assert set(inputs) == {"scene", "recurrent_cls", "centers", "scales", "reset"}
+    assert set(outputs) == {"recurrent_cls_next"}
+    assert states == {"canvas": ([1, 16 + 256, 1024], FLOAT16)}, "coremltools stores states in fp16"
+    data = manifest.data
+    assert data["artifact"]["stateful"] and data["artifact"]["min_target"] == "iOS18"
+    assert not data["precision"]["follows_float32_rule"] and data["state"][0]["storage_dtype"] == "float16"
+    assert not data["artifact"]["mil_audit"]["violations"], "the computation on the canvas stays fp32"
+
+
+def test_mil_audit_catches_coremltools_fp16_compute_precision(vits16) -> None:
+    """coremltools' default compute precision (FLOAT16 for every op) on the fp32 step narrows the canvas path;
+    the MIL audit must say so. This is why the export keeps FLOAT32 and the step's own casts."""
+    step = GlimpseStep(vits16.canvit, glimpse_px=128, canvas_grid=8).eval()
+    example = step.example_inputs(batch=1, scene_px=256)
+    mlmodel = convert(step, tuple(example), list(INPUT_NAMES), ["canvas_next", "recurrent_cls_next"],
+                      min_target="iOS17", state_shape=None, compute_precision=ct.precision.FLOAT16)
+    audit = audit_mil(mlmodel._mil_program)
+    assert any("fp16" in v for v in audit["violations"]), audit["violations"]
+    assert any(("sin" in v or "cos" in v or "coordinate" in v) for v in audit["violations"]), audit["violations"]
+
+
+@pytest.mark.slow
+def test_vitb16_converts(tmp_path) -> None:
+    from canvit_export.source import load
+
+    manifest = export_coreml(load(None, random_weights=True, backbone="vitb16", seed=0), GEOMETRY, tmp_path / "b",
+                             precision="fp16", quiet=True)
+    assert not manifest["artifact"]["mil_audit"]["violations"]
+    assert manifest["architecture"]["backbone"] == "vitb16" and manifest["files"]["package"]["bytes"] > 150e6
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--precision", "bf16"], "Invalid value for '--precision'"),
+    (["--min-target", "iOS16"], "Invalid value for '--min-target'"),
+    (["--stateful", "--min-target", "iOS17"], "error: --stateful needs Core ML states, from iOS18/macOS15"),
+])
+def test_bad_coreml_options(tmp_path, args, needle) -> None:
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["coreml", "--random-weights", "--backbone", "vits16", "--canvas", "8",
+                                       *args, "--out", str(out)])
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not out.exists()
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predicts on macOS only; conversion is tested above")
+@pytest.mark.parametrize("kind", ["fp16", "stateful"])
+def test_coreml_parity(packages, photo, tmp_path, kind) -> None:
+    from canvit_export.parity import parity_command
+
+    report = parity_command(artifact=packages[kind], runtime="coreml", loaded=None, image=photo, policy="c2f",
+                            glimpses=10, seed=0, threads=None, report_path=tmp_path / "r.json")
+    assert report["passed"], report["failures"]
+
+
+def test_coreml_runtime_refused_off_macos(packages) -> None:
+    import canvit_runtime
+
+    if sys.platform == "darwin":
+        pytest.skip("on macOS the Core ML runner runs (see test_coreml_parity)")
+    with pytest.raises(canvit_runtime.RuntimeUnavailable, match="Core ML predicts on macOS only"):
+        canvit_runtime.open(packages["fp16"], runtime="coreml")
+    assert torch  # noqa: the module imports torch for the conversions above
