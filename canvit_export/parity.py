@@ -41,9 +41,16 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # glimpses on a photo: canvas rel-L2 1.3e-2, cosine 0.99991 (ViT-S). The bound is about 4x that, so the
     # designed approximation passes and a broken one (wrong zero points, per-tensor scales, a compressed VPE or
     # canvas path) fails.
-    "fp32-int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998},
-    "bf16-int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998},
+    "int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998},
 }
+
+
+def tolerances_for(precision: str) -> dict[str, float]:
+    """The tolerances of a manifest's compute precision (fp32, fp16, bf16, f16, fp16-all, <any>-int8w)."""
+    key = "int8w" if precision.endswith("-int8w") else precision
+    if key not in TOLERANCES:
+        raise ExportError(f"no parity tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    return TOLERANCES[key]
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,7 @@ def parity_command(*, artifact: Path, runtime: str, loaded: LoadedModel | None, 
         viewpoints = make_policy(policy, batch=manifest.batch, glimpses=glimpses, seed=seed)
     except ValueError as error:
         raise ExportError(str(error)) from error
-    tolerances = TOLERANCES[manifest.precision]
+    tolerances = tolerances_for(manifest.precision)
     report = run_parity(manifest, runner, loaded, scene, viewpoints, tolerances=tolerances)
     report["image"] = ("skimage.data.astronaut()" if image is None else
                        str(image) if isinstance(image, Path | str) else f"array {list(image.shape)}")

@@ -107,3 +107,13 @@ def test_bfloat16_emulation_rounds_like_bfloat16() -> None:
     np.testing.assert_allclose(got, to_bf16(m + m), rtol=1e-6)
     assert not np.allclose(got, 2 * (x @ w), rtol=1e-4), "rounding must show"
     assert numpy_helper  # the widened weight is an ordinary float32 initializer
+
+
+def test_tolerances_cover_every_precision() -> None:
+    from canvit_export.errors import ExportError
+    from canvit_export.parity import TOLERANCES, tolerances_for
+
+    assert tolerances_for("f16-int8w") == tolerances_for("bf16-int8w") == TOLERANCES["int8w"]
+    assert tolerances_for("fp32")["canvas_rel_l2"] == 1e-4
+    with pytest.raises(ExportError, match="no parity tolerance for precision 'int4'"):
+        tolerances_for("int4")
