@@ -1,0 +1,84 @@
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_RESIZE_IMPLEMENTATION
+#include <stb/stb_image.h>
+#include <stb/stb_image_resize.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "canvit/canvit.hpp"
+
+namespace canvit {
+
+void write_npy(const std::filesystem::path& path, const std::vector<float>& data, const std::vector<int64_t>& shape) {
+    std::ostringstream dims;
+    for (size_t i = 0; i < shape.size(); ++i) dims << shape[i] << (shape.size() == 1 || i + 1 < shape.size() ? "," : "");
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims.str() + "), }";
+    header.append(64 - (10 + header.size() + 1) % 64, ' ');
+    header += '\n';
+    std::ofstream out(path, std::ios::binary);
+    out.write("\x93NUMPY\x01\x00", 8);
+    const uint16_t length = static_cast<uint16_t>(header.size());
+    out.write(reinterpret_cast<const char*>(&length), 2);
+    out << header;
+    out.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * 4));
+}
+
+std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64_t>* shape) {
+    std::ifstream in(path, std::ios::binary);
+    char magic[8];
+    uint16_t length = 0;
+    if (!in.read(magic, 8) || std::memcmp(magic, "\x93NUMPY\x01", 7) != 0 || !in.read(reinterpret_cast<char*>(&length), 2))
+        throw Error(path.string() + ": not a .npy file (version 1)");
+    std::string header(length, ' ');
+    in.read(header.data(), length);
+    if (header.find("'<f4'") == std::string::npos || header.find("'fortran_order': False") == std::string::npos)
+        throw Error(path.string() + ": expected a C-ordered float32 .npy");
+    std::smatch match;
+    std::regex_search(header, match, std::regex("\\(([0-9, ]*)\\)"));
+    std::stringstream dims(match[1].str());
+    size_t count = 1;
+    for (std::string d; std::getline(dims, d, ',');)
+        if (d.find_first_not_of(' ') != std::string::npos) shape->push_back(std::stoll(d)), count *= shape->back();
+    std::vector<float> data(count);
+    if (!in.read(reinterpret_cast<char*>(data.data()), std::streamsize(4 * count))) throw Error(path.string() + ": truncated");
+    return data;
+}
+
+std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m) {
+    const int S = m.scene_px;
+    std::vector<float> one;
+    if (path.extension() == ".npy") {
+        std::vector<int64_t> shape;
+        one = read_npy(path, &shape);
+        if (one.size() != size_t(3) * S * S && one.size() != size_t(m.batch) * 3 * S * S)
+            throw Error(path.string() + ": a scene .npy must hold [3, " + std::to_string(S) + ", " + std::to_string(S) + "]");
+        if (one.size() == size_t(m.batch) * 3 * S * S) return one;
+    } else {
+        int w = 0, h = 0, c = 0;
+        unsigned char* pixels = stbi_load(path.string().c_str(), &w, &h, &c, 3);
+        if (!pixels) throw Error(path.string() + ": cannot read the image (" + stbi_failure_reason() + "); pass a PNG or JPEG file");
+        // Short side to S (bilinear, triangle filter), then a centered S x S crop, as canvit_core.preprocess.
+        const bool wide = w > h;
+        const int rw = wide ? int(double(S) * w / h) : S, rh = wide ? S : int(double(S) * h / w);
+        std::vector<unsigned char> resized(size_t(rw) * rh * 3);
+        stbir_resize_uint8_generic(pixels, w, h, 0, resized.data(), rw, rh, 0, 3, STBIR_ALPHA_CHANNEL_NONE, 0,
+                                   STBIR_EDGE_CLAMP, STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR, nullptr);
+        stbi_image_free(pixels);
+        const int top = int(std::round((rh - S) / 2.0)), left = int(std::round((rw - S) / 2.0));
+        one.resize(size_t(3) * S * S);
+        for (int ch = 0; ch < 3; ++ch)
+            for (int y = 0; y < S; ++y)
+                for (int x = 0; x < S; ++x)
+                    one[(size_t(ch) * S + y) * S + x] =
+                        (resized[(size_t(top + y) * rw + left + x) * 3 + ch] / 255.0f - m.mean[ch]) / m.std[ch];
+    }
+    std::vector<float> scene;
+    for (int b = 0; b < m.batch; ++b) scene.insert(scene.end(), one.begin(), one.end());
+    return scene;
+}
+
+}  // namespace canvit
