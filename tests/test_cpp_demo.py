@@ -120,3 +120,24 @@ def test_cpp_bad_inputs(demo, ir, tmp_path, case, needle) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+
+
+def test_cpp_canvas_pca_png(demo, ir, photo, tmp_path) -> None:
+    """The PNG's channels are the canvas's top-3 principal components (checked against numpy, up to sign)."""
+    from PIL import Image
+
+    np.save(tmp_path / "scene.npy", scene_batch(photo, scene_px=512, batch=1)[0])
+    result = run(demo, "--artifact", str(ir), "--image", str(tmp_path / "scene.npy"), "--policy", "c2f",
+                 "--glimpses", "5", "--canvas-out", str(tmp_path / "canvas.npy"), "--pca-png", str(tmp_path / "pca.png"))
+    assert result.returncode == 0, result.stderr
+    image = np.asarray(Image.open(tmp_path / "pca.png"))
+    assert image.shape == (16 * 8, 16 * 8, 3)
+    tokens = np.load(tmp_path / "canvas.npy")[0, 16:].astype(np.float64)  # [G*G, Dc]
+    centered = tokens - tokens.mean(axis=0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    reference = centered @ vt[:3].T  # [G*G, 3]
+    pixels = image[::8, ::8].reshape(-1, 3).astype(np.float64)
+    for k in range(3):
+        assert pixels[:, k].std() > 10, f"channel {k} is flat"
+        corr = np.corrcoef(pixels[:, k], reference[:, k])[0, 1]
+        assert abs(corr) > 0.99, (k, corr)

@@ -1,7 +1,12 @@
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_RESIZE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb/stb_image.h>
 #include <stb/stb_image_resize.h>
+#include <stb/stb_image_write.h>
+
+#include <algorithm>
+#include <numeric>
 
 #include <cmath>
 #include <cstring>
@@ -46,6 +51,54 @@ std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64
     std::vector<float> data(count);
     if (!in.read(reinterpret_cast<char*>(data.data()), std::streamsize(4 * count))) throw Error(path.string() + ": truncated");
     return data;
+}
+
+std::vector<float> write_canvas_pca_png(const std::filesystem::path& path, const std::vector<float>& canvas,
+                                        const Manifest& m, int scale) {
+    const auto& shape = m.state_shapes.at("canvas");
+    const size_t dc = size_t(shape[2]), n = size_t(m.canvas_grid) * m.canvas_grid, r = size_t(m.num_canvas_registers);
+    std::vector<double> x(n * dc), mean(dc, 0.0);
+    for (size_t t = 0; t < n; ++t)
+        for (size_t d = 0; d < dc; ++d) mean[d] += (x[t * dc + d] = canvas[(r + t) * dc + d]) / double(n);
+    for (size_t t = 0; t < n; ++t)
+        for (size_t d = 0; d < dc; ++d) x[t * dc + d] -= mean[d];
+    std::vector<double> cov(dc * dc, 0.0);
+    for (size_t t = 0; t < n; ++t)
+        for (size_t i = 0; i < dc; ++i) {
+            const double xi = x[t * dc + i];
+            for (size_t j = 0; j < dc; ++j) cov[i * dc + j] += xi * x[t * dc + j];
+        }
+    std::vector<float> projection(n * 3);
+    for (int k = 0; k < 3; ++k) {
+        std::vector<double> v(dc, 1.0 / std::sqrt(double(dc))), w(dc);
+        for (size_t i = 0; i < dc; ++i) v[i] += 1e-3 * double((i * 2654435761u) % 1000) / 1000.0;  // break symmetry
+        double eigenvalue = 0.0;
+        for (int iter = 0; iter < 300; ++iter) {
+            for (size_t i = 0; i < dc; ++i) w[i] = std::inner_product(&cov[i * dc], &cov[i * dc] + dc, v.begin(), 0.0);
+            const double norm = std::sqrt(std::inner_product(w.begin(), w.end(), w.begin(), 0.0));
+            if (norm == 0.0) break;
+            for (size_t i = 0; i < dc; ++i) v[i] = w[i] / norm;
+            eigenvalue = norm;
+        }
+        for (size_t i = 0; i < dc; ++i)  // deflate: C -= lambda v v^T
+            for (size_t j = 0; j < dc; ++j) cov[i * dc + j] -= eigenvalue * v[i] * v[j];
+        for (size_t t = 0; t < n; ++t)
+            projection[t * 3 + k] = float(std::inner_product(&x[t * dc], &x[t * dc] + dc, v.begin(), 0.0));
+    }
+    const int g = m.canvas_grid, side = g * scale;
+    std::vector<unsigned char> rgb(size_t(side) * side * 3);
+    for (int k = 0; k < 3; ++k) {
+        float lo = projection[k], hi = projection[k];
+        for (size_t t = 0; t < n; ++t) lo = std::min(lo, projection[t * 3 + k]), hi = std::max(hi, projection[t * 3 + k]);
+        for (int y = 0; y < side; ++y)
+            for (int xx = 0; xx < side; ++xx) {
+                const float p = projection[(size_t(y / scale) * g + xx / scale) * 3 + k];
+                rgb[(size_t(y) * side + xx) * 3 + k] = static_cast<unsigned char>(hi > lo ? 255.0f * (p - lo) / (hi - lo) : 0.0f);
+            }
+    }
+    if (!stbi_write_png(path.string().c_str(), side, side, 3, rgb.data(), side * 3))
+        throw Error(path.string() + ": cannot write the PNG");
+    return projection;
 }
 
 std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m) {

@@ -1,6 +1,6 @@
 // canvit_demo: loop CanViT glimpses from an exported artifact and report per-glimpse latency.
 //   canvit_demo --artifact DIR --image PHOTO|SCENE.npy [--backend openvino] [--device CPU] [--policy c2f|full|FILE.json]
-//               [--glimpses 21] [--seed 0] [--threads N] [--canvas-out canvas.npy] [--log log.json]
+//               [--glimpses 21] [--seed 0] [--threads N] [--canvas-out canvas.npy] [--pca-png canvas.png] [--log log.json]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
             if (key == "--help" || key == "-h") {
                 std::cout << "canvit_demo --artifact DIR --image PHOTO|SCENE.npy [--backend openvino] [--device CPU] "
                              "[--policy c2f|full|FILE.json] [--glimpses 21] [--seed 0] [--threads N] "
-                             "[--canvas-out canvas.npy] [--log log.json]\n";
+                             "[--canvas-out canvas.npy] [--pca-png canvas.png] [--log log.json]\n";
                 return 0;
             }
             if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw Error("bad argument '" + key + "': see --help");
@@ -57,7 +57,11 @@ int main(int argc, char** argv) {
                     args["--device"].c_str(), m.batch, m.canvas_grid, m.canvas_grid);
         std::printf("%-10s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
         std::printf("%-10s %10.2f %10.2f %10.2f %12.2f\n", "step", sorted.front(), median, p90, 1000.0 * m.batch / median);
-        if (args.count("--canvas-out")) write_npy(args["--canvas-out"], backend->read_state("canvas"), m.state_shapes.at("canvas"));
+        if (args.count("--canvas-out") || args.count("--pca-png")) {
+            const std::vector<float> canvas = backend->read_state("canvas");
+            if (args.count("--canvas-out")) write_npy(args["--canvas-out"], canvas, m.state_shapes.at("canvas"));
+            if (args.count("--pca-png")) write_canvas_pca_png(args["--pca-png"], canvas, m);
+        }
         if (args.count("--log")) {
             nlohmann::json log{{"artifact", args["--artifact"]}, {"backend", args["--backend"]}, {"device", args["--device"]},
                                {"glimpses", glimpses}, {"step_ms", ms}, {"median_ms", median}, {"p90_ms", p90}};

@@ -58,6 +58,11 @@ std::vector<Viewpoints> policy_c2f(int batch, int glimpses, uint32_t seed);
 // [B, 3, S, S] float32 scene: short-side resize (bilinear), center crop, /255, ImageNet mean/std. An image file
 // (PNG, JPEG, ... via stb_image) or a .npy written by Python (float32, exactly the scene tensor).
 std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m);
+// PNG of the canvas's first three principal components as RGB (paper figures): batch item 0's G x G spatial
+// tokens, centered, projected on the top-3 eigenvectors of their covariance (power iteration with deflation),
+// each component min-max scaled to [0, 255], upscaled `scale` times. Returns the [G*G, 3] projections.
+std::vector<float> write_canvas_pca_png(const std::filesystem::path& path, const std::vector<float>& canvas,
+                                        const Manifest& m, int scale = 8);
 void write_npy(const std::filesystem::path& path, const std::vector<float>& data, const std::vector<int64_t>& shape);
 std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64_t>* shape);
 
