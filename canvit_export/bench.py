@@ -29,6 +29,7 @@ import canvit_runtime
 from canvit_export.errors import ExportError
 from canvit_export.bench_child import PeerStepper
 from canvit_export.export.artifact import tool_versions
+from canvit_export.export.onnx import save_onnx
 from canvit_export.parity import compare, default_image
 from canvit_export.progress import console
 from canvit_export.source import LoadedModel, load_from_record
@@ -97,15 +98,7 @@ def export_peer(loaded: LoadedModel, manifest: Manifest, workdir: Path) -> Path:
     inputs = tuple(torch.from_numpy(np.array(a)) for a in (
         np.zeros(manifest.input("scene").shape, np.float32), initial["canvas"], initial["recurrent_cls"],
         np.zeros((manifest.batch, 2), np.float32), np.ones(manifest.batch, np.float32)))
-    with torch.inference_mode(), open(os.devnull, "w") as null:
-        stdout, sys.stdout = sys.stdout, null
-        try:
-            program = torch.onnx.export(module, inputs, input_names=list(StepInputs._fields),
-                                        output_names=list(StepOutputs._fields), opset_version=18, dynamo=True,
-                                        external_data=False)
-        finally:
-            sys.stdout = stdout
-    program.save(str(path), external_data=False)
+    save_onnx(module, inputs, list(StepInputs._fields), list(StepOutputs._fields), path, opset=18)
     return path
 
 
@@ -204,6 +197,7 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
     policies: dict[str, list[Viewpoints]] = {}
     for group, batch in batch_of.items():  # C2F, repeated: 21 glimpses per scene, reset in between
         policies[group] = make_policy("c2f", batch=batch, glimpses=21, seed=seed)
+    eager = {c.group: c for c in candidates if c.runtime == "pytorch"}  # each group's reference
     for c in candidates:
         c.stepper.reset()
     rng = np.random.default_rng(seed)
@@ -224,7 +218,7 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
                 if c.runtime == "pytorch":
                     c.canvas = canvas
                 else:
-                    reference = next(r for r in candidates if r.runtime == "pytorch" and r.group == c.group).canvas
+                    reference = eager[c.group].canvas
                     registers = c.manifest.num_canvas_registers
                     rel, _, cosine = compare(canvas[:, registers:], reference[:, registers:])
                     c.rel_l2.append(rel)

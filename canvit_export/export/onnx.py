@@ -34,11 +34,17 @@ MIN_OPSET = 17
 def export_graph(step: GlimpseStep, geometry: Geometry, path: Path, *, opset: int) -> None:
     """Trace `step` with the dynamo exporter and save a self-contained ONNX file (weights embedded) at `path`."""
     inputs = step.example_inputs(batch=geometry.batch, scene_px=geometry.scene_px)
-    log = io.StringIO()  # the exporter's own step-by-step chatter; our stages report progress
+    save_onnx(step, tuple(inputs), list(INPUT_NAMES), list(step.output_names), path, opset=opset)
+
+
+def save_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
+              output_names: list[str], path: Path, *, opset: int) -> None:
+    """torch.onnx.export (dynamo) of `module` on `inputs`, saved self-contained (weights embedded) at `path`, with
+    the exporter's step-by-step chatter kept off the console (our stages report progress)."""
+    log = io.StringIO()
     with torch.inference_mode(), contextlib.redirect_stdout(log):
-        program = torch.onnx.export(step, tuple(inputs), input_names=list(INPUT_NAMES),
-                                    output_names=list(step.output_names), opset_version=opset, dynamo=True,
-                                    external_data=False, verbose=False)
+        program = torch.onnx.export(module, inputs, input_names=input_names, output_names=output_names,
+                                    opset_version=opset, dynamo=True, external_data=False, verbose=False)
     if program is None:
         raise ExportError(f"torch.onnx.export returned no program: {log.getvalue()[-300:]}")
     program.save(str(path), external_data=False)
