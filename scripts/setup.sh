@@ -15,16 +15,18 @@ find_python() {
     exit 2
 }
 
-# The C++ demo (cpp_demo/) needs these Debian packages; install them when missing and we may (root, apt-get).
+# The C++ demo (cpp_demo/) needs these Debian packages (OpenCV for --video, GoogleTest for its unit tests); install
+# them when missing and we may (root, apt-get).
 need=""
-for pair in nlohmann/json.hpp:nlohmann-json3-dev stb/stb_image.h:libstb-dev openssl/evp.h:libssl-dev; do
+for pair in nlohmann/json.hpp:nlohmann-json3-dev stb/stb_image.h:libstb-dev openssl/evp.h:libssl-dev \
+            opencv4/opencv2/videoio.hpp:libopencv-dev gtest/gtest.h:libgtest-dev; do
     [ -e "/usr/include/${pair%%:*}" ] || need="$need ${pair##*:}"
 done
 command -v cmake >/dev/null 2>&1 || need="$need cmake"
 command -v c++ >/dev/null 2>&1 || need="$need g++"
 if [ -n "$need" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
     else
         echo "note: the C++ demo needs:$need (apt-get install them); its tests skip until then" >&2
     fi

@@ -15,11 +15,13 @@ from canvit_runtime.policies import make_policy, to_json
 from canvit_runtime.preprocess import scene_batch
 
 ROOT = Path(__file__).resolve().parents[1]
+OPENCV_HEADER = Path("/usr/include/opencv4/opencv2/videoio.hpp")
 HEADERS = [Path("/usr/include/nlohmann/json.hpp"), Path("/usr/include/stb/stb_image.h"), Path("/usr/include/openssl/evp.h")]
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> Path:
+def build(tmp_path_factory) -> Path:
+    """The CMake build folder: canvit_demo, and canvit_tests where GoogleTest is installed."""
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("cmake or a C++ compiler is missing (apt-get install cmake g++)")
     if missing := [str(h) for h in HEADERS if not h.exists()]:
@@ -27,13 +29,22 @@ def demo(tmp_path_factory) -> Path:
                     f"(scripts/setup.sh does it as root)")
     import openvino
 
-    build = tmp_path_factory.mktemp("cpp_build")
+    folder = tmp_path_factory.mktemp("cpp_build")
     openvino_dir = Path(openvino.__file__).parent / "cmake"
-    for command in (["cmake", "-S", str(ROOT / "cpp_demo"), "-B", str(build), f"-DOpenVINO_DIR={openvino_dir}"],
-                    ["cmake", "--build", str(build), "-j2"]):
+    for command in (["cmake", "-S", str(ROOT / "cpp_demo"), "-B", str(folder), f"-DOpenVINO_DIR={openvino_dir}"],
+                    ["cmake", "--build", str(folder), "-j2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo(build) -> Path:
     return build / "canvit_demo"
+
+
+def compiled_backends(demo: Path) -> list[str]:
+    return subprocess.run([str(demo), "--version"], capture_output=True, text=True, check=True).stdout.split("backends:")[1].split()
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +101,13 @@ def test_cpp_runs_a_photo_with_c2f(demo, ir, tmp_path) -> None:
     ("version", "manifest version 2"),
     ("viewpoint", "leaves the scene"),
     ("image", "cannot read the image"),
-    ("backend", "backend 'tensorrt' is not compiled into this canvit_demo"),
+    ("backend", "backend 'tensorrt' is not compiled into this canvit_demo: reconfigure CMake with -DTENSORRT_ROOT"),
     ("unknown", "unknown backend 'tflite'"),
+    ("model-shape", "shape mismatch: tensor 'canvas' is [1, 272, 1024] float32 in the model but [1, 80, 1024] float32"),
+    ("manifest-shape", "tensor 'scene' has shape [1, 3, 512, 512] but the geometry"),
+    ("video", "no such video file"),
+    ("option", "unknown option '--canvass'"),
+    ("number", "--glimpses 0: expected an integer >= 1"),
 ])
 def test_cpp_bad_inputs(demo, ir, tmp_path, case, needle) -> None:
     artifact = tmp_path / "a"
@@ -114,8 +130,27 @@ def test_cpp_bad_inputs(demo, ir, tmp_path, case, needle) -> None:
     elif case == "image":
         (tmp_path / "bad.png").write_text("not a png")
         args[3] = str(tmp_path / "bad.png")
+    elif case in ("model-shape", "manifest-shape"):
+        # model-shape: a self-consistent manifest for a canvas 8 next to the canvas-16 IR it does not describe.
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        if case == "model-shape":
+            manifest["geometry"]["canvas_grid"] = 8
+            manifest["state"][0]["shape"] = [1, 16 + 64, 1024]
+        else:
+            manifest["geometry"]["scene_px"] = 256
+        (artifact / "manifest.json").write_text(json.dumps(manifest))
+    elif case == "video":
+        args[2:4] = ["--video", str(tmp_path / "missing.mp4")]
+    elif case == "option":
+        args += ["--canvass", "32"]
+    elif case == "number":
+        args[-1] = "0"
     else:
         args += ["--backend", "tensorrt" if case == "backend" else "tflite"]
+    if case == "backend" and "tensorrt" in compiled_backends(demo):
+        pytest.skip("this build has TensorRT compiled in")
+    if case == "video" and not OPENCV_HEADER.exists():
+        pytest.skip("OpenCV is not installed (apt-get install libopencv-dev): --video is refused differently")
     result = run(demo, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
@@ -141,3 +176,103 @@ def test_cpp_canvas_pca_png(demo, ir, photo, tmp_path) -> None:
         assert pixels[:, k].std() > 10, f"channel {k} is flat"
         corr = np.corrcoef(pixels[:, k], reference[:, k])[0, 1]
         assert abs(corr) > 0.99, (k, corr)
+
+
+def test_cpp_unit_tests(build) -> None:
+    """The GoogleTest suite (cpp_demo/tests/test_canvit.cpp): policies, viewpoint files, preprocessing, manifests, video."""
+    binary = build / "canvit_tests"
+    if not binary.exists():
+        pytest.skip("GoogleTest is not installed (apt-get install libgtest-dev; scripts/setup.sh does it as root)")
+    result = subprocess.run([str(binary), "--gtest_brief=1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "[  PASSED  ]" in result.stdout and " 0 tests" not in result.stdout, result.stdout[-1000:]
+
+
+def test_cpp_video_frames_equal_python(demo, ir, tmp_path) -> None:
+    """A time-varying scene: each frame of an image sequence is the scene of the next 3 glimpses, the canvas carries
+    over; the C++ canvas after 3 frames x 3 glimpses equals the Python runtime's fed the same frames."""
+    if not OPENCV_HEADER.exists():
+        pytest.skip("OpenCV is not installed (apt-get install libopencv-dev): canvit_demo has no --video")
+    import skimage.data
+    from PIL import Image
+
+    # 512 x 512 frames: both sides skip the resize (canvit_core.preprocess does when the short side is S already).
+    frames = [skimage.data.astronaut(), skimage.data.coffee()[:, 100:500], skimage.data.chelsea()[:, 75:375]]
+    for f, frame in enumerate(frames):
+        Image.fromarray(np.ascontiguousarray(frame)).resize((512, 512), Image.BILINEAR).save(tmp_path / f"frame_{f:03d}.png")
+    viewpoints = make_policy("f-iid", batch=1, glimpses=9, seed=5)
+    (tmp_path / "vp.json").write_text(json.dumps(to_json(viewpoints)))
+    result = run(demo, "--artifact", str(ir), "--video", str(tmp_path / "frame_%03d.png"), "--glimpses-per-frame", "3",
+                 "--policy", str(tmp_path / "vp.json"), "--glimpses", "9", "--canvas-out", str(tmp_path / "canvas.npy"),
+                 "--log", str(tmp_path / "log.json"))
+    assert result.returncode == 0, result.stderr
+    assert "3 frames of image sequence" in result.stdout and "frame decode+preprocess" in result.stdout, result.stdout
+    session = canvit_runtime.open(ir, runtime="openvino")
+    session.reset()
+    for t, v in enumerate(viewpoints):
+        scene = scene_batch(tmp_path / f"frame_{t // 3:03d}.png", scene_px=512, batch=1)
+        python = session.step(scene, v.centers, v.scales).canvas
+    cpp = np.load(tmp_path / "canvas.npy")
+    rel = np.linalg.norm(cpp.astype(np.float64) - python) / np.linalg.norm(python)
+    assert rel <= 1e-4, rel
+    # The frames matter: the same glimpses on the first frame alone give another canvas.
+    session.reset()
+    still = scene_batch(tmp_path / "frame_000.png", scene_px=512, batch=1)
+    for v in viewpoints:
+        only_first = session.step(still, v.centers, v.scales).canvas
+    assert np.linalg.norm(cpp - only_first) / np.linalg.norm(only_first) > 1e-2
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert log["video"]["frames"] == 3 and len(log["video"]["frame_ms"]) == 3 and not log["video"]["ended_early"]
+    # A video shorter than the glimpses asked for ends the run early, with a note, not an error.
+    result = run(demo, "--artifact", str(ir), "--video", str(tmp_path / "frame_%03d.png"), "--glimpses", "12",
+                 "--glimpses-per-frame", "2")
+    assert result.returncode == 0, result.stderr
+    assert "6 glimpses" in result.stdout and "the video ended after 3 frames" in result.stdout, result.stdout
+
+
+def test_cpp_preprocessing_close_to_pil(demo, ir, tmp_path) -> None:
+    """C++ (stb) short-side resize + center crop of real photos is within one 8-bit level of canvit_core's PIL path:
+    upscaled (chelsea 451 x 300, coffee 600 x 400), downscaled (chelsea at 1353 x 900), and exact at 512 x 512."""
+    import skimage.data
+    from PIL import Image
+
+    from canvit_core.preprocess import IMAGENET_STD
+
+    images = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "astronaut": skimage.data.astronaut(),
+              "big": np.asarray(Image.fromarray(skimage.data.chelsea()).resize((1353, 900), Image.LANCZOS))}
+    std = np.array(IMAGENET_STD, np.float32)[None, :, None, None]
+    for name, pixels in images.items():
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        result = run(demo, "--artifact", str(ir), "--image", str(tmp_path / f"{name}.png"), "--glimpses", "1",
+                     "--scene-out", str(tmp_path / f"{name}.npy"))
+        assert result.returncode == 0, result.stderr
+        levels = np.abs(np.load(tmp_path / f"{name}.npy") - scene_batch(tmp_path / f"{name}.png", scene_px=512, batch=1)) * std * 255
+        assert levels.max() <= 1.0 + 1e-3, (name, levels.max())
+        assert levels.mean() <= (0.0 if name == "astronaut" else 0.3), (name, levels.mean())
+
+
+def test_cpp_policies_run(demo, ir, tmp_path) -> None:
+    """f-iid and r-iid run and log valid, seeded viewpoints; a raw canvas output comes with its JSON header."""
+    import skimage.data
+    from PIL import Image
+
+    from canvit_runtime.policies import check_viewpoints
+
+    Image.fromarray(skimage.data.rocket()).save(tmp_path / "rocket.png")
+    logged = {}
+    for policy, seed, repeat in (("f-iid", 1, 0), ("f-iid", 1, 1), ("r-iid", 1, 0), ("f-iid", 2, 0)):
+        log = tmp_path / f"{policy}-{seed}-{repeat}.json"
+        result = run(demo, "--artifact", str(ir), "--image", str(tmp_path / "rocket.png"), "--policy", policy,
+                     "--seed", str(seed), "--glimpses", "4", "--log", str(log), "--canvas-out", str(tmp_path / "canvas.f32"))
+        assert result.returncode == 0, result.stderr
+        logged[(policy, seed, repeat)] = json.loads(log.read_text())["viewpoints"]
+    fiid = logged[("f-iid", 1, 0)]
+    assert len(fiid) == 4 and fiid == logged[("f-iid", 1, 1)], "seeded"
+    assert fiid[0] == [[0.0, 0.0, 1.0]], "F-IID starts with the full scene"
+    assert logged[("r-iid", 1, 0)][0][0][2] < 1.0, "R-IID does not"
+    assert logged[("f-iid", 2, 0)] != fiid
+    for glimpse in fiid + logged[("r-iid", 1, 0)]:  # the Python rule accepts every C++ viewpoint
+        check_viewpoints(np.array([g[:2] for g in glimpse]), np.array([g[2] for g in glimpse]), batch=1)
+    header = json.loads((tmp_path / "canvas.f32.json").read_text())
+    assert header["shape"] == [1, 272, 1024] and header["dtype"] == "float32"
+    assert (tmp_path / "canvas.f32").stat().st_size == 272 * 1024 * 4

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 
@@ -30,10 +31,12 @@ void write_npy(const std::filesystem::path& path, const std::vector<float>& data
     out.write(reinterpret_cast<const char*>(&length), 2);
     out << header;
     out.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * 4));
+    if (!out) throw Error(path.string() + ": cannot write; check the folder exists and is writable");
 }
 
 std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64_t>* shape) {
     std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(path.string() + ": cannot be read; check the path");
     char magic[8];
     uint16_t length = 0;
     if (!in.read(magic, 8) || std::memcmp(magic, "\x93NUMPY\x01", 7) != 0 || !in.read(reinterpret_cast<char*>(&length), 2))
@@ -101,37 +104,72 @@ std::vector<float> write_canvas_pca_png(const std::filesystem::path& path, const
     return projection;
 }
 
-std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m) {
-    const int S = m.scene_px;
-    std::vector<float> one;
-    if (path.extension() == ".npy") {
-        std::vector<int64_t> shape;
-        one = read_npy(path, &shape);
-        if (one.size() != size_t(3) * S * S && one.size() != size_t(m.batch) * 3 * S * S)
-            throw Error(path.string() + ": a scene .npy must hold [3, " + std::to_string(S) + ", " + std::to_string(S) + "]");
-        if (one.size() == size_t(m.batch) * 3 * S * S) return one;
-    } else {
-        int w = 0, h = 0, c = 0;
-        unsigned char* pixels = stbi_load(path.string().c_str(), &w, &h, &c, 3);
-        if (!pixels) throw Error(path.string() + ": cannot read the image (" + stbi_failure_reason() + "); pass a PNG or JPEG file");
-        // Short side to S (bilinear, triangle filter), then a centered S x S crop, as canvit_core.preprocess.
-        const bool wide = w > h;
-        const int rw = wide ? int(double(S) * w / h) : S, rh = wide ? S : int(double(S) * h / w);
-        std::vector<unsigned char> resized(size_t(rw) * rh * 3);
-        stbir_resize_uint8_generic(pixels, w, h, 0, resized.data(), rw, rh, 0, 3, STBIR_ALPHA_CHANNEL_NONE, 0,
+RgbImage read_image(const std::filesystem::path& path) {
+    int w = 0, h = 0, c = 0;
+    unsigned char* pixels = stbi_load(path.string().c_str(), &w, &h, &c, 3);
+    if (!pixels) throw Error(path.string() + ": cannot read the image (" + stbi_failure_reason() + "); pass a PNG or JPEG file");
+    RgbImage image{w, h, std::vector<unsigned char>(pixels, pixels + size_t(w) * h * 3)};
+    stbi_image_free(pixels);
+    return image;
+}
+
+std::vector<float> preprocess_rgb(const RgbImage& image, const Manifest& m) {
+    const int S = m.scene_px, w = image.width, h = image.height;
+    if (w < 1 || h < 1 || image.pixels.size() != size_t(w) * h * 3) throw Error("empty or malformed RGB image");
+    // Short side to S (canvit_core.preprocess._resized_short_side: long side int(S * long / short)), then a
+    // centered S x S crop (_center_crop: round((H - S) / 2)).
+    const bool wide = w > h;
+    const int rw = wide ? int(double(S) * w / h) : S, rh = wide ? S : int(double(S) * h / w);
+    const unsigned char* resized = image.pixels.data();
+    std::vector<unsigned char> buffer;
+    if (rw != w || rh != h) {
+        buffer.resize(size_t(rw) * rh * 3);
+        stbir_resize_uint8_generic(image.pixels.data(), w, h, 0, buffer.data(), rw, rh, 0, 3, STBIR_ALPHA_CHANNEL_NONE, 0,
                                    STBIR_EDGE_CLAMP, STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR, nullptr);
-        stbi_image_free(pixels);
-        const int top = int(std::round((rh - S) / 2.0)), left = int(std::round((rw - S) / 2.0));
-        one.resize(size_t(3) * S * S);
-        for (int ch = 0; ch < 3; ++ch)
-            for (int y = 0; y < S; ++y)
-                for (int x = 0; x < S; ++x)
-                    one[(size_t(ch) * S + y) * S + x] =
-                        (resized[(size_t(top + y) * rw + left + x) * 3 + ch] / 255.0f - m.mean[ch]) / m.std[ch];
+        resized = buffer.data();
     }
+    const int top = int(std::nearbyint((rh - S) / 2.0)), left = int(std::nearbyint((rw - S) / 2.0));  // half to even, as Python's round
+    std::vector<float> one(size_t(3) * S * S);
+    for (int ch = 0; ch < 3; ++ch)
+        for (int y = 0; y < S; ++y)
+            for (int x = 0; x < S; ++x)
+                one[(size_t(ch) * S + y) * S + x] =
+                    (resized[(size_t(top + y) * rw + left + x) * 3 + ch] / 255.0f - m.mean[ch]) / m.std[ch];
     std::vector<float> scene;
+    scene.reserve(one.size() * m.batch);
     for (int b = 0; b < m.batch; ++b) scene.insert(scene.end(), one.begin(), one.end());
     return scene;
+}
+
+std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m) {
+    const size_t S = size_t(m.scene_px), one = 3 * S * S;
+    if (path.extension() != ".npy") return preprocess_rgb(read_image(path), m);
+    std::vector<int64_t> shape;
+    std::vector<float> scene = read_npy(path, &shape);
+    if (scene.size() == one * m.batch) return scene;
+    if (scene.size() != one)
+        throw Error(path.string() + ": a scene .npy must hold [3, " + std::to_string(S) + ", " + std::to_string(S) +
+                    "] or [" + std::to_string(m.batch) + ", 3, " + std::to_string(S) + ", " + std::to_string(S) + "] float32, got " +
+                    shape_str(shape));
+    std::vector<float> batch;
+    for (int b = 0; b < m.batch; ++b) batch.insert(batch.end(), scene.begin(), scene.end());
+    return batch;
+}
+
+void write_tensor(const std::filesystem::path& path, const std::vector<float>& data, const std::vector<int64_t>& shape,
+                  const std::string& name) {
+    if (path.extension() == ".npy") {
+        write_npy(path, data, shape);
+    } else {
+        std::ofstream out(path, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * 4));
+        nlohmann::json header{{"name", name}, {"dtype", "float32"}, {"byte_order", "little"}, {"shape", shape},
+                              {"bytes", data.size() * 4}};
+        std::ofstream(path.string() + ".json") << header.dump(1) << "\n";
+        if (!out) throw Error(path.string() + ": cannot write; check the folder exists and is writable");
+    }
+    if (!std::filesystem::is_regular_file(path))
+        throw Error(path.string() + ": cannot write; check the folder exists and is writable");
 }
 
 }  // namespace canvit

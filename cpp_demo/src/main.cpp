@@ -1,6 +1,4 @@
-// canvit_demo: loop CanViT glimpses from an exported artifact and report per-glimpse latency.
-//   canvit_demo --artifact DIR --image PHOTO|SCENE.npy [--backend openvino] [--device CPU] [--policy c2f|full|FILE.json]
-//               [--glimpses 21] [--seed 0] [--threads N] [--canvas-out canvas.npy] [--pca-png canvas.png] [--log log.json]
+// canvit_demo: loop CanViT glimpses from an exported artifact and report per-glimpse latency. See --help.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,67 +10,181 @@
 
 using namespace canvit;
 
+namespace {
+
+const char* kUsage = R"(canvit_demo: loop CanViT glimpses from a canvit-export artifact (manifest.json), without Python.
+
+usage: canvit_demo --artifact DIR (--image PHOTO|SCENE.npy | --video SOURCE) [options]
+
+  --artifact DIR           an artifact folder: ONNX (canvit-export onnx), OpenVINO IR (canvit-export openvino)
+                           or TensorRT engine (canvit-export trt)
+  --image PATH             a photo (PNG, JPEG, ...) or a float32 scene .npy [3|B, 3, S, S] written by Python
+  --video SOURCE           each frame is the scene of the next --glimpses-per-frame glimpses (a time-varying
+                           scene; the canvas carries over): a video file, an image sequence (frames/%03d.png),
+                           a camera index (0) or /dev/videoN (V4L2), or a GStreamer pipeline ending in appsink
+  --glimpses-per-frame K   glimpses per video frame (default 1); the run stops after --glimpses or at the end
+  --backend NAME           openvino (default), onnxruntime or tensorrt, where compiled in (see --version)
+  --device NAME            OpenVINO: CPU (default), GPU, NPU, AUTO; ONNX Runtime: CPU (default), CUDA;
+                           TensorRT: a CUDA device index (default 0)
+  --threads N              CPU threads of the runtime (default: its own choice)
+  --engine PATH            TensorRT on an ONNX artifact: load the engine saved at PATH (by an earlier run or by
+                           trtexec), or build a strongly typed one on this GPU and save it there
+  --no-cuda-graph          TensorRT: enqueue every glimpse instead of replaying a captured CUDA graph
+  --policy NAME            viewpoints: c2f (default), full, f-iid, r-iid, or a viewpoints JSON file
+                           ({"viewpoints": [[row, col, scale], ...]}, as canvit_runtime.policies.to_json writes)
+  --glimpses N             glimpses to run (default 21)
+  --seed N                 seed of c2f, f-iid and r-iid (default 0)
+  --canvas-out PATH        the final canvas [B, 16 + G*G, Dc] float32: PATH.npy, or raw float32 + PATH.json header
+  --scene-out PATH.npy     the preprocessed scene of the first frame [B, 3, S, S] float32
+  --pca-png PATH           PNG of the final canvas's first three principal components (batch item 0)
+  --log PATH               JSON log: configuration, viewpoints and per-glimpse latency
+  --version                the backends compiled into this build
+
+Errors print one line 'error: ...' and exit 2.
+)";
+
+struct Latency {
+    double min = 0, median = 0, p90 = 0;
+};
+Latency summarize(std::vector<double> ms) {
+    if (ms.empty()) return {};
+    std::sort(ms.begin(), ms.end());
+    return {ms.front(), ms[ms.size() / 2], ms[size_t(0.9 * double(ms.size() - 1))]};
+}
+
+int parse_int(const std::map<std::string, std::string>& args, const std::string& key, int lowest) {
+    const std::string& text = args.at(key);
+    size_t used = 0;
+    int value = 0;
+    try {
+        value = std::stoi(text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != text.size() || value < lowest)
+        throw Error(key + " " + text + ": expected an integer >= " + std::to_string(lowest));
+    return value;
+}
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-    std::map<std::string, std::string> args{{"--backend", "openvino"}, {"--device", "CPU"}, {"--policy", "c2f"},
-                                            {"--glimpses", "21"}, {"--seed", "0"}, {"--threads", "0"}};
+    std::map<std::string, std::string> args{{"--backend", "openvino"}, {"--device", ""}, {"--policy", "c2f"},
+                                            {"--glimpses", "21"}, {"--seed", "0"}, {"--threads", "0"},
+                                            {"--glimpses-per-frame", "1"}};
+    const std::vector<std::string> flags{"--no-cuda-graph"};
+    const std::vector<std::string> known{"--artifact", "--image", "--video", "--glimpses-per-frame", "--backend", "--device",
+                                         "--threads", "--engine", "--policy", "--glimpses", "--seed", "--canvas-out",
+                                         "--scene-out", "--pca-png", "--log"};
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string key = argv[i];
             if (key == "--help" || key == "-h") {
-                std::cout << "canvit_demo --artifact DIR --image PHOTO|SCENE.npy [--backend openvino] [--device CPU] "
-                             "[--policy c2f|full|FILE.json] [--glimpses 21] [--seed 0] [--threads N] "
-                             "[--canvas-out canvas.npy] [--pca-png canvas.png] [--log log.json]\n";
+                std::cout << kUsage;
                 return 0;
             }
-            if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw Error("bad argument '" + key + "': see --help");
+            if (key == "--version") {
+                std::cout << "canvit_demo, manifest format 1; backends:";
+                for (const auto& name : compiled_backends()) std::cout << " " << name;
+                std::cout << "\n";
+                return 0;
+            }
+            if (std::find(flags.begin(), flags.end(), key) != flags.end()) {
+                args[key] = "1";
+                continue;
+            }
+            if (std::find(known.begin(), known.end(), key) == known.end()) throw Error("unknown option '" + key + "': see --help");
+            if (i + 1 >= argc) throw Error(key + " needs a value: see --help");
             args[key] = argv[++i];
         }
-        for (const char* required : {"--artifact", "--image"})
-            if (!args.count(required)) throw Error(std::string("missing ") + required + ": see --help");
+        if (!args.count("--artifact")) throw Error("missing --artifact DIR: see --help");
+        if (args.count("--image") == args.count("--video")) throw Error("pass one of --image PATH or --video SOURCE: see --help");
+        const int glimpses = parse_int(args, "--glimpses", 1), per_frame = parse_int(args, "--glimpses-per-frame", 1);
+        const int threads = parse_int(args, "--threads", 0), seed = parse_int(args, "--seed", 0);
+
         const Manifest m = load_manifest(args["--artifact"]);
-        const int glimpses = std::stoi(args["--glimpses"]);
-        if (glimpses < 1) throw Error("--glimpses must be >= 1");
-        std::vector<Viewpoints> viewpoints;
-        if (args["--policy"] == "c2f") viewpoints = policy_c2f(m.batch, glimpses, uint32_t(std::stoul(args["--seed"])));
-        else if (args["--policy"] == "full") viewpoints = policy_full(m.batch, glimpses);
-        else {
-            viewpoints = viewpoints_from_json(args["--policy"], m.batch);
-            if (int(viewpoints.size()) < glimpses) throw Error(args["--policy"] + ": fewer viewpoints than --glimpses");
-            viewpoints.resize(glimpses);
+        const std::vector<Viewpoints> viewpoints = make_policy(args["--policy"], m.batch, glimpses, uint32_t(seed));
+        for (size_t t = 0; t < viewpoints.size(); ++t) {
+            try {
+                check_viewpoints(viewpoints[t], m.batch);
+            } catch (const Error& e) {
+                throw Error("glimpse " + std::to_string(t) + ": " + e.what());
+            }
         }
-        const std::vector<float> scene = load_scene(args["--image"], m);
-        auto backend = make_backend(args["--backend"], m, args["--device"], std::stoi(args["--threads"]));
+        std::unique_ptr<FrameSource> video;
+        std::vector<float> scene;
+        if (args.count("--video")) video = open_video(args["--video"]);
+        else scene = load_scene(args["--image"], m);
+        BackendOptions options{args["--device"], threads, !args.count("--no-cuda-graph"), args.count("--engine") ? args["--engine"] : ""};
+        auto backend = make_backend(args["--backend"], m, options);
+
+        std::vector<double> step_ms, frame_ms;
+        int frames = 0;
+        bool ended = false;
         backend->reset();
-        std::vector<double> ms;
-        for (const auto& v : viewpoints) {
-            check_viewpoints(v, m.batch);
+        for (int t = 0; t < glimpses; ++t) {
+            if (video && t % per_frame == 0) {  // the next frame is the scene of the next per_frame glimpses
+                const auto start = std::chrono::steady_clock::now();
+                RgbImage frame;
+                if (!video->next(frame)) {
+                    if (frames == 0) throw Error(video->description() + ": no frame could be read");
+                    ended = true;
+                    break;
+                }
+                scene = preprocess_rgb(frame, m);
+                frame_ms.push_back(ms_since(start));
+                ++frames;
+            }
+            if (t == 0 || (video && t % per_frame == 0)) backend->set_scene(scene);
+            if (t == 0 && args.count("--scene-out")) write_npy(args["--scene-out"], scene, {m.batch, 3, m.scene_px, m.scene_px});
             const auto start = std::chrono::steady_clock::now();
-            backend->step(scene, v);
-            ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+            backend->step(viewpoints[t]);
+            step_ms.push_back(ms_since(start));
         }
-        std::vector<double> sorted = ms;
-        std::sort(sorted.begin(), sorted.end());
-        const double median = sorted[sorted.size() / 2], p90 = sorted[size_t(0.9 * (sorted.size() - 1))];
-        std::printf("canvit_demo: %d glimpses on %s/%s, batch %d, canvas %dx%d\n", glimpses, args["--backend"].c_str(),
-                    args["--device"].c_str(), m.batch, m.canvas_grid, m.canvas_grid);
-        std::printf("%-10s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
-        std::printf("%-10s %10.2f %10.2f %10.2f %12.2f\n", "step", sorted.front(), median, p90, 1000.0 * m.batch / median);
+        const int ran = int(step_ms.size());
+        const Latency step = summarize(step_ms), frame = summarize(frame_ms);
+        std::printf("canvit_demo: %d glimpses on %s, batch %d, canvas %dx%d, policy %s%s\n", ran, backend->description().c_str(),
+                    m.batch, m.canvas_grid, m.canvas_grid, args["--policy"].c_str(),
+                    video ? (", " + std::to_string(frames) + " frames of " + video->description()).c_str() : "");
+        if (ended) std::printf("note: the video ended after %d frames, before the %d glimpses asked for\n", frames, glimpses);
+        std::printf("%-24s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
+        std::printf("%-24s %10.2f %10.2f %10.2f %12.2f\n", "step", step.min, step.median, step.p90, 1000.0 * m.batch / step.median);
+        if (video) std::printf("%-24s %10.2f %10.2f %10.2f\n", "frame decode+preprocess", frame.min, frame.median, frame.p90);
         if (args.count("--canvas-out") || args.count("--pca-png")) {
             const std::vector<float> canvas = backend->read_state("canvas");
-            if (args.count("--canvas-out")) write_npy(args["--canvas-out"], canvas, m.state_shapes.at("canvas"));
+            if (args.count("--canvas-out")) write_tensor(args["--canvas-out"], canvas, m.state_shapes.at("canvas"), "canvas");
             if (args.count("--pca-png")) write_canvas_pca_png(args["--pca-png"], canvas, m);
         }
         if (args.count("--log")) {
-            nlohmann::json log{{"artifact", args["--artifact"]}, {"backend", args["--backend"]}, {"device", args["--device"]},
-                               {"glimpses", glimpses}, {"step_ms", ms}, {"median_ms", median}, {"p90_ms", p90}};
-            std::ofstream(args["--log"]) << log.dump(1) << "\n";
+            nlohmann::json vps = nlohmann::json::array();
+            for (int t = 0; t < ran; ++t) {
+                nlohmann::json triples = nlohmann::json::array();
+                for (int b = 0; b < m.batch; ++b)
+                    triples.push_back({viewpoints[t].centers[2 * b], viewpoints[t].centers[2 * b + 1], viewpoints[t].scales[b]});
+                vps.push_back(triples);
+            }
+            nlohmann::json log{{"artifact", args["--artifact"]}, {"backend", backend->description()}, {"policy", args["--policy"]},
+                               {"seed", seed}, {"glimpses", ran}, {"batch", m.batch}, {"canvas_grid", m.canvas_grid},
+                               {"viewpoints", vps}, {"step_ms", step_ms}, {"min_ms", step.min}, {"median_ms", step.median},
+                               {"p90_ms", step.p90}, {"glimpses_per_s", 1000.0 * m.batch / step.median}};
+            if (video)
+                log["video"] = {{"source", video->description()}, {"frames", frames}, {"glimpses_per_frame", per_frame},
+                                {"frame_ms", frame_ms}, {"ended_early", ended}};
+            std::ofstream out(args["--log"]);
+            out << log.dump(1) << "\n";
+            if (!out) throw Error(args["--log"] + ": cannot write the log");
         }
         return 0;
     } catch (const Error& e) {
         std::cerr << "error: " << e.what() << "\n";
         return 2;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 1;
+        std::string what = e.what();
+        std::cerr << "error: " << what.substr(0, what.find('\n')) << "\n";
+        return 2;
     }
 }

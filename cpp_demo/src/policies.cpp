@@ -36,10 +36,18 @@ std::vector<Viewpoints> viewpoints_from_json(const std::filesystem::path& path, 
     std::vector<Viewpoints> out;
     for (const auto& entry : entries) {
         Viewpoints v;
-        for (int b = 0; b < batch; ++b) {
-            const auto& triple = entry.at(0).is_array() ? entry.at(b) : entry;  // B triples, or one for the batch
-            v.centers.push_back(triple.at(0)), v.centers.push_back(triple.at(1));
-            v.scales.push_back(triple.at(2));
+        try {
+            const bool per_scene = entry.is_array() && !entry.empty() && entry.at(0).is_array();
+            if (per_scene ? entry.size() != size_t(batch) : entry.size() != 3) throw std::out_of_range("size");
+            for (int b = 0; b < batch; ++b) {
+                const auto& triple = per_scene ? entry.at(b) : entry;  // B triples, or one for the batch
+                if (triple.size() != 3) throw std::out_of_range("size");
+                v.centers.push_back(triple.at(0).get<float>()), v.centers.push_back(triple.at(1).get<float>());
+                v.scales.push_back(triple.at(2).get<float>());
+            }
+        } catch (const std::exception&) {
+            throw Error(path.string() + ": glimpse " + std::to_string(out.size()) + ": expected [row, col, scale] or " +
+                        std::to_string(batch) + " such triples, got " + entry.dump());
         }
         try {
             check_viewpoints(v, batch);
@@ -87,6 +95,50 @@ std::vector<Viewpoints> policy_c2f(int batch, int glimpses, uint32_t seed) {
         }
     }
     return out;
+}
+
+static Viewpoints random_viewpoints(std::mt19937& rng, int batch) {
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    Viewpoints v;
+    for (int b = 0; b < batch; ++b) {
+        // A ~ U[0, (1 - min)^2]; half side sqrt(A) = 1 - s; center uniform in [-(1 - s), 1 - s]^2.
+        const double half_side = std::sqrt(unit(rng)) * (1.0 - double(kMinTrainedScale));
+        const double row = (2.0 * unit(rng) - 1.0) * half_side, col = (2.0 * unit(rng) - 1.0) * half_side;
+        v.centers.push_back(float(row)), v.centers.push_back(float(col));
+        // float32 rounding of s may exceed 1 - |center| by an ulp: the rule's 1e-6 slack covers it.
+        v.scales.push_back(float(1.0 - half_side));
+    }
+    return v;
+}
+
+std::vector<Viewpoints> policy_riid(int batch, int glimpses, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<Viewpoints> out;
+    for (int t = 0; t < glimpses; ++t) out.push_back(random_viewpoints(rng, batch));
+    return out;
+}
+
+std::vector<Viewpoints> policy_fiid(int batch, int glimpses, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<Viewpoints> out = policy_full(batch, std::min(1, glimpses));
+    for (int t = 1; t < glimpses; ++t) out.push_back(random_viewpoints(rng, batch));
+    return out;
+}
+
+std::vector<Viewpoints> make_policy(const std::string& name, int batch, int glimpses, uint32_t seed) {
+    if (glimpses < 1) throw Error("--glimpses must be >= 1");
+    if (name == "c2f") return policy_c2f(batch, glimpses, seed);
+    if (name == "full") return policy_full(batch, glimpses);
+    if (name == "f-iid") return policy_fiid(batch, glimpses, seed);
+    if (name == "r-iid") return policy_riid(batch, glimpses, seed);
+    if (!std::filesystem::is_regular_file(name))
+        throw Error("unknown policy '" + name + "': use c2f, full, f-iid, r-iid or a viewpoints JSON file");
+    std::vector<Viewpoints> viewpoints = viewpoints_from_json(name, batch);
+    if (int(viewpoints.size()) < glimpses)
+        throw Error(name + ": holds " + std::to_string(viewpoints.size()) + " viewpoints, " + std::to_string(glimpses) +
+                    " glimpses asked for; pass --glimpses " + std::to_string(viewpoints.size()) + " or a longer file");
+    viewpoints.resize(glimpses);
+    return viewpoints;
 }
 
 }  // namespace canvit

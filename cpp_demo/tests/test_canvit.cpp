@@ -1,0 +1,276 @@
+// Unit tests of the canvit library (GoogleTest). The step itself is checked against the Python runtime by
+// tests/test_cpp_demo.py; these cover what the demo does around it.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include "canvit/canvit.hpp"
+
+#ifdef CANVIT_WITH_OPENCV
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/videoio.hpp>
+#endif
+
+namespace fs = std::filesystem;
+using namespace canvit;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+    const fs::path dir = fs::temp_directory_path() / ("canvit_tests_" + name + "_" + std::to_string(std::random_device{}()));
+    fs::create_directories(dir);
+    return dir;
+}
+
+void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "(no Error thrown)";
+}
+
+Viewpoints one(float row, float col, float scale) { return Viewpoints{{row, col}, {scale}}; }
+
+Manifest scene_manifest(int scene_px, int batch = 1) {
+    Manifest m;
+    m.scene_px = scene_px, m.batch = batch;
+    m.mean = {0.485f, 0.456f, 0.406f}, m.std = {0.229f, 0.224f, 0.225f};
+    return m;
+}
+
+// Normalized value of an 8-bit level in channel c.
+float normalized(const Manifest& m, int c, int level) { return (level / 255.0f - m.mean[c]) / m.std[c]; }
+
+float scene_at(const std::vector<float>& scene, int S, int c, int y, int x) { return scene[(size_t(c) * S + y) * S + x]; }
+
+}  // namespace
+
+TEST(Viewpoints, RuleOfAppendixC1) {
+    EXPECT_NO_THROW(check_viewpoints(one(0, 0, 1), 1));
+    EXPECT_NO_THROW(check_viewpoints(one(0.5f, -0.5f, 0.5f), 1));
+    EXPECT_NO_THROW(check_viewpoints(one(0.95f, 0.95f, 0.05f), 1));
+    EXPECT_NE(error_of([] { check_viewpoints(one(0.6f, 0, 0.5f), 1); }).find("leaves the scene"), std::string::npos);
+    EXPECT_NE(error_of([] { check_viewpoints(one(0, 0, 0), 1); }).find("outside (0, 1]"), std::string::npos);
+    EXPECT_NE(error_of([] { check_viewpoints(one(0, 0, 1.5f), 1); }).find("outside (0, 1]"), std::string::npos);
+    EXPECT_NE(error_of([] { check_viewpoints(one(NAN, 0, 0.5f), 1); }).find("not finite"), std::string::npos);
+    // The second scene of a batch is checked too.
+    EXPECT_NE(error_of([] { check_viewpoints(Viewpoints{{0, 0, 0.9f, 0}, {1, 0.5f}}, 2); }).find("viewpoint 1"), std::string::npos);
+}
+
+TEST(Policies, CoarseToFineTilesEveryLevelOnce) {
+    const int batch = 2;
+    const auto v = policy_c2f(batch, 21, 7);
+    ASSERT_EQ(v.size(), 21u);
+    for (int b = 0; b < batch; ++b) {
+        EXPECT_EQ(v[0].scales[b], 1.0f);
+        EXPECT_EQ(v[0].centers[2 * b], 0.0f);
+        std::set<std::pair<float, float>> quadrants, sixteenths;
+        for (int t = 1; t < 5; ++t) {
+            EXPECT_EQ(v[t].scales[b], 0.5f);
+            quadrants.insert({v[t].centers[2 * b], v[t].centers[2 * b + 1]});
+        }
+        for (int t = 5; t < 21; ++t) {
+            EXPECT_EQ(v[t].scales[b], 0.25f);
+            sixteenths.insert({v[t].centers[2 * b], v[t].centers[2 * b + 1]});
+        }
+        EXPECT_EQ(quadrants, (std::set<std::pair<float, float>>{{-0.5f, -0.5f}, {-0.5f, 0.5f}, {0.5f, -0.5f}, {0.5f, 0.5f}}));
+        std::set<std::pair<float, float>> grid;
+        for (float r : {-0.75f, -0.25f, 0.25f, 0.75f})
+            for (float c : {-0.75f, -0.25f, 0.25f, 0.75f}) grid.insert({r, c});
+        EXPECT_EQ(sixteenths, grid);
+    }
+    // Orders are random per seed (16! orders of the last level: two seeds agreeing is a bug).
+    const auto w = policy_c2f(batch, 21, 8);
+    bool differs = false;
+    for (int t = 5; t < 21; ++t) differs |= v[t].centers != w[t].centers;
+    EXPECT_TRUE(differs);
+    EXPECT_EQ(policy_c2f(batch, 21, 7)[20].centers, v[20].centers);  // and reproducible
+}
+
+TEST(Policies, RandomViewpointsFollowPretrainingDistribution) {
+    // s = 1 - h, h = 0.95 sqrt(U): p(h) = 2h / 0.95^2 on [0, 0.95], so E[s] = 1 - (2/3) 0.95 = 0.36667; the center
+    // is uniform in [-h, h]^2, so E[|row| / h] = 1/2.
+    const int n = 20000;
+    const auto v = policy_fiid(1, n + 1, 3);
+    EXPECT_EQ(v[0].scales[0], 1.0f);
+    double sum_s = 0, sum_ratio = 0;
+    float lowest = 1;
+    for (int t = 1; t <= n; ++t) {
+        ASSERT_NO_THROW(check_viewpoints(v[t], 1)) << "glimpse " << t;
+        const float s = v[t].scales[0];
+        lowest = std::min(lowest, s);
+        sum_s += s;
+        if (s < 0.99f) sum_ratio += std::fabs(v[t].centers[0]) / (1.0 - s);
+    }
+    EXPECT_GE(lowest, kMinTrainedScale);
+    EXPECT_LT(lowest, 0.06f);  // 20000 draws reach the smallest scales
+    EXPECT_NEAR(sum_s / n, 1.0 - 2.0 / 3.0 * 0.95, 0.006);
+    EXPECT_NEAR(sum_ratio / n, 0.5, 0.01);
+    const auto r = policy_riid(1, 3, 3);
+    EXPECT_LT(r[0].scales[0], 1.0f);                                  // R-IID: no full-scene first glimpse
+    EXPECT_EQ(policy_fiid(1, 5, 3)[4].centers, v[4].centers);         // seeded
+    EXPECT_NE(policy_fiid(1, 5, 4)[4].centers, v[4].centers);
+}
+
+TEST(Policies, NamesAndFiles) {
+    EXPECT_EQ(make_policy("full", 1, 3, 0).size(), 3u);
+    EXPECT_NE(error_of([] { make_policy("zigzag", 1, 3, 0); }).find("unknown policy 'zigzag'"), std::string::npos);
+    EXPECT_NE(error_of([] { make_policy("c2f", 1, 0, 0); }).find("--glimpses must be >= 1"), std::string::npos);
+    const fs::path dir = temp_dir("policy");
+    write_text(dir / "bare.json", "[[0, 0, 1], [0.5, -0.5, 0.5]]");
+    const auto bare = make_policy((dir / "bare.json").string(), 2, 2, 0);  // one triple for the whole batch
+    EXPECT_EQ(bare[1].centers, (std::vector<float>{0.5f, -0.5f, 0.5f, -0.5f}));
+    EXPECT_EQ(bare[1].scales, (std::vector<float>{0.5f, 0.5f}));
+    EXPECT_NE(error_of([&] { make_policy((dir / "bare.json").string(), 1, 3, 0); }).find("holds 2 viewpoints, 3 glimpses"),
+              std::string::npos);
+    write_text(dir / "batch.json", R"({"viewpoints": [[[0, 0, 1], [0.25, 0.25, 0.75]]]})");
+    const auto batch = viewpoints_from_json(dir / "batch.json", 2);
+    EXPECT_EQ(batch[0].centers, (std::vector<float>{0, 0, 0.25f, 0.25f}));
+    EXPECT_EQ(batch[0].scales, (std::vector<float>{1, 0.75f}));
+    write_text(dir / "malformed.json", "[[0, 0, 1], [0.5, 0.5]]");
+    EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "malformed.json", 1); }).find("glimpse 1: expected [row, col, scale]"),
+              std::string::npos);
+    write_text(dir / "invalid.json", "[[0, 0, 1], [0.9, 0, 0.5]]");
+    EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "invalid.json", 1); }).find("glimpse 1"), std::string::npos);
+    write_text(dir / "broken.json", "[[0, 0,");
+    EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "broken.json", 1); }).find("not valid JSON"), std::string::npos);
+    fs::remove_all(dir);
+}
+
+TEST(Tensors, NpyAndRawRoundTrip) {
+    const fs::path dir = temp_dir("tensor");
+    const std::vector<float> data{1.5f, -2.0f, 3.25f, 0.0f, 1e-7f, 6.0f};
+    write_tensor(dir / "a.npy", data, {1, 2, 3}, "canvas");
+    std::vector<int64_t> shape;
+    EXPECT_EQ(read_npy(dir / "a.npy", &shape), data);
+    EXPECT_EQ(shape, (std::vector<int64_t>{1, 2, 3}));
+    write_tensor(dir / "a.f32", data, {2, 3}, "canvas");
+    std::ifstream raw(dir / "a.f32", std::ios::binary);
+    std::vector<float> back(6);
+    raw.read(reinterpret_cast<char*>(back.data()), 24);
+    EXPECT_EQ(back, data);
+    const auto header = nlohmann::json::parse(std::ifstream(dir / "a.f32.json"));
+    EXPECT_EQ(header.at("shape"), nlohmann::json::array({2, 3}));
+    EXPECT_EQ(header.at("dtype"), "float32");
+    EXPECT_EQ(header.at("bytes"), 24);
+    EXPECT_NE(error_of([&] { write_tensor(dir / "missing" / "x.npy", data, {6}, "canvas"); }).find("cannot write"), std::string::npos);
+    fs::remove_all(dir);
+}
+
+TEST(Preprocess, NormalizesWithTheManifestsMeanAndStd) {
+    const Manifest m = scene_manifest(8, 2);
+    RgbImage image{8, 8, std::vector<unsigned char>(8 * 8 * 3)};
+    for (size_t i = 0; i < image.pixels.size(); i += 3) image.pixels[i] = 200, image.pixels[i + 1] = 100, image.pixels[i + 2] = 0;
+    const auto scene = preprocess_rgb(image, m);
+    ASSERT_EQ(scene.size(), 2u * 3 * 8 * 8);
+    for (int c = 0; c < 3; ++c) EXPECT_FLOAT_EQ(scene_at(scene, 8, c, 3, 5), normalized(m, c, c == 0 ? 200 : c == 1 ? 100 : 0));
+    EXPECT_EQ(std::vector<float>(scene.begin(), scene.begin() + 192), std::vector<float>(scene.begin() + 192, scene.end()));
+}
+
+TEST(Preprocess, CenterCropRoundsHalfToEvenLikePython) {
+    // 9 x 8 (W x H) into S = 8: no resize (short side 8, long side int(8 * 9 / 8) = 9), crop left =
+    // round((9 - 8) / 2) = round(0.5) = 0 in Python (half to even), so column 0 is kept and column 8 dropped.
+    const Manifest m = scene_manifest(8);
+    RgbImage image{9, 8, std::vector<unsigned char>(9 * 8 * 3, 128)};
+    for (int y = 0; y < 8; ++y) image.pixels[(size_t(y) * 9 + 0) * 3 + 1] = 255;  // column 0: green 255
+    const auto scene = preprocess_rgb(image, m);
+    EXPECT_FLOAT_EQ(scene_at(scene, 8, 1, 4, 0), normalized(m, 1, 255));
+    EXPECT_FLOAT_EQ(scene_at(scene, 8, 1, 4, 7), normalized(m, 1, 128));
+}
+
+TEST(Preprocess, ShortSideResizeThenCenterCrop) {
+    // 64 x 32 into S = 16: resized to 32 x 16, crop left = 8: scene columns 0..7 come from the left half (red),
+    // 8..15 from the right half (blue); the pixels next to the seam blend (bilinear).
+    const Manifest m = scene_manifest(16);
+    RgbImage image{64, 32, std::vector<unsigned char>(64 * 32 * 3, 0)};
+    for (int y = 0; y < 32; ++y)
+        for (int x = 0; x < 64; ++x) image.pixels[(size_t(y) * 64 + x) * 3 + (x < 32 ? 0 : 2)] = 255;
+    const auto scene = preprocess_rgb(image, m);
+    EXPECT_NEAR(scene_at(scene, 16, 0, 8, 2), normalized(m, 0, 255), 1e-5);
+    EXPECT_NEAR(scene_at(scene, 16, 2, 8, 2), normalized(m, 2, 0), 1e-5);
+    EXPECT_NEAR(scene_at(scene, 16, 2, 8, 13), normalized(m, 2, 255), 1e-5);
+    EXPECT_NEAR(scene_at(scene, 16, 0, 8, 13), normalized(m, 0, 0), 1e-5);
+    const float seam = scene_at(scene, 16, 0, 8, 7);
+    EXPECT_GT(seam, normalized(m, 0, 0));
+    EXPECT_LT(seam, normalized(m, 0, 255));
+}
+
+TEST(Manifest, BadArtifactsEndInOneClearError) {
+    const fs::path dir = temp_dir("manifest");
+    EXPECT_NE(error_of([&] { load_manifest(dir / "nope"); }).find("no such artifact folder"), std::string::npos);
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("no manifest.json"), std::string::npos);
+    write_text(dir / "manifest.json", "{\"format\": ");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("not valid JSON"), std::string::npos);
+    write_text(dir / "manifest.json", R"({"format": "something-else", "format_version": 1})");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("not a canvit-export manifest"), std::string::npos);
+    write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": 2})");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("manifest version 2"), std::string::npos);
+    write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": 1})");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("lacks a required entry"), std::string::npos);
+    fs::remove_all(dir);
+}
+
+TEST(Backends, UnknownAndMissingBackendsAreRefused) {
+    const Manifest m = scene_manifest(8);
+    EXPECT_NE(error_of([&] { make_backend("tflite", m, {}); }).find("unknown backend 'tflite'"), std::string::npos);
+    for (const std::string name : {"openvino", "onnxruntime", "tensorrt"}) {
+        const auto compiled = compiled_backends();
+        if (std::find(compiled.begin(), compiled.end(), name) == compiled.end())
+            EXPECT_NE(error_of([&] { make_backend(name, m, {}); }).find("is not compiled into this canvit_demo"), std::string::npos);
+    }
+}
+
+#ifdef CANVIT_WITH_OPENCV
+TEST(Video, ReadsAnMjpegFileInRgbOrder) {
+    const fs::path dir = temp_dir("video");
+    const fs::path path = dir / "clip.avi";
+    {
+        cv::VideoWriter writer(path.string(), cv::CAP_OPENCV_MJPEG, cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 10,
+                               cv::Size(64, 48));
+        ASSERT_TRUE(writer.isOpened());
+        for (int f = 0; f < 5; ++f) writer.write(cv::Mat(48, 64, CV_8UC3, cv::Scalar(40 * f, 0, 255)));  // BGR: red + blue ramp
+    }
+    auto source = open_video(path.string());
+    RgbImage frame;
+    for (int f = 0; f < 5; ++f) {
+        ASSERT_TRUE(source->next(frame)) << "frame " << f;
+        ASSERT_EQ(frame.width, 64);
+        ASSERT_EQ(frame.height, 48);
+        const unsigned char* center = &frame.pixels[(size_t(24) * 64 + 32) * 3];
+        EXPECT_NEAR(center[0], 255, 12) << "R";  // BGR -> RGB
+        EXPECT_NEAR(center[2], 40 * f, 12) << "B";
+    }
+    EXPECT_FALSE(source->next(frame));
+    fs::remove_all(dir);
+}
+
+TEST(Video, ImageSequenceIsLossless) {
+    const fs::path dir = temp_dir("sequence");
+    for (int f = 0; f < 3; ++f) cv::imwrite((dir / ("frame_" + std::to_string(f) + ".png")).string(), cv::Mat(4, 6, CV_8UC3, cv::Scalar(1, 2, 3 + f)));
+    auto source = open_video((dir / "frame_%d.png").string());
+    RgbImage frame;
+    for (int f = 0; f < 3; ++f) {
+        ASSERT_TRUE(source->next(frame));
+        EXPECT_EQ(frame.pixels[0], 3 + f);
+        EXPECT_EQ(frame.pixels[1], 2);
+        EXPECT_EQ(frame.pixels[2], 1);
+    }
+    EXPECT_FALSE(source->next(frame));
+    EXPECT_NE(error_of([&] { open_video((dir / "missing.mp4").string()); }).find("no such video file"), std::string::npos);
+    fs::remove_all(dir);
+}
+#else
+TEST(Video, RefusedWithoutOpenCv) {
+    EXPECT_NE(error_of([] { open_video("clip.mp4"); }).find("built without OpenCV"), std::string::npos);
+}
+#endif
