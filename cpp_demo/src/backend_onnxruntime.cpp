@@ -44,15 +44,16 @@ class OnnxRuntimeBackend : public Backend {
         }
         Ort::AllocatorWithDefaultOptions allocator;
         for (size_t i = 0; i < session_->GetInputCount(); ++i) {
-            const auto info = session_->GetInputTypeInfo(i).GetTensorTypeAndShapeInfo();
+            const Ort::TypeInfo type = session_->GetInputTypeInfo(i);  // owns what info views
+            const auto info = type.GetTensorTypeAndShapeInfo();
             const std::string name = session_->GetInputNameAllocated(i, allocator).get();
             check_model_tensor(m, where, name, info.GetShape(), dtype_name(info.GetElementType()));
         }
         for (size_t i = 0; i < session_->GetOutputCount(); ++i) {
-            const auto info = session_->GetOutputTypeInfo(i).GetTensorTypeAndShapeInfo();
+            const Ort::TypeInfo type = session_->GetOutputTypeInfo(i);
+            const auto info = type.GetTensorTypeAndShapeInfo();
             const std::string name = session_->GetOutputNameAllocated(i, allocator).get();
             check_model_tensor(m, where, name, info.GetShape(), dtype_name(info.GetElementType()));
-            outputs_.push_back(name);
         }
         for (const auto& [input, output] : m.state_pairs) state_[input] = {host(input), host(input)};
         for (const auto& spec : m.outputs)
@@ -108,7 +109,6 @@ class OnnxRuntimeBackend : public Backend {
     Ort::Env env_;
     Ort::MemoryInfo memory_;
     std::unique_ptr<Ort::Session> session_;
-    std::vector<std::string> outputs_;
     std::vector<float> scene_, centers_, scales_;
     std::map<std::string, std::array<std::vector<float>, 2>> state_;
     std::map<std::string, std::vector<float>> extras_;

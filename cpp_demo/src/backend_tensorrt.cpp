@@ -96,7 +96,7 @@ class TensorRtBackend : public Backend {
         for (const std::string& name : {m.scene_input, m.centers_input, m.scales_input})
             if (!buffers_.count(name)) throw Error(where + ": the engine has no input '" + name + "'; rebuild it from this artifact");
         cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-        cuda_check(cudaMallocHost(&viewpoint_host_, 3 * size_t(m.batch) * sizeof(float)), "cudaMallocHost");
+        cuda_check(cudaMallocHost(reinterpret_cast<void**>(&viewpoint_host_), 3 * size_t(m.batch) * sizeof(float)), "cudaMallocHost");
     }
     ~TensorRtBackend() override {
         for (auto& graph : graphs_) if (graph) cudaGraphExecDestroy(graph);
