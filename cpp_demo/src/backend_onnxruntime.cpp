@@ -1,7 +1,8 @@
 // ONNX Runtime backend (C++ API, onnxruntime_cxx_api.h): runs an ONNX artifact's step.onnx on the CPU, or on CUDA
 // with --device CUDA (an ONNX Runtime built with the CUDA execution provider, e.g. the Jetson Zoo wheel's libraries).
-// Every input and output is bound once per glimpse to host buffers the backend owns (Ort::IoBinding): the state
-// lives in two buffers per state tensor that swap between glimpses, so nothing is allocated or copied per glimpse.
+// Every input and output is bound once, in the constructor, to host buffers the backend owns (Ort::IoBinding): the
+// state lives in two buffers per state tensor, and two bindings (one per buffer assignment) alternate between
+// glimpses, so a glimpse copies only its viewpoint and allocates nothing.
 #include <onnxruntime_cxx_api.h>
 
 #include <cstring>
@@ -59,33 +60,35 @@ class OnnxRuntimeBackend : public Backend {
         for (const auto& spec : m.outputs)
             if (!state_output(spec.name)) extras_[spec.name] = host(spec.name);
         scene_ = host(m.scene_input), centers_ = host(m.centers_input), scales_ = host(m.scales_input);
+        // The buffers never reallocate (assign copies into them), so the tensors bound here stay valid.
+        for (int parity = 0; parity < 2; ++parity) {
+            bindings_[parity] = std::make_unique<Ort::IoBinding>(*session_);
+            Ort::IoBinding& binding = *bindings_[parity];
+            const auto bind = [&](const std::string& name, std::vector<float>& data, bool output) {
+                const auto& shape = m.tensor(name).shape;
+                values_.push_back(Ort::Value::CreateTensor<float>(memory_, data.data(), data.size(), shape.data(), shape.size()));
+                output ? binding.BindOutput(name.c_str(), values_.back()) : binding.BindInput(name.c_str(), values_.back());
+            };
+            bind(m.scene_input, scene_, false);
+            bind(m.centers_input, centers_, false);
+            bind(m.scales_input, scales_, false);
+            for (const auto& [input, output] : m.state_pairs) {  // parity 0 reads buffer 0 and writes buffer 1
+                bind(input, state_.at(input)[parity], false);
+                bind(output, state_.at(input)[parity ^ 1], true);
+            }
+            for (auto& [name, data] : extras_) bind(name, data, true);
+        }
     }
     void reset() override {
         parity_ = 0;
-        for (const auto& [name, values] : m_.initial_state) state_.at(name)[0] = values;
+        for (const auto& [name, values] : m_.initial_state) assign(state_.at(name)[0], values);
     }
     void set_scene(const std::vector<float>& scene) override { assign(scene_, scene); }
     void step(const Viewpoints& v) override {
         assign(centers_, v.centers);
         assign(scales_, v.scales);
-        Ort::IoBinding binding(*session_);
-        std::vector<Ort::Value> values;  // kept alive until Run returns
-        const auto bind = [&](const std::string& name, std::vector<float>& data, bool output) {
-            const auto& shape = m_.tensor(name).shape;
-            values.push_back(Ort::Value::CreateTensor<float>(memory_, data.data(), data.size(), shape.data(), shape.size()));
-            output ? binding.BindOutput(name.c_str(), values.back()) : binding.BindInput(name.c_str(), values.back());
-        };
-        values.reserve(8 + extras_.size());
-        bind(m_.scene_input, scene_, false);
-        bind(m_.centers_input, centers_, false);
-        bind(m_.scales_input, scales_, false);
-        for (const auto& [input, output] : m_.state_pairs) {
-            bind(input, state_.at(input)[parity_], false);
-            bind(output, state_.at(input)[parity_ ^ 1], true);
-        }
-        for (auto& [name, data] : extras_) bind(name, data, true);
         try {
-            session_->Run(Ort::RunOptions{nullptr}, binding);
+            session_->Run(Ort::RunOptions{nullptr}, *bindings_[parity_]);
         } catch (const Ort::Exception& e) {
             throw Error(std::string("ONNX Runtime failed to run the step: ") + e.what());
         }
@@ -112,6 +115,8 @@ class OnnxRuntimeBackend : public Backend {
     std::vector<float> scene_, centers_, scales_;
     std::map<std::string, std::array<std::vector<float>, 2>> state_;
     std::map<std::string, std::vector<float>> extras_;
+    std::vector<Ort::Value> values_;                     // the tensors the bindings hold, over the buffers above
+    std::array<std::unique_ptr<Ort::IoBinding>, 2> bindings_;
     int parity_ = 0;
 };
 

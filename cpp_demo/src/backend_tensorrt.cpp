@@ -76,12 +76,10 @@ class TensorRtBackend : public Backend {
         }
         runtime_.reset(nvinfer1::createInferRuntime(logger_));
         engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
-        if (!engine_) {
-            const auto artifact = nlohmann::json::parse(m.manifest_text).at("artifact");
+        if (!engine_)
             throw Error(where + ": TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) +
-                        " cannot load this engine on " + gpu_ + " (built with TensorRT " + artifact.value("tensorrt", "?") +
-                        " on " + artifact.value("gpu", "?") + "); rebuild it on this device");
-        }
+                        " cannot load this engine on " + gpu_ + (m.built_with.empty() ? "" : " (built with " + m.built_with + ")") +
+                        "; rebuild it on this device");
         context_.reset(engine_->createExecutionContext());
         if (!context_) throw Error(where + ": TensorRT cannot create an execution context (out of device memory?)");
         for (int i = 0; i < engine_->getNbIOTensors(); ++i) {

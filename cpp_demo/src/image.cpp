@@ -58,7 +58,7 @@ std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64
 
 std::vector<float> write_canvas_pca_png(const std::filesystem::path& path, const std::vector<float>& canvas,
                                         const Manifest& m, int scale) {
-    const auto& shape = m.state_shapes.at("canvas");
+    const auto& shape = m.tensor("canvas").shape;
     const size_t dc = size_t(shape[2]), n = size_t(m.canvas_grid) * m.canvas_grid, r = size_t(m.num_canvas_registers);
     std::vector<double> x(n * dc), mean(dc, 0.0);
     for (size_t t = 0; t < n; ++t)
@@ -113,6 +113,14 @@ RgbImage read_image(const std::filesystem::path& path) {
     return image;
 }
 
+// [B, ...]: `one` scene repeated for every scene of the batch.
+static std::vector<float> repeat_batch(const std::vector<float>& one, int batch) {
+    std::vector<float> scenes;
+    scenes.reserve(one.size() * size_t(batch));
+    for (int b = 0; b < batch; ++b) scenes.insert(scenes.end(), one.begin(), one.end());
+    return scenes;
+}
+
 std::vector<float> preprocess_rgb(const RgbImage& image, const Manifest& m) {
     const int S = m.scene_px, w = image.width, h = image.height;
     if (w < 1 || h < 1 || image.pixels.size() != size_t(w) * h * 3) throw Error("empty or malformed RGB image");
@@ -135,10 +143,7 @@ std::vector<float> preprocess_rgb(const RgbImage& image, const Manifest& m) {
             for (int x = 0; x < S; ++x)
                 one[(size_t(ch) * S + y) * S + x] =
                     (resized[(size_t(top + y) * rw + left + x) * 3 + ch] / 255.0f - m.mean[ch]) / m.std[ch];
-    std::vector<float> scene;
-    scene.reserve(one.size() * m.batch);
-    for (int b = 0; b < m.batch; ++b) scene.insert(scene.end(), one.begin(), one.end());
-    return scene;
+    return repeat_batch(one, m.batch);
 }
 
 std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m) {
@@ -151,9 +156,7 @@ std::vector<float> load_scene(const std::filesystem::path& path, const Manifest&
         throw Error(path.string() + ": a scene .npy must hold [3, " + std::to_string(S) + ", " + std::to_string(S) +
                     "] or [" + std::to_string(m.batch) + ", 3, " + std::to_string(S) + ", " + std::to_string(S) + "] float32, got " +
                     shape_str(shape));
-    std::vector<float> batch;
-    for (int b = 0; b < m.batch; ++b) batch.insert(batch.end(), scene.begin(), scene.end());
-    return batch;
+    return repeat_batch(scene, m.batch);
 }
 
 void write_tensor(const std::filesystem::path& path, const std::vector<float>& data, const std::vector<int64_t>& shape,
@@ -163,13 +166,11 @@ void write_tensor(const std::filesystem::path& path, const std::vector<float>& d
     } else {
         std::ofstream out(path, std::ios::binary);
         out.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * 4));
+        if (!out) throw Error(path.string() + ": cannot write; check the folder exists and is writable");
         nlohmann::json header{{"name", name}, {"dtype", "float32"}, {"byte_order", "little"}, {"shape", shape},
                               {"bytes", data.size() * 4}};
         std::ofstream(path.string() + ".json") << header.dump(1) << "\n";
-        if (!out) throw Error(path.string() + ": cannot write; check the folder exists and is writable");
     }
-    if (!std::filesystem::is_regular_file(path))
-        throw Error(path.string() + ": cannot write; check the folder exists and is writable");
 }
 
 }  // namespace canvit

@@ -108,13 +108,6 @@ int main(int argc, char** argv) {
 
         const Manifest m = load_manifest(args["--artifact"]);
         const std::vector<Viewpoints> viewpoints = make_policy(args["--policy"], m.batch, glimpses, uint32_t(seed));
-        for (size_t t = 0; t < viewpoints.size(); ++t) {
-            try {
-                check_viewpoints(viewpoints[t], m.batch);
-            } catch (const Error& e) {
-                throw Error("glimpse " + std::to_string(t) + ": " + e.what());
-            }
-        }
         std::unique_ptr<FrameSource> video;
         std::vector<float> scene;
         if (args.count("--video")) video = open_video(args["--video"]);
@@ -156,7 +149,7 @@ int main(int argc, char** argv) {
         if (video) std::printf("%-24s %10.2f %10.2f %10.2f\n", "frame decode+preprocess", frame.min, frame.median, frame.p90);
         if (args.count("--canvas-out") || args.count("--pca-png")) {
             const std::vector<float> canvas = backend->read_state("canvas");
-            if (args.count("--canvas-out")) write_tensor(args["--canvas-out"], canvas, m.state_shapes.at("canvas"), "canvas");
+            if (args.count("--canvas-out")) write_tensor(args["--canvas-out"], canvas, m.tensor("canvas").shape, "canvas");
             if (args.count("--pca-png")) write_canvas_pca_png(args["--pca-png"], canvas, m);
         }
         if (args.count("--log")) {

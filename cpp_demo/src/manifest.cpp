@@ -55,8 +55,9 @@ static TensorSpec parse_tensor(const json& j) {
     return TensorSpec{j.at("name"), j.at("dtype"), j.at("role"), j.at("shape").get<std::vector<int64_t>>()};
 }
 
-// The manifest must agree with itself: roles present, I/O float32, shapes as the geometry says.
-static void check_consistency(Manifest& m, const fs::path& path) {
+// The manifest must agree with itself: roles present, I/O float32, shapes as the geometry and the initial state
+// say (state: {"canvas": [B, R+G*G, Dc], "recurrent_cls": [B, 1, Db]}).
+static void check_consistency(Manifest& m, const fs::path& path, const std::map<std::string, std::vector<int64_t>>& state) {
     const auto fail = [&](const std::string& what) { throw Error(path.string() + ": " + what + "; re-export the artifact"); };
     for (const auto& t : m.inputs) {
         if (t.role == "scene") m.scene_input = t.name;
@@ -75,13 +76,14 @@ static void check_consistency(Manifest& m, const fs::path& path) {
     const int64_t B = m.batch, S = m.scene_px;
     const std::map<std::string, std::vector<int64_t>> geometry{
         {m.scene_input, {B, 3, S, S}}, {m.centers_input, {B, 2}}, {m.scales_input, {B}},
-        {"canvas", m.state_shapes.at("canvas")}, {"canvas_next", m.state_shapes.at("canvas")},
-        {"recurrent_cls", m.state_shapes.at("recurrent_cls")}, {"recurrent_cls_next", m.state_shapes.at("recurrent_cls")}};
+        {"canvas", state.at("canvas")}, {"canvas_next", state.at("canvas")},
+        {"recurrent_cls", state.at("recurrent_cls")}, {"recurrent_cls_next", state.at("recurrent_cls")}};
     for (const auto& [name, shape] : geometry) {
         auto it = m.specs.find(name);
         if (it == m.specs.end()) {
-            const bool state = name.rfind("canvas", 0) == 0 || name.rfind("recurrent_cls", 0) == 0;
-            if (!(m.stateful && state)) fail("no tensor '" + name + "'");
+            bool state_tensor = false;  // a stateful IR keeps both sides of a state pair in its variables
+            for (const auto& [input, output] : m.state_pairs) state_tensor |= name == input || name == output;
+            if (!(m.stateful && state_tensor)) fail("no tensor '" + name + "'");
             it = m.specs.emplace(name, TensorSpec{name, "float32", "state", shape}).first;  // a stateful IR's variable
         }
         if (it->second.shape != shape)
@@ -96,13 +98,8 @@ Manifest load_manifest(const fs::path& dir, bool verify) {
     const fs::path path = dir / "manifest.json";
     if (!fs::is_regular_file(path)) throw Error(dir.string() + ": no manifest.json; this is not a canvit-export artifact");
     json j;
-    std::string manifest_text;
     try {
-        std::ifstream in(path);
-        std::stringstream text;
-        text << in.rdbuf();
-        manifest_text = text.str();
-        j = json::parse(manifest_text);
+        std::ifstream(path) >> j;
     } catch (const json::exception& e) {
         throw Error(path.string() + ": not valid JSON (" + e.what() + "); re-export the artifact");
     }
@@ -112,11 +109,12 @@ Manifest load_manifest(const fs::path& dir, bool verify) {
         throw Error(path.string() + ": manifest version " + j.value("format_version", json(nullptr)).dump() +
                     ", this demo reads version 1; re-export with a matching canvit-export");
     Manifest m;
-    m.manifest_text = manifest_text;
     try {
         m.dir = dir;
         m.target = j.at("artifact").at("target");
         m.stateful = j.at("artifact").value("stateful", false);
+        if (m.target == "tensorrt")
+            m.built_with = "TensorRT " + j.at("artifact").value("tensorrt", "?") + " on " + j.at("artifact").value("gpu", "?");
         const auto& g = j.at("geometry");
         m.batch = g.at("batch"), m.scene_px = g.at("scene_px"), m.glimpse_px = g.at("glimpse_px");
         m.canvas_grid = g.at("canvas_grid");
@@ -172,9 +170,8 @@ Manifest load_manifest(const fs::path& dir, bool verify) {
         }
         m.initial_state["canvas"] = std::move(canvas);
         m.initial_state["recurrent_cls"] = std::move(rcls);
-        m.state_shapes["canvas"] = {m.batch, int64_t(tokens), int64_t(dc)};
-        m.state_shapes["recurrent_cls"] = {m.batch, 1, int64_t(cls.size())};
-        check_consistency(m, path);
+        check_consistency(m, path, {{"canvas", {m.batch, int64_t(tokens), int64_t(dc)}},
+                                    {"recurrent_cls", {m.batch, 1, int64_t(cls.size())}}});
     } catch (const json::out_of_range& e) {
         throw Error(path.string() + ": manifest lacks a required entry (" + e.what() + "); re-export the artifact");
     } catch (const json::exception& e) {

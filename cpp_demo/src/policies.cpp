@@ -127,10 +127,20 @@ std::vector<Viewpoints> policy_fiid(int batch, int glimpses, uint32_t seed) {
 
 std::vector<Viewpoints> make_policy(const std::string& name, int batch, int glimpses, uint32_t seed) {
     if (glimpses < 1) throw Error("--glimpses must be >= 1");
-    if (name == "c2f") return policy_c2f(batch, glimpses, seed);
-    if (name == "full") return policy_full(batch, glimpses);
-    if (name == "f-iid") return policy_fiid(batch, glimpses, seed);
-    if (name == "r-iid") return policy_riid(batch, glimpses, seed);
+    const std::map<std::string, std::vector<Viewpoints> (*)(int, int, uint32_t)> generated{
+        {"c2f", policy_c2f}, {"f-iid", policy_fiid}, {"r-iid", policy_riid},
+        {"full", [](int b, int g, uint32_t) { return policy_full(b, g); }}};
+    if (const auto it = generated.find(name); it != generated.end()) {
+        std::vector<Viewpoints> viewpoints = it->second(batch, glimpses, seed);
+        for (size_t t = 0; t < viewpoints.size(); ++t) {  // a file's viewpoints are checked as it is read
+            try {
+                check_viewpoints(viewpoints[t], batch);
+            } catch (const Error& e) {
+                throw Error(name + ": glimpse " + std::to_string(t) + ": " + e.what());
+            }
+        }
+        return viewpoints;
+    }
     if (!std::filesystem::is_regular_file(name))
         throw Error("unknown policy '" + name + "': use c2f, full, f-iid, r-iid or a viewpoints JSON file");
     std::vector<Viewpoints> viewpoints = viewpoints_from_json(name, batch);

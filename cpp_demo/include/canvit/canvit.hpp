@@ -39,8 +39,7 @@ struct Manifest {
     std::map<std::string, std::filesystem::path> files;             // key -> path
     std::map<std::string, std::string> file_sha256;                 // key -> SHA-256 (hex)
     std::map<std::string, std::vector<float>> initial_state;        // "canvas" [B,R+G*G,Dc], "recurrent_cls" [B,1,Db]
-    std::map<std::string, std::vector<int64_t>> state_shapes;       // same keys
-    std::string manifest_text;                                      // manifest.json as read
+    std::string built_with;  // TensorRT artifacts: "TensorRT <version> on <GPU>" (artifact.tensorrt, artifact.gpu)
 
     // Spec of any graph input/output, or of a state tensor of a stateful IR; throws Error if unknown.
     const TensorSpec& tensor(const std::string& name) const;
@@ -86,7 +85,7 @@ RgbImage read_image(const std::filesystem::path& path);  // PNG, JPEG, BMP, ... 
 // [B, 3, S, S] float32 scene from an RGB image, as canvit_core.preprocess: short side to S px (bilinear, a
 // triangle filter widened when downscaling, like PIL's; skipped when already S), int(S * long / short) px on the
 // long side, centered S x S crop (round((H - S) / 2)), /255, (x - mean) / std per channel (the manifest's).
-// Close to, not bit-equal with, PIL: uint8 rounding differs by at most a few levels on resized pixels.
+// Close to, not bit-equal with, PIL: resized pixels differ by at most one 8-bit level on the photos tested.
 std::vector<float> preprocess_rgb(const RgbImage& image, const Manifest& m);
 // An image file, or a .npy written by Python holding the float32 scene [3, S, S] or [B, 3, S, S] exactly.
 std::vector<float> load_scene(const std::filesystem::path& path, const Manifest& m);
