@@ -1,3 +1,5 @@
 """canvit-export: the CanViT glimpse step as ONNX, TensorRT, OpenVINO and Core ML artifacts, with parity checks."""
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+__version__ = importlib.metadata.version("canvit-export")

@@ -20,20 +20,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
 
 import canvit_runtime
 from canvit_export.errors import ExportError
-from canvit_export.bench_child import PeerStepper
 from canvit_export.export.artifact import tool_versions
-from canvit_export.export.onnx import save_onnx
 from canvit_export.parity import compare, default_image
 from canvit_export.progress import console
-from canvit_export.source import LoadedModel, load_from_record
-from canvit_export.step import reference_step
+from canvit_export.reference import EagerRunner, PeerRunner, export_peer
+from canvit_export.source import load_from_record
+from canvit_runtime.base import Runner
 from canvit_runtime.manifest import Manifest, load_manifest
 from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
@@ -43,21 +41,16 @@ COLUMNS = ("config", "runtime", "precision", "canvas", "batch", "median ms", "p1
            "vs eager", "peak RSS MB", "size MB", "worst rel-L2", "worst cosine", "GFLOPs/glimpse", "GFLOP/s")
 
 
-class Stepper(Protocol):
-    def reset(self) -> None: ...
-    def step(self, scene: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> Any: ...
-
-
 @dataclass
 class Candidate:
-    """One configuration being timed: its stepper, facts for the table, and what it measured."""
+    """One configuration being timed: its runner, facts for the table, and what it measured."""
 
     name: str
     runtime: str
     precision: str
     group: str  # weights fingerprint + geometry: candidates of one group share a reference
     manifest: Manifest
-    stepper: Stepper
+    runner: Runner
     size_bytes: int
     child: list[str]  # argv of the child process that measures peak RSS
     times_ms: list[float] = field(default_factory=list)
@@ -66,52 +59,16 @@ class Candidate:
     canvas: np.ndarray | None = None  # eager only: the reference canvas of the current glimpse
 
 
-class EagerStepper:
-    """canvit-pytorch's CanViT in float32 on the CPU (step.reference_step), state carried as torch tensors."""
-
-    def __init__(self, loaded: LoadedModel, manifest: Manifest) -> None:
-        self.canvit, self.manifest = loaded.canvit.float().eval(), manifest
-
-    def reset(self) -> None:
-        initial = self.manifest.initial_state(self.manifest.batch)
-        self.canvas = torch.from_numpy(initial["canvas"].copy())
-        self.cls = torch.from_numpy(initial["recurrent_cls"].copy())
-
-    def step(self, scene: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            self.canvas, self.cls = reference_step(self.canvit, torch.from_numpy(scene), self.canvas, self.cls,
-                                                   torch.from_numpy(centers), torch.from_numpy(scales),
-                                                   glimpse_px=self.manifest.glimpse_px)
-        return self.canvas
-
-
-def export_peer(loaded: LoadedModel, manifest: Manifest, workdir: Path) -> Path:
-    """canvit-pytorch's browser export (viz.live.step.GlimpseStep, torch.onnx dynamo, opset 18) of these weights
-    and geometry, written once to workdir/peer-<artifact>.onnx."""
-    from canvit_pytorch.viz.live.step import GlimpseStep, StepInputs, StepOutputs
-
-    path = workdir / f"peer-{manifest.directory.name}.onnx"
-    if path.exists():
-        return path
-    module = GlimpseStep(loaded.canvit.float().eval(), glimpse_size_px=manifest.glimpse_px).eval()
-    initial = manifest.initial_state(manifest.batch)
-    inputs = tuple(torch.from_numpy(np.array(a)) for a in (
-        np.zeros(manifest.input("scene").shape, np.float32), initial["canvas"], initial["recurrent_cls"],
-        np.zeros((manifest.batch, 2), np.float32), np.ones(manifest.batch, np.float32)))
-    save_onnx(module, inputs, list(StepInputs._fields), list(StepOutputs._fields), path, opset=18)
-    return path
-
-
 def glimpse_gflops(manifest: Manifest) -> float:
     """Analytic GFLOPs of one glimpse per scene x batch (canvit_pytorch.flops.glimpse_flops; paper App. G)."""
     from canvit_pytorch import CanViTConfig
     from canvit_pytorch.flops import glimpse_flops
 
-    arch = manifest.data["architecture"]
-    config = CanViTConfig(backbone_name=arch["backbone"], canvas_num_heads=arch["canvas_num_heads"],
-                          canvas_head_dim=arch["canvas_head_dim"], num_canvas_registers=arch["num_canvas_registers"],
-                          num_backbone_registers=arch["num_backbone_registers"], enable_vpe=arch["enable_vpe"],
-                          canvas_projections=arch["canvas_projections"])
+    arch = manifest.architecture
+    config = CanViTConfig(backbone_name=arch.backbone,  # type: ignore[arg-type]  # checked by CanViTConfig canvas_num_heads=arch.canvas_num_heads,
+                          canvas_head_dim=arch.canvas_head_dim, num_canvas_registers=arch.num_canvas_registers,
+                          num_backbone_registers=arch.num_backbone_registers, enable_vpe=arch.enable_vpe,
+                          canvas_projections=arch.canvas_projections)  # type: ignore[arg-type]
     return glimpse_flops(config, glimpse_size_px=manifest.glimpse_px, canvas_grid_size=manifest.canvas_grid) \
         * manifest.batch / 1e9
 
@@ -119,7 +76,7 @@ def glimpse_gflops(manifest: Manifest) -> float:
 def peak_rss_mb(argv: list[str]) -> float | None:
     """Peak resident memory (MB) of a child process: `python -m canvit_export.bench_child ...`."""
     result = subprocess.run([sys.executable, "-m", "canvit_export.bench_child", *argv], capture_output=True,
-                            text=True, timeout=900)
+                            text=True, timeout=900, check=False)
     if result.returncode != 0:
         console.print(f"[yellow]peak RSS of {argv} not measured[/yellow]: {result.stderr.strip()[-200:]}")
         return None
@@ -148,35 +105,32 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
             manifest = load_manifest(artifact)
         except ValueError as error:
             raise ExportError(str(error)) from error
-        group = f"{manifest.data['model']['weights_fingerprint'][:12]}-{json.dumps(manifest.data['geometry'])}"
+        group = f"{manifest.model.weights_fingerprint[:12]}-{manifest.geometry.model_dump_json()}"
         groups.setdefault(group, manifest)
-        size = sum(f["bytes"] for f in manifest.data["files"].values())
-        target = manifest.data["artifact"]["target"]
         for runtime in runtimes:
-            if target not in COMPATIBLE.get(runtime, set()):
+            if manifest.target not in COMPATIBLE.get(runtime, set()):
                 continue
             try:
                 runner = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
             except (ValueError, canvit_runtime.RuntimeUnavailable) as error:
                 console.print(f"[yellow]skipping {artifact} on {runtime}[/yellow]: {error}")
                 continue
-            candidates.append(Candidate(f"{artifact.name} [{runtime}]", runtime, manifest.precision, group, manifest,
-                                        runner, size, ["runtime", str(artifact), runtime, thread_arg]))
+            candidates.append(Candidate(f"{artifact.name} [{runtime}]", runtime, manifest.precision.name, group,
+                                        manifest, runner, manifest.size_bytes,
+                                        ["runtime", str(artifact), runtime, thread_arg]))
     if not candidates:
         raise ExportError(f"no artifact runs on {', '.join(runtimes)}: pass --artifacts of matching targets")
-    if threads is not None:
-        torch.set_num_threads(threads)
     for group, manifest in groups.items():
         with console.status(f"preparing the baselines of {manifest.directory.name}"):
-            loaded = load_from_record(manifest.data["model"])
+            loaded = load_from_record(manifest.model)
             candidates.insert(0, Candidate(f"PyTorch eager ({manifest.directory.name})", "pytorch", "fp32", group,
-                                           manifest, EagerStepper(loaded, manifest), 0,
+                                           manifest, EagerRunner(manifest, loaded, threads=threads), 0,
                                            ["eager", str(manifest.directory), "pytorch", thread_arg]))
             if peer:
                 path = export_peer(loaded, manifest, workdir)
                 candidates.insert(1, Candidate(f"canvit-pytorch live export ({manifest.directory.name}) [onnxruntime]",
                                                "onnxruntime", "fp32", group, manifest,
-                                               PeerStepper(path, manifest, threads), path.stat().st_size,
+                                               PeerRunner(manifest, path, threads=threads), path.stat().st_size,
                                                ["peer", str(manifest.directory), "onnxruntime", thread_arg, str(path)]))
     return candidates
 
@@ -199,7 +153,7 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
         policies[group] = make_policy("c2f", batch=batch, glimpses=21, seed=seed)
     eager = {c.group: c for c in candidates if c.runtime == "pytorch"}  # each group's reference
     for c in candidates:
-        c.stepper.reset()
+        c.runner.reset()
     rng = np.random.default_rng(seed)
     with console.status("benchmark") as status:
         for t in range(total):
@@ -207,18 +161,18 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
             order.sort(key=lambda c: c.runtime != "pytorch")  # the reference first: the others compare with it
             for c in order:
                 if t % 21 == 0 and t:
-                    c.stepper.reset()
+                    c.runner.reset()
                 v = policies[c.group][t % 21]
                 time.sleep(SETTLE_SECONDS)
                 start = time.perf_counter()
-                result = c.stepper.step(scenes[c.group], v.centers, v.scales)
+                result = c.runner.step(scenes[c.group], v.centers, v.scales)
                 elapsed = (time.perf_counter() - start) * 1e3
-                canvas = result if isinstance(result, np.ndarray | torch.Tensor) else result.canvas
-                canvas = canvas.numpy() if isinstance(canvas, torch.Tensor) else canvas
+                canvas = result.canvas  # a device-resident state is read back here, outside the timed region
                 if c.runtime == "pytorch":
                     c.canvas = canvas
                 else:
                     reference = eager[c.group].canvas
+                    assert reference is not None, "the reference steps first"
                     registers = c.manifest.num_canvas_registers
                     rel, _, cosine = compare(canvas[:, registers:], reference[:, registers:])
                     c.rel_l2.append(rel)

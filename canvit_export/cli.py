@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,9 @@ from typing import Any
 import click
 
 from canvit_export.errors import ExportError
+from canvit_runtime.cli import info as runtime_info
+from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact, TensorRtArtifact
+from canvit_runtime.precision import TARGET_PRECISIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_PARITY_FAILED = 1
@@ -40,7 +43,8 @@ def weight_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--model", "model", default=None, metavar="ID|DIR",
                      help="Hugging Face Hub id or local canvit-pytorch checkpoint folder "
-                          "[default: the released CanViT-B, canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02]."),
+                          "[default: the released CanViT-B, "
+                          "canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02]."),
         click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
         click.option("--random-weights", is_flag=True, help="Seeded random weights of the exact architecture (offline)."),
         click.option("--backbone", type=click.Choice(["vitb16", "vits16"]), default="vitb16", show_default=True,
@@ -97,7 +101,7 @@ def main() -> None:
 @weight_options
 @geometry_options
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp16-all"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["onnx"]), default="fp32", show_default=True,
               help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
                    "(fp16-all: canvas in fp16 too, a control experiment).")
 @click.option("--glimpse-output", is_flag=True, help="Also output the sampled glimpse [B, 3, g, g].")
@@ -115,69 +119,72 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
     refuse_existing(out, force)
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx")
+    start = time.perf_counter()
     manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output,
                            precision=precision)
-    size = manifest["files"]["graph"]["bytes"]
-    console.print(f"wrote {out}: step.onnx {size / 1e6:.1f} MB, {manifest['artifact']['nodes']} nodes, opset {opset}, "
-                  f"{precision}, {manifest['export_seconds']:.1f} s")
-    if violations := manifest["precision"]["audit_violations"]:
+    assert isinstance(manifest.artifact, OnnxArtifact)
+    console.print(f"wrote {out}: step.onnx {manifest.files['graph'].bytes / 1e6:.1f} MB, {manifest.artifact.nodes} "
+                  f"nodes, opset {opset}, {precision}, {time.perf_counter() - start:.1f} s")
+    if violations := manifest.precision.audit_violations:
         console.print(f"[yellow]note[/yellow]: {precision} breaks the float32 rule by design ({violations} audit findings)")
 
 
 @main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to build from.")
-@click.option("--fp16", is_flag=True, help="Assert the artifact is the fp16 graph (TensorRT keeps the graph's types).")
-@click.option("--bf16", is_flag=True, help="Assert the artifact is the bf16 graph.")
+@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["tensorrt"]), default=None,
+              help="Assert the artifact's precision (strongly typed engines keep the graph's types).")
 @click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine artifact folder [default: <artifact>-trt].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command (e.g. for a Jetson).")
 @one_line_errors
-def trt(artifact, fp16, bf16, workspace_gib, timing_cache, out, force, print_trtexec) -> None:
+def trt(artifact, precision, workspace_gib, timing_cache, out, force, print_trtexec) -> None:
     """Build a strongly typed TensorRT engine (TensorRT 10 with STRONGLY_TYPED, or 11) from an ONNX artifact."""
-    from canvit_export.export.tensorrt import export_tensorrt
+    from canvit_export.export.tensorrt import export_tensorrt, trtexec_for
     from canvit_export.progress import console
 
-    result = export_tensorrt(artifact, out, fp16=fp16, bf16=bf16, workspace_gib=workspace_gib, timing_cache=timing_cache,
-                             force=force, print_trtexec=print_trtexec)
-    if isinstance(result, str):
-        click.echo(result)
+    if print_trtexec:
+        click.echo(trtexec_for(artifact, out, precision=precision, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache))
         return
-    facts = result["artifact"]
-    console.print(f"wrote {out or artifact.with_name(artifact.name + '-trt')}: TensorRT {facts['tensorrt']} engine for "
-                  f"{facts['gpu']} (compute capability {facts['compute_capability']}), "
-                  f"{result['files']['engine']['bytes'] / 1e6:.1f} MB")
+    manifest = export_tensorrt(artifact, out, precision=precision, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache, force=force)
+    facts = manifest.artifact
+    assert isinstance(facts, TensorRtArtifact)
+    console.print(f"wrote {manifest.directory}: TensorRT {facts.tensorrt} engine for {facts.gpu} (compute capability "
+                  f"{facts.compute_capability}), {manifest.files['engine'].bytes / 1e6:.1f} MB")
 
 
 @main.command()
-@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="fp32 ONNX artifact folder to convert.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "f16"]), default="fp32", show_default=True,
-              help="OpenVINO inference precision; the canvas path, RoPE, coordinates and VPE stay f32.")
-@click.option("--int8-weights", is_flag=True, help="Compress matmul weights to INT8 with NNCF (canvas path untouched).")
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to convert.")
+@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["openvino"]), default=None,
+              help="The artifact's own precision (the default), or it with -int8w: matmul weights compressed to INT8 "
+                   "with NNCF. The canvas path, RoPE, coordinates and VPE stay f32.")
 @click.option("--stateful/--no-stateful", default=True, show_default=True,
               help="Canvas and recurrent CLS as OpenVINO state variables, or as graph I/O.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="IR artifact folder [default: <artifact>-openvino-<precision>].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
-def openvino(artifact, precision, int8_weights, stateful, out, force) -> None:
-    """Convert an ONNX artifact to OpenVINO IR (step.xml/bin + manifest), stateful by default."""
+def openvino(artifact, precision, stateful, out, force) -> None:
+    """Convert an ONNX artifact to OpenVINO IR (step.xml/bin + manifest) at its own precision, stateful by default."""
     from canvit_export.export.openvino import export_openvino
     from canvit_export.progress import console
 
-    manifest = export_openvino(artifact, out, precision=precision, int8_weights=int8_weights, stateful=stateful,
-                               force=force)
-    audit = manifest["artifact"]["compiled_audit"]
-    size = sum(f["bytes"] for f in manifest["files"].values())
-    console.print(f"wrote OpenVINO IR ({manifest['precision']['compute']}, {'stateful' if stateful else 'stateless'}, "
-                  f"{size / 1e6:.1f} MB); compiled-model audit: {audit['checked']} protected nodes run in f32")
+    refuse_existing(out, force)
+    manifest = export_openvino(artifact, out, precision=precision, stateful=stateful, force=force)
+    facts = manifest.artifact
+    assert isinstance(facts, OpenVinoArtifact)
+    console.print(f"wrote {manifest.directory}: OpenVINO IR ({manifest.precision.name}, "
+                  f"{'stateful' if stateful else 'stateless'}, {manifest.size_bytes / 1e6:.1f} MB); compiled-model "
+                  f"audit: {facts.compiled_audit.checked} protected nodes run in f32")
 
 
 @main.command()
 @weight_options
 @geometry_options
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["coreml"]), default="fp16", show_default=True,
               help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32.")
 @click.option("--stateful", is_flag=True, help="Canvas as a Core ML state (iOS18/macOS15+; stored as float16).")
 @click.option("--min-target", type=click.Choice(["iOS17", "iOS18", "macOS14", "macOS15"]), default=None,
@@ -199,10 +206,11 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
                                  "coreml-stateful" if stateful else "coreml")
     manifest = export_coreml(loaded, geometry, out, precision=precision, stateful=stateful, min_target=min_target,
                              force=force)
-    audit = manifest["artifact"]["mil_audit"]
-    console.print(f"wrote {out}: step.mlpackage {manifest['files']['package']['bytes'] / 1e6:.1f} MB, "
-                  f"{sum(manifest['artifact']['op_counts'].values())} MIL ops, canvas stream of "
-                  f"{len(audit['canvas_stream']) - 1} fp32 adds, {audit['coordinate_ops']} fp32 coordinate ops")
+    facts = manifest.artifact
+    assert isinstance(facts, CoreMLArtifact)
+    console.print(f"wrote {out}: step.mlpackage {manifest.files['package'].bytes / 1e6:.1f} MB, "
+                  f"{sum(facts.op_counts.values())} MIL ops, canvas stream of {len(facts.mil_audit.canvas_stream) - 1} "
+                  f"fp32 adds, {facts.mil_audit.coordinate_ops} fp32 coordinate ops")
     if stateful:
         console.print("[yellow]note[/yellow]: Core ML states are float16: the canvas is stored in fp16 between glimpses")
 
@@ -270,23 +278,8 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
     console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report['rows'])} rows)")
 
 
-@main.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the artifact's files.")
-@one_line_errors
-def info(artifact, no_verify) -> None:
-    """Print an artifact's manifest summary (and verify its checksums)."""
-    from canvit_runtime.manifest import load_manifest
-
-    manifest = load_manifest(artifact, verify=not no_verify)
-    data = manifest.data
-    summary = {k: data[k] for k in ("artifact", "model", "geometry", "precision")}
-    summary["inputs"] = data["inputs"]
-    summary["outputs"] = data["outputs"]
-    summary["files"] = {k: {"bytes": v["bytes"], "sha256": v["sha256"][:16] + "..."} for k, v in data["files"].items()}
-    click.echo(json.dumps(summary, indent=1))
-    if not no_verify:
-        click.echo("checksums: OK", err=True)
+# `info` is canvit-runtime's own command: the same summary (or --json) on a workstation and on a device.
+main.add_command(runtime_info, name="info")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import torch
 import canvit_runtime
 from canvit_export.errors import ExportError
 from canvit_export.progress import console
+from canvit_export.reference import EagerRunner
 from canvit_export.source import LoadedModel, load_from_record
-from canvit_export.step import reference_step
 from canvit_runtime.manifest import Manifest
 from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
@@ -30,12 +30,12 @@ from canvit_runtime.preprocess import scene_batch
 TOLERANCES: dict[str, dict[str, float]] = {
     # fp32: rounding differences of correct float32 implementations stay orders of magnitude below 1e-4.
     "fp32": {"canvas_rel_l2": 1e-4, "cls_rel_l2": 1e-4, "canvas_cosine": 0.99999},
-    # fp16/bf16 compute with a float32 canvas (issue 3's tolerances).
+    # fp16/bf16 compute with a float32 canvas: measured worst 8.0e-4 (fp16) and 8.2e-3 (bf16) over 200 F-IID
+    # glimpses of CanViT-B, so about 2.5x the bf16 figure.
     "fp16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
     "bf16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
     # The control variant is held to fp16's bar: failing it is the measured cost of a float16 canvas.
     "fp16-all": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
-    "f16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999},
     # INT8 weight-only compression (NNCF, asymmetric per channel) is a designed approximation: each weight moves
     # by up to half a quantization step, (max - min) / 255 / 2 of its output channel. Measured over 21 C2F
     # glimpses on a photo: canvas rel-L2 1.3e-2, cosine 0.99991 (ViT-S). The bound is about 4x that, so the
@@ -46,7 +46,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
 
 
 def tolerances_for(precision: str) -> dict[str, float]:
-    """The tolerances of a manifest's compute precision (fp32, fp16, bf16, f16, fp16-all, <any>-int8w)."""
+    """The tolerances of a precision word (canvit_runtime.precision): fp32, fp16, bf16, fp16-all, <any>-int8w."""
     key = "int8w" if precision.endswith("-int8w") else precision
     if key not in TOLERANCES:
         raise ExportError(f"no parity tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
@@ -86,25 +86,26 @@ def default_image() -> np.ndarray:
     try:
         import skimage.data
     except ImportError as error:
-        raise ExportError("the default photograph comes from scikit-image: pip install scikit-image, or pass --image PATH") from error
+        raise ExportError("the default photograph comes from scikit-image: pip install scikit-image, or pass --image PATH"
+                          ) from error
     return skimage.data.astronaut()
 
 
 def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: LoadedModel, scene: np.ndarray,
                viewpoints: list[Viewpoints], *, tolerances: dict[str, float]) -> dict[str, Any]:
-    """Roll out `runner` and the reference over `viewpoints` from the initial state; return the report dict."""
-    canvit = loaded.canvit.float().eval()
+    """Roll out `runner` and the reference (reference.EagerRunner) over `viewpoints` from the initial state;
+    return the report dict. Raises ExportError when the artifact's initial state is not the reference model's."""
+    reference = EagerRunner(manifest, loaded)
     registers = manifest.num_canvas_registers
-    initial = manifest.initial_state(manifest.batch)
-    canvas = torch.from_numpy(initial["canvas"].copy())
-    cls = torch.from_numpy(initial["recurrent_cls"].copy())
+    initial = manifest.initial_state_arrays(manifest.batch)
     with torch.no_grad():  # the artifact's initial state must be the model's
-        reference_state = canvit.init_state(batch_size=manifest.batch, canvas_grid_size=manifest.canvas_grid)
-        if not torch.equal(reference_state.canvas, canvas) or not torch.equal(reference_state.recurrent_cls, cls):
+        model_state = reference.canvit.init_state(batch_size=manifest.batch, canvas_grid_size=manifest.canvas_grid)
+        if not (np.array_equal(model_state.canvas.numpy(), initial["canvas"])
+                and np.array_equal(model_state.recurrent_cls.numpy(), initial["recurrent_cls"])):
             raise ExportError("the artifact's initial_state.bin differs from the reference model's init_state: "
                               "the weights differ; pass the exported weights with --model")
-    scene_t = torch.from_numpy(scene)
     runner.reset()
+    reference.reset()
     rows: list[GlimpseErrors] = []
     with console.status("parity rollout ...") as status:
         for t, vp in enumerate(viewpoints):
@@ -112,15 +113,13 @@ def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: Loaded
             result = runner.step(scene, vp.centers, vp.scales)
             runtime_ms = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
-            with torch.no_grad():
-                canvas, cls = reference_step(canvit, scene_t, canvas, cls, torch.from_numpy(vp.centers),
-                                             torch.from_numpy(vp.scales), glimpse_px=manifest.glimpse_px)
+            expected = reference.step(scene, vp.centers, vp.scales)
             reference_ms = (time.perf_counter() - start) * 1e3
-            ref_canvas = canvas.numpy()[:, registers:]
+            ref_canvas = expected.canvas[:, registers:]
             got_canvas = result.canvas[:, registers:]
             finite = bool(np.isfinite(result.canvas).all() and np.isfinite(result.recurrent_cls).all())
             rel, max_abs, cosine = compare(got_canvas, ref_canvas)
-            cls_rel, _, _ = compare(result.recurrent_cls, cls.numpy())
+            cls_rel, _, _ = compare(result.recurrent_cls, expected.recurrent_cls)
             rows.append(GlimpseErrors(t=t, row=float(vp.centers[0, 0]), col=float(vp.centers[0, 1]),
                                       scale=float(vp.scales[0]), canvas_rel_l2=rel, canvas_max_abs=max_abs,
                                       canvas_cosine=cosine, cls_rel_l2=cls_rel,
@@ -148,9 +147,9 @@ def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: Loaded
         "artifact": str(manifest.directory),
         "runtime": runner.name,
         "emulated": runner.emulated,
-        "precision": manifest.precision,
-        "model": manifest.data["model"],
-        "geometry": manifest.data["geometry"],
+        "precision": manifest.precision.name,
+        "model": manifest.model.model_dump(mode="json", by_alias=True),
+        "geometry": manifest.geometry.model_dump(),
         "glimpses": len(rows),
         "tolerances": tolerances,
         "passed": not failures,
@@ -199,14 +198,14 @@ def parity_command(*, artifact: Path, runtime: str, loaded: LoadedModel | None, 
     manifest = runner.manifest
     if loaded is None:
         with console.status("loading the reference weights named in the manifest"):
-            loaded = load_from_record(manifest.data["model"])
+            loaded = load_from_record(manifest.model)
     try:
         scene = scene_batch(default_image() if image is None else image, scene_px=manifest.scene_px,
                             batch=manifest.batch)
         viewpoints = make_policy(policy, batch=manifest.batch, glimpses=glimpses, seed=seed)
     except ValueError as error:
         raise ExportError(str(error)) from error
-    tolerances = tolerances_for(manifest.precision)
+    tolerances = tolerances_for(manifest.precision.name)
     report = run_parity(manifest, runner, loaded, scene, viewpoints, tolerances=tolerances)
     report["image"] = ("skimage.data.astronaut()" if image is None else
                        str(image) if isinstance(image, Path | str) else f"array {list(image.shape)}")

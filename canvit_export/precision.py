@@ -23,35 +23,29 @@ from canvit_pytorch import CanViT
 from onnx import TensorProto
 from torch import nn
 
+from canvit_runtime.precision import TARGET_PRECISIONS, precision_info
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class Precision:
-    """A compute precision: `compute` for matmuls, the patch-embedding conv and attention; `stream` for the
-    residual streams (canvas, glimpse tokens), LayerNorm and LayerScale. `follows_rule` is False only for the
-    all-fp16 comparison variant, which exists to measure what the float32 canvas buys."""
+    """How the step module computes at one word of the vocabulary (canvit_runtime.precision): `compute` for
+    matmuls, the patch-embedding conv and attention; `stream` for the residual streams (canvas, glimpse tokens),
+    LayerNorm and LayerScale. `follows_rule` is False only for fp16-all, the control variant that measures what the
+    float32 canvas buys. INT8-weight words are weight compressions of a compiled graph (OpenVINO), not step
+    precisions: `step_precision` refuses them."""
 
     name: str
     compute: torch.dtype
     stream: torch.dtype
     follows_rule: bool = True
 
-    @property
-    def onnx_compute(self) -> str:
-        return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[self.compute]
 
-    @property
-    def onnx_stream(self) -> str:
-        return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[self.stream]
-
-
-PRECISIONS: dict[str, Precision] = {
-    "fp32": Precision("fp32", torch.float32, torch.float32),
-    "fp16": Precision("fp16", torch.float16, torch.float32),
-    "bf16": Precision("bf16", torch.bfloat16, torch.float32),
-    # Everything in float16, canvas included (RoPE/coordinates are still computed in float32, then rounded):
-    # the control experiment of issue 3, never a deployment choice.
-    "fp16-all": Precision("fp16-all", torch.float16, torch.float16, follows_rule=False),
-}
+def step_precision(name: str) -> Precision:
+    """The step module's dtypes for precision word `name`; ValueError for a word the step cannot be exported at."""
+    info = precision_info(name, allowed=TARGET_PRECISIONS["onnx"])
+    return Precision(info.name, TORCH_DTYPES[info.matmul_dtype], TORCH_DTYPES[info.stream_dtype], info.follows_rule)
 
 
 def cast_model(canvit: CanViT, precision: Precision) -> CanViT:
@@ -124,8 +118,11 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+DTYPE_NAME_OF: dict[int, str] = {int(k): v for k, v in DTYPE_NAMES.items()}
+
+
 def _dtype(types: dict[str, int], name: str) -> str:
-    return DTYPE_NAMES.get(types.get(name, 0), f"type {types.get(name, 'unknown')}")
+    return DTYPE_NAME_OF.get(types.get(name, 0), f"type {types.get(name, 'unknown')}")
 
 
 def audit_onnx(model: onnx.ModelProto) -> AuditReport:
@@ -137,9 +134,9 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
     for node in graph.node:
         counts[node.op_type] += 1
     report.op_counts = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-    report.tensor_dtypes = {DTYPE_NAMES.get(t, str(t)): 0 for t in set(types.values())}
+    report.tensor_dtypes = {DTYPE_NAME_OF.get(t, str(t)): 0 for t in set(types.values())}
     for t in types.values():
-        report.tensor_dtypes[DTYPE_NAMES.get(t, str(t))] += 1
+        report.tensor_dtypes[DTYPE_NAME_OF.get(t, str(t))] += 1
     bad = report.violations
 
     for op in FORBIDDEN_OPS:

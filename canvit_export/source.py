@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from canvit_pytorch import CanViT, CanViTConfig, CanViTForImageClassification, CanViTForPretraining
@@ -20,6 +20,7 @@ from canvit_pytorch.hub.repos import FLAGSHIP, RELEASED_CANVAS_GRID_SIZE
 from canvit_pytorch.model.backbone.vit import LayerScale
 
 from canvit_export.errors import ExportError
+from canvit_runtime.manifest import CheckpointWeights, RandomWeights, WeightSource
 
 DEFAULT_MODEL = FLAGSHIP
 """canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02, the paper's CanViT-B."""
@@ -85,11 +86,10 @@ def _checkpoint_class(directory: Path) -> type[CanViTForPretraining] | type[CanV
     return CanViTForImageClassification if "n_classes" in config else CanViTForPretraining
 
 
-def _from_pretrained(cls: type, location: str, **kwargs: Any) -> CanViT:
+def _from_pretrained(cls: type[CanViTForPretraining] | type[CanViTForImageClassification], location: str,
+                     **kwargs: Any) -> CanViT:
     try:
         model = cls.from_pretrained(location, **kwargs)
-    except ExportError:
-        raise
     except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"{location}: canvit-pytorch cannot load this checkpoint ({first_line[:200]}): {FIX}") from error
@@ -139,9 +139,6 @@ def load_random(backbone: str, seed: int) -> LoadedModel:
     return LoadedModel(canvit=random_model(backbone, seed).eval(), record=record)
 
 
-SourceKind = Literal["hub", "checkpoint", "random"]
-
-
 def load(model: str | None, *, random_weights: bool, backbone: str = "vitb16", seed: int = 0,
          revision: str | None = None) -> LoadedModel:
     """Resolve --model / --random-weights to weights: an existing folder is a checkpoint, an `org/name` is a Hub
@@ -164,22 +161,19 @@ def load(model: str | None, *, random_weights: bool, backbone: str = "vitb16", s
     return loaded
 
 
-def load_from_record(record: dict[str, Any]) -> LoadedModel:
+def load_from_record(record: WeightSource) -> LoadedModel:
     """Rebuild the weights a manifest's model record names (for parity), and check their fingerprint.
 
     Raises ExportError when the weights cannot be had or differ from the exported ones.
     """
-    kind = record.get("kind")
-    if kind == "random":
-        loaded = load_random(record["backbone"], int(record["seed"]))
-    elif kind == "checkpoint":
-        loaded = load_checkpoint_dir(Path(record["path"]))
-    elif kind == "hub":
-        loaded = load_hub(record["repo"], record.get("revision"))
+    if isinstance(record, RandomWeights):
+        loaded = load_random(record.backbone, record.seed)
+    elif isinstance(record, CheckpointWeights):
+        loaded = load_checkpoint_dir(Path(record.path))
     else:
-        raise ExportError(f"the manifest's weight source {kind!r} is unknown: pass --model DIR or --random-weights")
+        loaded = load_hub(record.repo, record.revision)
     loaded.record["weights_fingerprint"] = weights_fingerprint(loaded.canvit)
-    if loaded.record["weights_fingerprint"] != record.get("weights_fingerprint"):
+    if loaded.record["weights_fingerprint"] != record.weights_fingerprint:
         raise ExportError("the reference weights differ from those exported (fingerprint mismatch; another torch "
                           "version draws other random weights): pass the exported weights with --model")
     return loaded

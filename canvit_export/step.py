@@ -19,7 +19,7 @@ TensorRT's strongly typed mode, ONNX Runtime and OpenVINO execute exactly these 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,10 @@ from canvit_pytorch.model.rope import RoPE, compute_2d_rope, make_rope_periods
 from canvit_pytorch.viewpoint import grid_coords, viewpoint_grid_coords
 from torch import Tensor, nn
 
-from canvit_export.precision import PRECISIONS, Precision, cast_model
+from canvit_export.precision import Precision, cast_model, step_precision
+
+CPU = torch.device("cpu")
+"""Where the RoPE period buffers are made (they follow the module on .to())."""
 
 INPUT_NAMES = ("scene", "canvas", "recurrent_cls", "centers", "scales")
 STATE_OUTPUT_NAMES = ("canvas_next", "recurrent_cls_next")
@@ -81,8 +84,9 @@ class GlimpseStep(nn.Module):
     canvas_periods: Tensor
 
     def __init__(self, canvit: CanViT, *, glimpse_px: int, canvas_grid: int, glimpse_output: bool = False,
-                 precision: Precision = PRECISIONS["fp32"]) -> None:
+                 precision: Precision | None = None) -> None:
         super().__init__()
+        precision = precision or step_precision("fp32")
         canvit = cast_model(canvit, precision)
         patch = canvit.patch_size
         assert glimpse_px > 0 and glimpse_px % patch == 0, f"glimpse {glimpse_px} px is not whole {patch} px patches"
@@ -95,16 +99,18 @@ class GlimpseStep(nn.Module):
         self.precision = precision
         spec, config = canvit.backbone.spec, canvit.config
         self.register_buffer("backbone_periods", make_rope_periods(head_dim=spec.head_dim, base=spec.rope_base,
-                                                                   device=None), persistent=False)
+                                                                   device=CPU), persistent=False)
         self.register_buffer("canvas_periods", make_rope_periods(head_dim=config.canvas_head_dim,
-                                                                 base=spec.rope_base, device=None), persistent=False)
+                                                                 base=spec.rope_base, device=CPU), persistent=False)
         # The canvas grid's SR-RoPE, a constant of the canvas size: [1, 1, G*G, canvas_head_dim] float32.
         canvas_positions = grid_coords(size=canvas_grid, device=None).flatten(0, 1).unsqueeze(0)
         canvas_rope = compute_2d_rope(positions=canvas_positions, periods=self.canvas_periods)
         self.register_buffer("canvas_rope_sin", canvas_rope.sin, persistent=False)
         self.register_buffer("canvas_rope_cos", canvas_rope.cos, persistent=False)
-        self.read_after_block = dict(zip(canvit.read_after_blocks, canvit.canvas_reads, strict=True))
-        self.write_after_block = dict(zip(canvit.write_after_blocks, canvit.canvas_writes, strict=True))
+        self.read_after_block: dict[int, CanvasAttention] = dict(
+            zip(canvit.read_after_blocks, cast(list[CanvasAttention], list(canvit.canvas_reads)), strict=True))
+        self.write_after_block: dict[int, CanvasAttention] = dict(
+            zip(canvit.write_after_blocks, cast(list[CanvasAttention], list(canvit.canvas_writes)), strict=True))
 
     # --- precision helpers: identities in fp32 --------------------------------------------------------------------
     def _low(self, x: Tensor) -> Tensor:
@@ -175,7 +181,7 @@ class GlimpseStep(nn.Module):
         assert canvas.shape[1] == canvit.config.num_canvas_registers + self.canvas_grid**2, (
             f"canvas has {canvas.shape[1]} tokens, expected {canvit.config.num_canvas_registers} + {self.canvas_grid}²")
 
-        for i, block in enumerate(canvit.backbone.blocks):
+        for i, block in enumerate(cast(list[ViTBlock], list(canvit.backbone.blocks))):
             tokens = self._block(block, tokens, glimpse_rope)
             if (read := self.read_after_block.get(i)) is not None:
                 tokens = tokens + self._stream(self._canvas_attention(
@@ -200,10 +206,6 @@ class GlimpseStep(nn.Module):
     @property
     def output_names(self) -> tuple[str, ...]:
         return (*STATE_OUTPUT_NAMES, GLIMPSE_OUTPUT_NAME) if self.glimpse_output else STATE_OUTPUT_NAMES
-
-    @property
-    def num_canvas_tokens(self) -> int:
-        return self.canvit.config.num_canvas_registers + self.canvas_grid**2
 
 
 def reference_step(canvit: CanViT, scene: Tensor, canvas: Tensor, recurrent_cls: Tensor, centers: Tensor,

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with Python 3.12 and installs canvit-export with its dev and OpenVINO extras (idempotent).
+# Creates .venv with Python 3.12 and installs both distributions of this repository, editable (idempotent):
+# canvit-runtime (runtimes/, the torch-free side a device installs) and canvit-export with its dev, OpenVINO and
+# Core ML extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,7 @@ find_python() {
 # them when missing and we may (root, apt-get).
 need=""
 for pair in nlohmann/json.hpp:nlohmann-json3-dev stb/stb_image.h:libstb-dev openssl/evp.h:libssl-dev \
-            opencv4/opencv2/videoio.hpp:libopencv-dev gtest/gtest.h:libgtest-dev; do
+            valijson/validator.hpp:libvalijson-dev opencv4/opencv2/videoio.hpp:libopencv-dev gtest/gtest.h:libgtest-dev; do
     [ -e "/usr/include/${pair%%:*}" ] || need="$need ${pair##*:}"
 done
 command -v cmake >/dev/null 2>&1 || need="$need cmake"
@@ -36,5 +38,5 @@ if [ ! -x .venv/bin/python ]; then
     "$(find_python)" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev,openvino,coreml]"
+.venv/bin/python -m pip install --quiet -e "./runtimes[onnxruntime,openvino]" -e ".[dev,openvino,coreml]"
 echo "canvit-export is installed in .venv ($(.venv/bin/python --version))"

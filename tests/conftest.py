@@ -11,6 +11,7 @@ import pytest
 from canvit_export.export.artifact import Geometry
 from canvit_export.export.onnx import export_onnx
 from canvit_export.source import LoadedModel, load
+from canvit_runtime.manifest import SCHEMA_PATH, Manifest, load_manifest, parse_manifest
 
 SCENE_PX, GLIMPSE_PX = 512, 128
 
@@ -44,3 +45,53 @@ def photo() -> np.ndarray:
     import skimage.data
 
     return skimage.data.chelsea()
+
+
+def schema_validator():  # -> jsonschema.Draft202012Validator
+    """The published manifest.schema.json, as the independent `jsonschema` package validates it."""
+    import json
+
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def manifest_round_trip(artifact: Path) -> Manifest:
+    """Read -> write -> read gives the same typed manifest, manifest.json is exactly what the model writes, and the
+    published JSON Schema accepts it. Returns the manifest."""
+    import json
+
+    manifest = load_manifest(artifact)
+    text = (artifact / "manifest.json").read_text()
+    assert manifest.to_json() == text, "manifest.json is the typed model's own serialization"
+    again = parse_manifest(manifest.to_json()).at(artifact)
+    assert again == manifest and again.model_dump() == manifest.model_dump()
+    errors = sorted(schema_validator().iter_errors(json.loads(text)), key=str)
+    assert not errors, errors[0].message
+    return manifest
+
+
+def mutate_manifest(data: dict, how: str) -> dict:
+    """A copy of manifest.json's data made invalid one way (the cases both languages must refuse with one line)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    if how == "wrong type":
+        data["geometry"]["batch"] = "1"
+    elif how == "missing field":
+        del data["precision"]
+    elif how == "future version":
+        data["format_version"] = 2
+    elif how == "unknown role":
+        data["inputs"][0]["role"] = "segmentation"
+    elif how == "unknown key":
+        data["camera"] = {"fps": 30}
+    elif how == "unknown precision":
+        data["precision"]["name"] = "int4"
+    elif how == "negative shape":
+        data["inputs"][0]["shape"][0] = -1
+    elif how == "unknown target":
+        data["artifact"]["target"] = "tflite"
+    else:
+        raise ValueError(how)
+    return data

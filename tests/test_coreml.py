@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
+from conftest import manifest_round_trip
 
 from canvit_export.cli import main
 from canvit_export.export.artifact import Geometry
-from canvit_export.precision import PRECISIONS
 from canvit_export.step import INPUT_NAMES, GlimpseStep
-from canvit_runtime.manifest import load_manifest
+from canvit_runtime.manifest import CoreMLArtifact
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install canvit-export[coreml])")
 from canvit_export.export.coreml import audit_mil, convert, export_coreml  # noqa: E402
@@ -42,30 +41,33 @@ def spec_io(path: Path) -> tuple[dict, dict, dict]:
 
 
 def test_spec_equals_manifest(packages) -> None:
-    manifest = load_manifest(packages["fp16"])  # also verifies the package folder's SHA-256
+    manifest = manifest_round_trip(packages["fp16"])  # also verifies the package folder's SHA-256
     inputs, outputs, states = spec_io(packages["fp16"])
     assert inputs == {t.name: (list(t.shape), FLOAT32) for t in manifest.inputs}
     assert outputs == {t.name: (list(t.shape), FLOAT32) for t in manifest.outputs}
     assert states == {}
-    data = manifest.data
-    assert data["artifact"]["target"] == "coreml" and data["artifact"]["format"] == "mlprogram"
-    assert data["precision"]["follows_float32_rule"] and data["precision"]["matmul_dtype"] == "float16"
-    audit = data["artifact"]["mil_audit"]
-    assert not audit["violations"] and len(audit["canvas_stream"]) == 4 and audit["coordinate_ops"] > 10
+    facts = manifest.artifact
+    assert isinstance(facts, CoreMLArtifact) and facts.format == "mlprogram" and not facts.stateful
+    assert manifest.precision.name == "fp16" and manifest.precision.follows_float32_rule
+    assert manifest.precision.matmul_dtype == "float16"
+    audit = facts.mil_audit
+    assert not audit.violations and len(audit.canvas_stream) == 4 and audit.coordinate_ops > 10
     # fp16 weights: about half the fp32 ONNX export of the same model
-    assert data["files"]["package"]["bytes"] < 60e6
+    assert manifest.files["package"].bytes < 60e6
 
 
 def test_stateful_package(packages) -> None:
-    manifest = load_manifest(packages["stateful"])
+    manifest = manifest_round_trip(packages["stateful"])
     inputs, outputs, states = spec_io(packages["stateful"])
     assert set(inputs) == {"scene", "recurrent_cls", "centers", "scales", "reset"}
     assert set(outputs) == {"recurrent_cls_next"}
     assert states == {"canvas": ([1, 16 + 256, 1024], FLOAT16)}, "coremltools stores states in fp16"
-    data = manifest.data
-    assert data["artifact"]["stateful"] and data["artifact"]["min_target"] == "iOS18"
-    assert not data["precision"]["follows_float32_rule"] and data["state"][0]["storage_dtype"] == "float16"
-    assert not data["artifact"]["mil_audit"]["violations"], "the computation on the canvas stays fp32"
+    facts = manifest.artifact
+    assert isinstance(facts, CoreMLArtifact) and facts.stateful and facts.min_target == "iOS18"
+    assert not manifest.precision.follows_float32_rule and manifest.precision.state_storage == "float16"
+    assert manifest.state[0].core_ml_state == "canvas" and manifest.state[0].storage_dtype == "float16"
+    assert [t.name for t in manifest.inputs if t.role == "reset"] == ["reset"]
+    assert not facts.mil_audit.violations, "the computation on the canvas stays fp32"
 
 
 def test_mil_audit_catches_coremltools_fp16_compute_precision(vits16) -> None:
@@ -86,8 +88,8 @@ def test_vitb16_converts(tmp_path) -> None:
 
     manifest = export_coreml(load(None, random_weights=True, backbone="vitb16", seed=0), GEOMETRY, tmp_path / "b",
                              precision="fp16", quiet=True)
-    assert not manifest["artifact"]["mil_audit"]["violations"]
-    assert manifest["architecture"]["backbone"] == "vitb16" and manifest["files"]["package"]["bytes"] > 150e6
+    assert isinstance(manifest.artifact, CoreMLArtifact) and not manifest.artifact.mil_audit.violations
+    assert manifest.architecture.backbone == "vitb16" and manifest.files["package"].bytes > 150e6
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -120,4 +122,3 @@ def test_coreml_runtime_refused_off_macos(packages) -> None:
         pytest.skip("on macOS the Core ML runner runs (see test_coreml_parity)")
     with pytest.raises(canvit_runtime.RuntimeUnavailable, match="Core ML predicts on macOS only"):
         canvit_runtime.open(packages["fp16"], runtime="coreml")
-    assert torch  # noqa: the module imports torch for the conversions above

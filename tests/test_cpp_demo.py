@@ -1,4 +1,6 @@
-"""cpp_demo: built here with CMake against the OpenVINO pip wheel; its canvas equals the Python runtime's."""
+"""cpp_demo: built here with CMake against the OpenVINO pip wheel; its canvas equals the Python runtime's, and it
+validates every manifest against the same JSON Schema as canvit_runtime (runtimes/canvit_runtime/manifest.schema.json,
+embedded at build time)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mutate_manifest
 
 import canvit_runtime
+from canvit_runtime.manifest import ManifestError, load_manifest
 from canvit_runtime.policies import make_policy, to_json
 from canvit_runtime.preprocess import scene_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENCV_HEADER = Path("/usr/include/opencv4/opencv2/videoio.hpp")
-HEADERS = [Path("/usr/include/nlohmann/json.hpp"), Path("/usr/include/stb/stb_image.h"), Path("/usr/include/openssl/evp.h")]
+HEADERS = [Path("/usr/include/nlohmann/json.hpp"), Path("/usr/include/stb/stb_image.h"), Path("/usr/include/openssl/evp.h"),
+           Path("/usr/include/valijson/validator.hpp")]
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +31,14 @@ def build(tmp_path_factory) -> Path:
         pytest.skip("cmake or a C++ compiler is missing (apt-get install cmake g++)")
     if missing := [str(h) for h in HEADERS if not h.exists()]:
         pytest.skip(f"missing headers {missing}: apt-get install nlohmann-json3-dev libstb-dev libssl-dev "
-                    f"(scripts/setup.sh does it as root)")
+                    f"libvalijson-dev (scripts/setup.sh does it as root)")
     import openvino
 
     folder = tmp_path_factory.mktemp("cpp_build")
     openvino_dir = Path(openvino.__file__).parent / "cmake"
     for command in (["cmake", "-S", str(ROOT / "cpp_demo"), "-B", str(folder), f"-DOpenVINO_DIR={openvino_dir}"],
                     ["cmake", "--build", str(folder), "-j2"]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return folder
 
@@ -44,7 +49,8 @@ def demo(build) -> Path:
 
 
 def compiled_backends(demo: Path) -> list[str]:
-    return subprocess.run([str(demo), "--version"], capture_output=True, text=True, check=True).stdout.split("backends:")[1].split()
+    version = subprocess.run([str(demo), "--version"], capture_output=True, text=True, check=True).stdout
+    return version.split("backends:")[1].split()
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +62,22 @@ def ir(export_artifact, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def stateless_ir(export_artifact, tmp_path_factory) -> Path:
+    from canvit_export.export.openvino import export_openvino
+
+    out = tmp_path_factory.mktemp("cpp_ir") / "stateless"
+    export_openvino(export_artifact("vits16", canvas=16), out, precision="fp32", stateful=False, quiet=True)
+    return out
+
+
 def run(demo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(demo), *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(demo), *args], check=False, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("artifact_kind", ["stateful-ir", "onnx"])
-def test_cpp_canvas_equals_python(demo, ir, export_artifact, photo, tmp_path, artifact_kind) -> None:
-    artifact = ir if artifact_kind == "stateful-ir" else export_artifact("vits16", canvas=16)
+@pytest.mark.parametrize("artifact_kind", ["stateful-ir", "stateless-ir", "onnx"])
+def test_cpp_canvas_equals_python(demo, ir, stateless_ir, export_artifact, photo, tmp_path, artifact_kind) -> None:
+    artifact = {"stateful-ir": ir, "stateless-ir": stateless_ir}.get(artifact_kind) or export_artifact("vits16", canvas=16)
     viewpoints = make_policy("f-iid", batch=1, glimpses=8, seed=3)
     (tmp_path / "vp.json").write_text(json.dumps(to_json(viewpoints)))
     scene = scene_batch(photo, scene_px=512, batch=1)
@@ -71,7 +86,7 @@ def test_cpp_canvas_equals_python(demo, ir, export_artifact, photo, tmp_path, ar
                  str(tmp_path / "vp.json"), "--glimpses", "8", "--canvas-out", str(tmp_path / "canvas.npy"),
                  "--log", str(tmp_path / "log.json"))
     assert result.returncode == 0, result.stderr
-    assert "median ms" in result.stdout and "glimpses/s" in result.stdout
+    assert "median ms" in result.stdout and "glimpses/s" in result.stdout and "precision fp32" in result.stdout
     cpp = np.load(tmp_path / "canvas.npy")
     session = canvit_runtime.open(artifact, runtime="openvino")
     for v in viewpoints:
@@ -79,10 +94,11 @@ def test_cpp_canvas_equals_python(demo, ir, export_artifact, photo, tmp_path, ar
     assert cpp.shape == python.shape == (1, 16 + 256, 1024)
     rel = np.linalg.norm(cpp.astype(np.float64) - python) / np.linalg.norm(python)
     assert rel <= 1e-4, rel
-    initial = session.manifest.initial_state(1)["canvas"]
+    initial = session.manifest.initial_state_arrays(1)["canvas"]
     assert np.linalg.norm(cpp - initial) > 0.5 * np.linalg.norm(initial), "eight glimpses moved the canvas"
     log = json.loads((tmp_path / "log.json").read_text())
     assert len(log["step_ms"]) == 8 and log["median_ms"] > 0
+    assert log["precision"] == "fp32" and log["target"] == session.manifest.target
 
 
 def test_cpp_runs_a_photo_with_c2f(demo, ir, tmp_path) -> None:
@@ -98,13 +114,13 @@ def test_cpp_runs_a_photo_with_c2f(demo, ir, tmp_path) -> None:
 @pytest.mark.parametrize(("case", "needle"), [
     ("missing", "no such artifact folder"),
     ("altered", "SHA-256 mismatch"),
-    ("version", "manifest version 2"),
+    ("version", "manifest version 2 is newer than this canvit_demo reads (1): upgrade canvit_demo"),
     ("viewpoint", "leaves the scene"),
     ("image", "cannot read the image"),
     ("backend", "backend 'tensorrt' is not compiled into this canvit_demo: reconfigure CMake with -DTENSORRT_ROOT"),
     ("unknown", "unknown backend 'tflite'"),
     ("model-shape", "shape mismatch: tensor 'canvas' is [1, 272, 1024] float32 in the model but [1, 80, 1024] float32"),
-    ("manifest-shape", "tensor 'scene' has shape [1, 3, 512, 512] but the geometry"),
+    ("manifest-shape", "tensor 'scene' has shape [1, 3, 512, 512], but the geometry"),
     ("video", "no such video file"),
     ("option", "unknown option '--canvass'"),
     ("number", "--glimpses 0: expected an integer >= 1"),
@@ -157,6 +173,54 @@ def test_cpp_bad_inputs(demo, ir, tmp_path, case, needle) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(("case", "needle"), [
+    ("wrong type", "not a valid version-1 manifest, /geometry/batch: '1' is a string, expected integer; re-export the artifact"),
+    ("missing field", "not a valid version-1 manifest, /precision: missing, a required field; re-export the artifact"),
+    ("future version", "manifest version 2 is newer than this canvit_demo reads (1): upgrade canvit_demo (rebuild it from "
+                       "a newer canvit-export)"),
+    ("unknown role", "not a valid version-1 manifest, /inputs/0/role: 'segmentation' is not one of scene, state, "
+                     "viewpoint_centers, viewpoint_scales, reset, readout, extra; re-export the artifact"),
+    ("unknown key", "not a valid version-1 manifest, /camera: unknown field, not in manifest version 1; re-export the artifact"),
+])
+def test_cpp_refuses_manifests_off_the_schema(demo, ir, tmp_path, case, needle) -> None:
+    """A manifest off the JSON Schema is refused by the C++ demo (one `error:` line, exit 2, the JSON pointer and the
+    fix) before anything runs, and by canvit_runtime too (one line)."""
+    artifact = tmp_path / "a"
+    shutil.copytree(ir, artifact)
+    manifest = mutate_manifest(json.loads((artifact / "manifest.json").read_text()), case)
+    (artifact / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    np.save(tmp_path / "scene.npy", np.zeros((3, 512, 512), np.float32))
+    for args in (["--image", str(tmp_path / "scene.npy"), "--glimpses", "1"], ["--check"]):
+        result = run(demo, "--artifact", str(artifact), *args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+        assert result.stdout == ""
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(artifact)
+    assert "\n" not in str(refused.value)
+    assert ("upgrade" if case == "future version" else "re-export") in str(refused.value)
+
+
+@pytest.mark.parametrize("artifact_kind", ["onnx", "stateful-ir", "stateless-ir", "int8w-ir"])
+def test_cpp_validates_every_exported_manifest(demo, ir, stateless_ir, export_artifact, tmp_path, artifact_kind) -> None:
+    """Each manifest the exporters write passes the C++ validation (schema, consistency, checksums) as it does the
+    Python one, and --check names what it holds."""
+    from canvit_export.export.openvino import export_openvino
+
+    onnx = export_artifact("vits16", canvas=16)
+    if artifact_kind == "int8w-ir":
+        export_openvino(onnx, tmp_path / "int8w", precision="fp32-int8w", quiet=True)
+    artifact = {"onnx": onnx, "stateful-ir": ir, "stateless-ir": stateless_ir, "int8w-ir": tmp_path / "int8w"}[artifact_kind]
+    manifest = load_manifest(artifact)
+    result = run(demo, "--artifact", str(artifact), "--check")
+    assert result.returncode == 0, result.stderr
+    kind = {"onnx": "onnx", "stateless-ir": "openvino (stateless)"}.get(artifact_kind, "openvino (stateful)")
+    assert (f"a valid canvit-export artifact (manifest format 1, files verified): {kind}, precision "
+            f"{manifest.precision.name}, batch 1, scene 512 px, canvas 16x16") in result.stdout, result.stdout
+    assert manifest.precision.name == ("fp32-int8w" if artifact_kind == "int8w-ir" else "fp32")
+
+
 def test_cpp_canvas_pca_png(demo, ir, photo, tmp_path) -> None:
     """The PNG's channels are the canvas's top-3 principal components (checked against numpy, up to sign)."""
     from PIL import Image
@@ -183,7 +247,7 @@ def test_cpp_unit_tests(build) -> None:
     binary = build / "canvit_tests"
     if not binary.exists():
         pytest.skip("GoogleTest is not installed (apt-get install libgtest-dev; scripts/setup.sh does it as root)")
-    result = subprocess.run([str(binary), "--gtest_brief=1"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([str(binary), "--gtest_brief=1"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "[  PASSED  ]" in result.stdout and " 0 tests" not in result.stdout, result.stdout[-1000:]
 
@@ -234,9 +298,8 @@ def test_cpp_preprocessing_close_to_pil(demo, ir, tmp_path) -> None:
     """C++ (stb) short-side resize + center crop of real photos is within one 8-bit level of canvit_core's PIL path:
     upscaled (chelsea 451 x 300, coffee 600 x 400), downscaled (chelsea at 1353 x 900), and exact at 512 x 512."""
     import skimage.data
-    from PIL import Image
-
     from canvit_core.preprocess import IMAGENET_STD
+    from PIL import Image
 
     images = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "astronaut": skimage.data.astronaut(),
               "big": np.asarray(Image.fromarray(skimage.data.chelsea()).resize((1353, 900), Image.LANCZOS))}
@@ -246,7 +309,8 @@ def test_cpp_preprocessing_close_to_pil(demo, ir, tmp_path) -> None:
         result = run(demo, "--artifact", str(ir), "--image", str(tmp_path / f"{name}.png"), "--glimpses", "1",
                      "--scene-out", str(tmp_path / f"{name}.npy"))
         assert result.returncode == 0, result.stderr
-        levels = np.abs(np.load(tmp_path / f"{name}.npy") - scene_batch(tmp_path / f"{name}.png", scene_px=512, batch=1)) * std * 255
+        python = scene_batch(tmp_path / f"{name}.png", scene_px=512, batch=1)
+        levels = np.abs(np.load(tmp_path / f"{name}.npy") - python) * std * 255
         assert levels.max() <= 1.0 + 1e-3, (name, levels.max())
         assert levels.mean() <= (0.0 if name == "astronaut" else 0.3), (name, levels.mean())
 

@@ -16,7 +16,7 @@ from canvit_export.export import onnx as onnx_target
 from canvit_export.export.artifact import Geometry
 from canvit_export.parity import TOLERANCES, parity_command
 from canvit_export.precision import audit_onnx
-from canvit_runtime.manifest import load_manifest
+from canvit_runtime.manifest import OnnxArtifact, RandomWeights, load_manifest
 
 
 def check_parity(artifact: Path, photo: np.ndarray, glimpses: int, policy: str = "c2f") -> dict:
@@ -96,21 +96,23 @@ def test_manifest_describes_the_graph(export_artifact) -> None:
             for t in manifest.inputs} == graph_inputs
     assert {t.name: (list(t.shape), "tensor(float)") for t in manifest.outputs} == graph_outputs
     assert manifest.state_pairs == (("canvas", "canvas_next"), ("recurrent_cls", "recurrent_cls_next"))
-    data = manifest.data
-    assert data["model"]["kind"] == "random" and data["model"]["backbone"] == "vits16"
-    assert data["model"]["layerscale_std"] == 0.3 and len(data["model"]["weights_fingerprint"]) == 64
-    assert data["geometry"] == {"batch": 2, "scene_px": 512, "glimpse_px": 128, "canvas_grid": 32}
-    assert data["artifact"]["opset"] == 18 and data["artifact"]["nodes"] == len(onnx.load(str(artifact / "step.onnx")).graph.node)
-    assert set(data["files"]) == {"graph", "initial_state"}
-    assert {"torch", "onnx", "onnxruntime", "canvit-pytorch", "canvit-export", "python"} <= set(data["tools"])
-    assert data["precision"]["canvas_path"] == "float32"
-    state = manifest.initial_state(2)
+    model = manifest.model
+    assert isinstance(model, RandomWeights) and model.backbone == "vits16"
+    assert model.layerscale_std == 0.3 and len(model.weights_fingerprint) == 64
+    assert manifest.geometry.model_dump() == {"batch": 2, "scene_px": 512, "glimpse_px": 128, "canvas_grid": 32}
+    assert isinstance(manifest.artifact, OnnxArtifact) and manifest.artifact.opset == 18
+    assert manifest.artifact.nodes == len(onnx.load(str(artifact / "step.onnx")).graph.node)
+    assert set(manifest.files) == {"graph", "initial_state"}
+    assert {"torch", "onnx", "onnxruntime", "canvit-pytorch", "canvit-export", "canvit-runtime",
+            "python"} <= set(manifest.tools)
+    assert manifest.precision.name == "fp32" and manifest.precision.follows_float32_rule
+    state = manifest.initial_state_arrays(2)
     assert state["canvas"].shape == (2, 16 + 32 * 32, 1024) and state["recurrent_cls"].shape == (2, 1, 384)
 
 
 def test_initial_state_matches_canvit_init_state(export_artifact, vits16) -> None:
     manifest = load_manifest(export_artifact("vits16", canvas=16))
-    state = manifest.initial_state(3)
+    state = manifest.initial_state_arrays(3)
     reference = vits16.canvit.init_state(batch_size=3, canvas_grid_size=16)
     np.testing.assert_array_equal(state["canvas"], reference.canvas.detach().numpy())
     np.testing.assert_array_equal(state["recurrent_cls"], reference.recurrent_cls.detach().numpy())

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import manifest_round_trip
 
 import canvit_runtime
 from canvit_export.errors import ExportError
 from canvit_export.export.openvino import audit_compiled, export_openvino, protected_ops
 from canvit_export.parity import parity_command
 from canvit_export.precision import audit_onnx
+from canvit_runtime.manifest import OpenVinoArtifact
 from canvit_runtime.policies import make_policy
 from canvit_runtime.preprocess import scene_batch
 
@@ -21,15 +23,16 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed (pip inst
 
 @pytest.fixture(scope="module")
 def ir(export_artifact, tmp_path_factory):
-    """ir(precision, stateful, int8, batch) -> IR artifact from the vits16 canvas-16 fp32 ONNX artifact."""
+    """ir(precision, stateful, int8, batch) -> IR artifact converted from the vits16 ONNX artifact of that precision
+    (canvas 16 unless given), with INT8 weights when int8."""
     cache: dict[tuple, Path] = {}
 
     def make(precision: str = "fp32", stateful: bool = True, int8: bool = False, batch: int = 1, canvas: int = 16) -> Path:
         key = (precision, stateful, int8, batch, canvas)
         if key not in cache:
             out = tmp_path_factory.mktemp("ir") / f"{precision}-{stateful}-{int8}-{batch}-{canvas}"
-            export_openvino(export_artifact("vits16", canvas=canvas, batch=batch), out, precision=precision,
-                            int8_weights=int8, stateful=stateful, quiet=True)
+            export_openvino(export_artifact("vits16", canvas=canvas, batch=batch, precision=precision), out,
+                            precision=precision + ("-int8w" if int8 else ""), stateful=stateful, quiet=True)
             cache[key] = out
         return cache[key]
 
@@ -51,9 +54,22 @@ def test_stateful_ir_holds_the_state_as_variables(ir) -> None:
     assert str(read_values["canvascanvas_next"].get_output_element_type(0)) == "<Type: 'float32'>"
     assert list(read_values["canvascanvas_next"].get_output_shape(0)) == [1, 16 + 256, 1024]
     assert sum(op.get_type_name() == "Assign" for op in model.get_ops()) == 2
-    manifest = canvit_runtime.load_manifest(artifact).data
-    assert manifest["artifact"]["stateful"] and manifest["artifact"]["compiled_audit"]["checked"] >= 30
-    assert [s["variable"] for s in manifest["state"]] == ["canvascanvas_next", "recurrent_clsrecurrent_cls_next"]
+    manifest = canvit_runtime.load_manifest(artifact)
+    assert isinstance(manifest.artifact, OpenVinoArtifact)
+    assert manifest.artifact.stateful and manifest.artifact.compiled_audit.checked >= 30
+    assert [s.variable for s in manifest.state] == ["canvascanvas_next", "recurrent_clsrecurrent_cls_next"]
+    assert {t.name for t in manifest.inputs} == {"scene", "centers", "scales"} and not manifest.outputs
+    assert manifest.artifact.source.precision == manifest.precision.name == "fp32"
+
+
+@pytest.mark.parametrize(("precision", "stateful", "int8"), [
+    ("fp32", True, False), ("fp32", False, False), ("bf16", True, False), ("fp32", True, True)])
+def test_ir_manifests_round_trip(ir, precision: str, stateful: bool, int8: bool) -> None:
+    manifest = manifest_round_trip(ir(precision, stateful=stateful, int8=int8))
+    assert manifest.precision.name == precision + ("-int8w" if int8 else "")
+    assert manifest.precision.weights == ("int8-asym-per-channel" if int8 else
+                                          {"fp32": "float32", "bf16": "bfloat16"}[precision])
+    assert manifest.stateful == stateful and all((s.variable is not None) == stateful for s in manifest.state)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -99,7 +115,7 @@ def test_stateful_equals_stateless_and_reset(ir, photo) -> None:
         stateful.step(scene, viewpoints[0].centers, viewpoints[0].scales)
         a_old.canvas  # noqa: B018 (the variable moved on)
     stateful.reset()
-    np.testing.assert_array_equal(stateful.state("canvas"), stateful.manifest.initial_state(1)["canvas"])
+    np.testing.assert_array_equal(stateful.state("canvas"), stateful.manifest.initial_state_arrays(1)["canvas"])
     np.testing.assert_array_equal(stateful.step(scene, viewpoints[0].centers, viewpoints[0].scales).canvas, first)
 
 
@@ -122,8 +138,12 @@ def test_compiled_audit_catches_openvinos_own_bf16(export_artifact) -> None:
 def test_bad_openvino_inputs(export_artifact, tmp_path) -> None:
     with pytest.raises(ExportError, match="no such artifact folder"):
         export_openvino(tmp_path / "missing", tmp_path / "o", quiet=True)
-    with pytest.raises(ExportError, match="--precision int4"):
+    with pytest.raises(ExportError, match="--precision int4: choose one of fp32, fp16, bf16, fp16-all"):
         export_openvino(export_artifact("vits16", canvas=16), tmp_path / "o", precision="int4", quiet=True)
+    # Conversion keeps the graph's types and never goes back to PyTorch: another compute precision names the export.
+    with pytest.raises(ExportError, match=r"is a fp32 graph .* can be fp32 or fp32-int8w; for bf16, export the bf16 "
+                                          r"graph first \(`canvit-export onnx --precision bf16"):
+        export_openvino(export_artifact("vits16", canvas=16), tmp_path / "o", precision="bf16", quiet=True)
     with pytest.raises(ValueError, match="OpenVINO device 'NPU' is not available"):
         canvit_runtime.open(export_artifact("vits16", canvas=16), runtime="openvino", device="NPU")
     assert not (tmp_path / "o").exists()

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from canvit_runtime.policies import (
@@ -85,4 +84,19 @@ def test_preprocess_equals_canvit_pytorch(photo, size: int) -> None:
     np.testing.assert_allclose(ours, reference.numpy(), atol=2e-5)
     with pytest.raises(ValueError, match="not ImageNet"):
         preprocess(image, scene_px=size, mean=(0.5, 0.5, 0.5))
-    assert isinstance(torch.from_numpy(ours), torch.Tensor)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "astronaut", "coffee", "rocket"])
+@pytest.mark.parametrize("size", [128, 224, 511, 512, 700])
+def test_preprocess_equals_canvit_core_bit_for_bit(name: str, size: int) -> None:
+    """canvit-runtime restates canvit_core.preprocess (which a device cannot install: Python >= 3.12): the same
+    float32 scene, to the bit, for real photos (landscape and portrait, up- and downscaled, odd crops)."""
+    import skimage.data
+    from canvit_core.preprocess import preprocess as core_preprocess
+
+    photo = getattr(skimage.data, name)()
+    for image in (Image.fromarray(photo), Image.fromarray(np.ascontiguousarray(photo.transpose(1, 0, 2)))):
+        reference = core_preprocess(size)(image).transpose(2, 0, 1)
+        ours = preprocess(image, scene_px=size)
+        assert ours.dtype == np.float32 and ours.shape == reference.shape == (3, size, size)
+        assert np.array_equal(ours, reference), f"{name} {image.size} -> {size}"

@@ -36,9 +36,13 @@ def test_mixed_graph_keeps_the_canvas_float32(export_artifact, precision: str, n
     assert [shape for dtype, shape in weights if dtype != narrow] == [[3, 384 // 2]], weights
     assert sum(dtype == narrow for dtype, _ in weights) >= 12 * 4 + 3 * 2 + 3 * 2
     manifest = load_manifest(artifact)
-    record = manifest.data["precision"]
-    assert record["compute"] == precision and record["canvas_path"] == "float32" and record["follows_float32_rule"]
-    assert set(record["tensors"].values()) == {"float32"}  # state and every other I/O stay float32
+    record = manifest.precision
+    assert record.name == precision and record.stream_dtype == "float32" and record.follows_float32_rule
+    assert record.matmul_dtype == {"fp16": "float16", "bf16": "bfloat16"}[precision] == record.weights
+    assert {t.dtype for t in (*manifest.inputs, *manifest.outputs)} == {"float32"}  # state and every other I/O
+    graph_io = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
+    assert set(graph_io.values()) == {TensorProto.FLOAT} and set(graph_io) == {
+        t.name for t in (*manifest.inputs, *manifest.outputs)}
     fp32_size = (export_artifact("vits16", canvas=16) / "step.onnx").stat().st_size
     assert (artifact / "step.onnx").stat().st_size < 0.55 * fp32_size
 
@@ -48,9 +52,9 @@ def test_all_fp16_variant_is_flagged(export_artifact) -> None:
     report = audit_onnx(onnx.load(str(artifact / "step.onnx")))
     assert not report.ok
     assert sum("canvas update" in v for v in report.violations) == 3, report.violations
-    record = load_manifest(artifact).data["precision"]
-    assert record["canvas_path"] == "float16" and not record["follows_float32_rule"]
-    assert record["audit_violations"] == len(report.violations)
+    record = load_manifest(artifact).precision
+    assert record.stream_dtype == "float16" and not record.follows_float32_rule
+    assert record.audit_violations == len(report.violations)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -98,22 +102,27 @@ def test_bfloat16_emulation_rounds_like_bfloat16() -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
                               [helper.make_tensor("w", TensorProto.BFLOAT16, [64, 32], w_bits.tobytes(), raw=True)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    with pytest.raises(Exception, match="NOT_IMPLEMENTED|Could not find an implementation"):
+    with pytest.raises(Exception, match=r"NOT_IMPLEMENTED|Could not find an implementation"):
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    session = ort.InferenceSession(emulate_bfloat16(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    emulated = emulate_bfloat16(model)
+    widened = numpy_helper.to_array(next(i for i in emulated.graph.initializer if i.name == "w"))
+    assert widened.dtype == np.float32 and np.array_equal(widened, to_bf16(w)), "bf16 weights widen exactly"
+    session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((4, 64)).astype(np.float32)
     got = session.run(None, {"x": x})[0]
     m = to_bf16(to_bf16(x) @ to_bf16(w))
     np.testing.assert_allclose(got, to_bf16(m + m), rtol=1e-6)
     assert not np.allclose(got, 2 * (x @ w), rtol=1e-4), "rounding must show"
-    assert numpy_helper  # the widened weight is an ordinary float32 initializer
 
 
 def test_tolerances_cover_every_precision() -> None:
     from canvit_export.errors import ExportError
     from canvit_export.parity import TOLERANCES, tolerances_for
+    from canvit_runtime.precision import PRECISIONS
 
-    assert tolerances_for("f16-int8w") == tolerances_for("bf16-int8w") == TOLERANCES["int8w"]
+    for name in PRECISIONS:  # every word of the vocabulary has a parity tolerance
+        assert set(tolerances_for(name)) == {"canvas_rel_l2", "cls_rel_l2", "canvas_cosine"}
+    assert tolerances_for("fp16-int8w") == tolerances_for("bf16-int8w") == TOLERANCES["int8w"]
     assert tolerances_for("fp32")["canvas_rel_l2"] == 1e-4
     with pytest.raises(ExportError, match="no parity tolerance for precision 'int4'"):
         tolerances_for("int4")

@@ -1,1 +1,1 @@
-"""One module per export target: onnx (this issue's), and later tensorrt, openvino, coreml."""
+"""One module per export target, each `export_X(...) -> Manifest`: onnx, openvino, tensorrt, coreml."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import platform
+import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,25 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from canvit_core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from canvit_pytorch import CanViT
+from pydantic import ValidationError
+
+from canvit_export.errors import ExportError
 from canvit_runtime.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    Manifest,
     ROLE_CENTERS,
     ROLE_EXTRA,
     ROLE_SCALES,
     ROLE_SCENE,
     ROLE_STATE,
+    Architecture,
+    InitialState,
+    InitialStatePart,
+    Manifest,
+    ManifestError,
+    Preprocessing,
+    SourceArtifact,
+    StatePair,
     TensorSpec,
-    sha256_file,
-    size_bytes,
+    file_record,
+    load_manifest,
 )
-from canvit_runtime.policies import MIN_SCALE
-
-from canvit_export.errors import ExportError
+from canvit_runtime.manifest import Geometry as GeometryRecord
 
 INITIAL_STATE_FILE = "initial_state.bin"
 
@@ -63,9 +68,13 @@ class Geometry:
         if self.scene_px < self.glimpse_px:
             raise ExportError(f"--scene {self.scene_px}: must be at least the glimpse ({self.glimpse_px} px)")
 
-    def to_json(self) -> dict[str, int]:
-        return {"batch": self.batch, "scene_px": self.scene_px, "glimpse_px": self.glimpse_px,
-                "canvas_grid": self.canvas_grid}
+    def record(self) -> GeometryRecord:
+        return GeometryRecord(batch=self.batch, scene_px=self.scene_px, glimpse_px=self.glimpse_px,
+                              canvas_grid=self.canvas_grid)
+
+    @staticmethod
+    def of(manifest: Manifest) -> Geometry:
+        return Geometry(**manifest.geometry.model_dump())
 
 
 def default_out_dir(backbone: str, geometry: Geometry, precision: str, target: str) -> Path:
@@ -99,9 +108,9 @@ def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
         raise
 
 
-def write_initial_state(canvit: CanViT, directory: Path) -> dict[str, Any]:
+def write_initial_state(canvit: CanViT, directory: Path) -> InitialState:
     """Write the learned initial state (CanViT.init_canvas_registers, init_canvas_patch, init_recurrent_cls) as
-    little-endian float32 to directory/initial_state.bin; return the manifest's "initial_state" record."""
+    little-endian float32 to directory/initial_state.bin; return the manifest's record of its parts."""
     parts = {
         "canvas_registers": canvit.init_canvas_registers.detach()[0],  # [R, Dc]
         "canvas_patch": canvit.init_canvas_patch.detach()[0, 0],  # [Dc]
@@ -110,110 +119,98 @@ def write_initial_state(canvit: CanViT, directory: Path) -> dict[str, Any]:
     records, offset, chunks = [], 0, []
     for name, tensor in parts.items():
         array = tensor.float().cpu().numpy().astype("<f4")
-        records.append({"name": name, "shape": list(array.shape), "offset_bytes": offset})
+        records.append(InitialStatePart(name=name, shape=list(array.shape), offset_bytes=offset))
         offset += array.nbytes
         chunks.append(array.ravel())
     np.concatenate(chunks).tofile(directory / INITIAL_STATE_FILE)
-    return {
-        "dtype": "float32", "byte_order": "little", "parts": records,
-        "rule": "canvas[b] = concat(canvas_registers [R, Dc], canvas_patch repeated G*G times) -> [R + G*G, Dc]; "
-                "recurrent_cls[b] = recurrent_cls [1, Db]; the same for every b (canvit-pytorch CanViT.init_state)",
-    }
+    return InitialState(parts=records)
 
 
-def architecture_record(canvit: CanViT) -> dict[str, Any]:
+def architecture_record(canvit: CanViT) -> Architecture:
     """Architecture facts a runtime or a reader needs (canvit-pytorch CanViTConfig and ViTSpec)."""
     spec, config = canvit.backbone.spec, canvit.config
-    return {
-        "backbone": config.backbone_name, "backbone_dim": spec.embed_dim, "num_heads": spec.num_heads,
-        "num_blocks": spec.num_blocks, "patch_px": spec.patch_size, "rope_base": spec.rope_base,
-        "canvas_dim": config.canvas_dim, "canvas_num_heads": config.canvas_num_heads,
-        "canvas_head_dim": config.canvas_head_dim, "num_canvas_registers": config.num_canvas_registers,
-        "num_backbone_registers": config.num_backbone_registers, "enable_vpe": config.enable_vpe,
-        "canvas_projections": config.canvas_projections,
-        "read_after_blocks": list(canvit.read_after_blocks), "write_after_blocks": list(canvit.write_after_blocks),
-        "parameters": sum(p.numel() for p in canvit.parameters()),
-    }
+    return Architecture(
+        backbone=config.backbone_name, backbone_dim=spec.embed_dim, num_heads=spec.num_heads,
+        num_blocks=spec.num_blocks, patch_px=spec.patch_size, rope_base=float(spec.rope_base),
+        canvas_dim=config.canvas_dim, canvas_num_heads=config.canvas_num_heads,
+        canvas_head_dim=config.canvas_head_dim, num_canvas_registers=config.num_canvas_registers,
+        num_backbone_registers=config.num_backbone_registers, enable_vpe=config.enable_vpe,
+        canvas_projections=str(config.canvas_projections),
+        read_after_blocks=list(canvit.read_after_blocks), write_after_blocks=list(canvit.write_after_blocks),
+        parameters=sum(p.numel() for p in canvit.parameters()))
 
 
 def step_tensors(canvit: CanViT, geometry: Geometry, *, glimpse_output: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The step's inputs and outputs with static shapes, dtypes (all float32) and roles (DESIGN.md, Contracts)."""
     B, S, g = geometry.batch, geometry.scene_px, geometry.glimpse_px
-    canvas = (B, canvit.config.num_canvas_registers + geometry.canvas_grid**2, canvit.config.canvas_dim)
-    cls = (B, 1, canvit.backbone.spec.embed_dim)
-    inputs = [TensorSpec("scene", (B, 3, S, S), "float32", ROLE_SCENE),
-              TensorSpec("canvas", canvas, "float32", ROLE_STATE),
-              TensorSpec("recurrent_cls", cls, "float32", ROLE_STATE),
-              TensorSpec("centers", (B, 2), "float32", ROLE_CENTERS),
-              TensorSpec("scales", (B,), "float32", ROLE_SCALES)]
-    outputs = [TensorSpec("canvas_next", canvas, "float32", ROLE_STATE),
-               TensorSpec("recurrent_cls_next", cls, "float32", ROLE_STATE)]
+    canvas = [B, canvit.config.num_canvas_registers + geometry.canvas_grid**2, canvit.config.canvas_dim]
+    cls = [B, 1, canvit.backbone.spec.embed_dim]
+    inputs = [TensorSpec(name="scene", shape=[B, 3, S, S], dtype="float32", role=ROLE_SCENE),
+              TensorSpec(name="canvas", shape=canvas, dtype="float32", role=ROLE_STATE),
+              TensorSpec(name="recurrent_cls", shape=cls, dtype="float32", role=ROLE_STATE),
+              TensorSpec(name="centers", shape=[B, 2], dtype="float32", role=ROLE_CENTERS),
+              TensorSpec(name="scales", shape=[B], dtype="float32", role=ROLE_SCALES)]
+    outputs = [TensorSpec(name="canvas_next", shape=canvas, dtype="float32", role=ROLE_STATE),
+               TensorSpec(name="recurrent_cls_next", shape=cls, dtype="float32", role=ROLE_STATE)]
     if glimpse_output:
-        outputs.append(TensorSpec("glimpse", (B, 3, g, g), "float32", ROLE_EXTRA))
+        outputs.append(TensorSpec(name="glimpse", shape=[B, 3, g, g], dtype="float32", role=ROLE_EXTRA))
     return inputs, outputs
+
+
+def state_pairs(inputs: list[TensorSpec]) -> list[StatePair]:
+    """canvas -> canvas_next and recurrent_cls -> recurrent_cls_next, with the state inputs' shapes."""
+    shapes = {t.name: t.shape for t in inputs}
+    return [StatePair(input="canvas", output="canvas_next", shape=shapes["canvas"]),
+            StatePair(input="recurrent_cls", output="recurrent_cls_next", shape=shapes["recurrent_cls"])]
 
 
 def tool_versions(*packages: str) -> dict[str, str]:
     """Installed versions of the named distributions, plus Python's."""
     versions = {"python": platform.python_version()}
-    for name in ("canvit-export", "canvit-pytorch", "torch", *packages):
+    for name in ("canvit-export", "canvit-runtime", "canvit-pytorch", "torch", *packages):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
     return versions
 
 
-def base_manifest(*, canvit: CanViT, source_record: dict[str, Any], geometry: Geometry, inputs: list[TensorSpec],
-                  outputs: list[TensorSpec], initial_state: dict[str, Any], precision: dict[str, Any],
-                  artifact: dict[str, Any]) -> dict[str, Any]:
-    """The manifest fields every target shares; `files` and `tools` are added by finish_manifest."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "artifact": artifact,
-        "model": source_record,
-        "architecture": architecture_record(canvit),
-        "geometry": geometry.to_json(),
-        "inputs": [t.to_json() for t in inputs],
-        "outputs": [t.to_json() for t in outputs],
-        "state": [{"input": "canvas", "output": "canvas_next"},
-                  {"input": "recurrent_cls", "output": "recurrent_cls_next"}],
-        "initial_state": initial_state,
-        "preprocessing": {
-            "scene_px": geometry.scene_px, "layout": "NCHW", "color": "RGB",
-            "resize": "short side to scene_px, bilinear (PIL), then center crop (canvit_core.preprocess)",
-            "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        },
-        "viewpoint": {
-            "centers": "(row, col) in scene coordinates [-1, 1]; (-1, -1) is the top-left corner",
-            "scales": "half side of the square crop, in (0, 1]; a glimpse covers scale^2 of the scene",
-            "valid": "finite, 0 < scale <= 1 and |row|, |col| <= 1 - scale (paper App. C.1)",
-            "min_trained_scale": MIN_SCALE,
-            "sampling": "bilinear, align_corners=False, zero padding (canvit-pytorch sample_at_viewpoint)",
-        },
-        "precision": precision,
-    }
+def command_line() -> str | None:
+    """The canvit-export command line being run, for the manifest's `command` (None outside the CLI)."""
+    return shlex.join(["canvit-export", *sys.argv[1:]]) if Path(sys.argv[0]).name == "canvit-export" else None
 
 
-def finish_manifest(directory: Path, manifest: dict[str, Any], files: dict[str, str], *packages: str) -> dict[str, Any]:
-    """Add each file's size and SHA-256 (files: key -> name in directory) and tool versions; write manifest.json."""
-    manifest["files"] = {key: {"path": name, "bytes": size_bytes(directory / name),
-                               "sha256": sha256_file(directory / name)} for key, name in files.items()}
-    manifest["tools"] = tool_versions(*packages)
-    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+def finish_manifest(directory: Path, files: dict[str, str], packages: tuple[str, ...], **fields: Any) -> Manifest:
+    """Validate the manifest of the artifact being written in `directory` (the typed fields, plus each file's size
+    and SHA-256 from files: key -> name, tool versions, the time and the command line) and write manifest.json.
+
+    Raises ExportError when the fields do not make a valid manifest (a bug of the exporter: nothing is written).
+    """
+    try:
+        manifest = Manifest(created=datetime.now(UTC).isoformat(timespec="seconds"), command=command_line(),
+                            files={key: file_record(directory, name) for key, name in files.items()},
+                            tools=tool_versions(*packages), **fields)
+    except ValidationError as error:
+        raise ExportError(f"the exporter built an invalid manifest ({error.errors()[0]['loc']}: "
+                          f"{error.errors()[0]['msg']}); please report this") from error
+    manifest.write(directory)
     return manifest
 
 
-def derived_manifest(source: Manifest, artifact: dict[str, Any]) -> dict[str, Any]:
-    """A manifest for an artifact compiled from the ONNX artifact `source` (TensorRT engine, OpenVINO IR): the
-    same model, geometry, tensors, state, preprocessing, viewpoint and precision records, with a new `artifact`
-    (which records the source graph's SHA-256). `files` and `tools` are then set by finish_manifest."""
-    data = {key: value for key, value in source.data.items() if key not in ("files", "tools", "created", "artifact")}
-    source_graph = source.data["files"]["graph"]
-    return {**data, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "artifact": {**artifact, "source": {"path": str(source.directory.resolve()),
-                                                "graph_sha256": source_graph["sha256"],
-                                                "target": source.data["artifact"]["target"]}}}
+def preprocessing_record(geometry: Geometry) -> Preprocessing:
+    return Preprocessing(scene_px=geometry.scene_px)
+
+
+def derived_fields(source: Manifest) -> dict[str, Any]:
+    """The fields an artifact compiled from the ONNX artifact `source` (TensorRT engine, OpenVINO IR) keeps: model,
+    architecture, geometry, tensors, state, initial state, preprocessing, viewpoint rule and precision."""
+    keep = ("model", "architecture", "geometry", "inputs", "outputs", "state", "initial_state", "preprocessing",
+            "viewpoint", "precision")
+    return {key: getattr(source, key) for key in keep}
+
+
+def source_record(source: Manifest) -> SourceArtifact:
+    """Where a derived artifact came from: the ONNX artifact's folder, graph SHA-256 and precision."""
+    return SourceArtifact(path=str(source.directory.resolve()), graph_sha256=source.files["graph"].sha256,
+                          precision=source.precision.name)
 
 
 def copy_initial_state(source: Manifest, directory: Path) -> None:
@@ -223,13 +220,11 @@ def copy_initial_state(source: Manifest, directory: Path) -> None:
 
 def load_source_artifact(path: Path, *, target: str) -> Manifest:
     """The ONNX artifact another target compiles from; ExportError if it is missing, altered or not ONNX."""
-    from canvit_runtime.manifest import load_manifest
-
     try:
         manifest = load_manifest(path)
-    except ValueError as error:
+    except ManifestError as error:
         raise ExportError(str(error)) from error
-    if manifest.data["artifact"]["target"] != "onnx":
-        raise ExportError(f"{path} is a {manifest.data['artifact']['target']} artifact; {target} builds from an ONNX "
-                          f"artifact (canvit-export onnx --out DIR)")
+    if manifest.target != "onnx":
+        raise ExportError(f"{path} is a {manifest.target} artifact; {target} builds from an ONNX artifact "
+                          f"(canvit-export onnx --out DIR)")
     return manifest

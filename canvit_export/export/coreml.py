@@ -28,17 +28,20 @@ from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
     Geometry,
-    base_manifest,
+    architecture_record,
     finish_manifest,
+    preprocessing_record,
     staged_artifact,
+    state_pairs,
     step_tensors,
     write_initial_state,
 )
-from canvit_export.precision import PRECISIONS
+from canvit_export.precision import step_precision
 from canvit_export.progress import Stages
 from canvit_export.source import LoadedModel
 from canvit_export.step import INPUT_NAMES, GlimpseStep
-from canvit_runtime.manifest import TensorSpec
+from canvit_runtime.manifest import ROLE_RESET, CoreMLArtifact, Manifest, MilAudit, PrecisionRecord, TensorSpec
+from canvit_runtime.precision import PRECISIONS, TARGET_PRECISIONS, precision_info
 
 PACKAGE = "step.mlpackage"
 MIN_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")
@@ -168,14 +171,17 @@ def convert(step: nn.Module, example: tuple[Tensor, ...], input_names: list[str]
 
 
 def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precision: str = "fp16", stateful: bool = False,
-                  min_target: str | None = None, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+                  min_target: str | None = None, force: bool = False, quiet: bool = False) -> Manifest:
     """Write out/step.mlpackage (+ initial_state.bin, manifest.json) atomically; return the manifest.
 
     Raises ExportError for a bad precision or target, --stateful below iOS18/macOS15, a missing coremltools, or a
     program whose canvas path is not fp32.
     """
-    if precision not in ("fp16", "fp32"):
-        raise ExportError(f"--precision {precision}: Core ML exports fp16 or fp32")
+    try:
+        precision_info(precision, allowed=TARGET_PRECISIONS["coreml"])
+    except ValueError as error:
+        raise ExportError(f"{error} (the precisions Core ML exports)") from error
+    step_dtypes = step_precision(precision)
     min_target = min_target or ("iOS18" if stateful else "iOS17")
     if min_target not in MIN_TARGETS:
         raise ExportError(f"--min-target {min_target}: choose one of {', '.join(MIN_TARGETS)}")
@@ -190,20 +196,24 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
         step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid,
-                           precision=PRECISIONS[precision]).eval()
+                           precision=step_dtypes).eval()
         example = step.example_inputs(batch=geometry.batch, scene_px=geometry.scene_px)
         inputs, outputs = step_tensors(canvit, geometry, glimpse_output=False)
+        state = state_pairs(inputs)
         if stateful:
             module: nn.Module = StatefulStep(step, geometry.batch).eval()
             names = ["scene", "recurrent_cls", "centers", "scales", "reset"]
-            args = (example.scene, example.recurrent_cls, example.centers, example.scales, torch.ones(geometry.batch))
+            args: tuple[torch.Tensor, ...] = (example.scene, example.recurrent_cls, example.centers, example.scales,
+                                              torch.ones(geometry.batch))
             out_names = ["recurrent_cls_next"]
             state_shape: tuple[int, ...] | None = tuple(example.canvas.shape)
-            inputs = [t for t in inputs if t.name != "canvas"] + [TensorSpec("reset", (geometry.batch,), "float32", "reset")]
+            inputs = [t for t in inputs if t.name != "canvas"] + [
+                TensorSpec(name="reset", shape=[geometry.batch], dtype="float32", role=ROLE_RESET)]
             outputs = [t for t in outputs if t.name != "canvas_next"]
+            state[0] = state[0].model_copy(update={"core_ml_state": "canvas", "storage_dtype": STATE_DTYPE})
         else:
-            module, names, args, out_names, state_shape = step, list(INPUT_NAMES), tuple(example), \
-                ["canvas_next", "recurrent_cls_next"], None
+            module, names, out_names, state_shape = step, list(INPUT_NAMES), ["canvas_next", "recurrent_cls_next"], None
+            args = tuple(example)
         with stages.stage(f"converting the glimpse step to a Core ML program ({precision}, "
                           f"{'stateful' if stateful else 'stateless'}, {min_target})"):
             mlmodel = convert(module, args, names, out_names, min_target=min_target, state_shape=state_shape)
@@ -214,23 +224,18 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
                                   f"(+{len(audit['violations']) - 1} more)")
         with stages.stage("saving the mlpackage and manifest"):
             mlmodel.save(str(staging / PACKAGE))
-            state = [{"input": "canvas", "output": "canvas_next", "core_ml_state": "canvas", "storage_dtype": STATE_DTYPE,
-                      "shape": list(state_shape or ()), "dtype": "float32"}] if stateful else None
-            manifest = base_manifest(
-                canvit=canvit, source_record=loaded.record, geometry=geometry, inputs=inputs, outputs=outputs,
-                initial_state=write_initial_state(canvit, staging),
-                precision={"compute": precision, "matmul_dtype": "float16" if precision == "fp16" else "float32",
-                           "stream_dtype": "float32", "state": STATE_DTYPE + " (Core ML state)" if stateful else "float32",
-                           "canvas_path": "float32 compute" + (", float16 storage between glimpses" if stateful else ""),
-                           "follows_float32_rule": not stateful,
-                           "tensors": {t.name: t.dtype for t in (*inputs, *outputs)}},
-                artifact={"target": "coreml", "format": "mlprogram", "min_target": min_target, "stateful": stateful,
-                          "op_counts": audit["op_counts"], "mil_audit": {k: v for k, v in audit.items() if k != "op_counts"},
-                          "compute_precision": "FLOAT32 (the step's own casts set fp16 where allowed)"},
-            )
-            if stateful:
-                manifest["state"] = state + [{"input": "recurrent_cls", "output": "recurrent_cls_next",
-                                              "shape": list(example.recurrent_cls.shape), "dtype": "float32"}]
-            finish_manifest(staging, manifest, {"package": PACKAGE, "initial_state": INITIAL_STATE_FILE}, "coremltools")
-    return manifest
-
+            info = PRECISIONS[precision]
+            manifest = finish_manifest(
+                staging, {"package": PACKAGE, "initial_state": INITIAL_STATE_FILE}, ("coremltools",),
+                artifact=CoreMLArtifact(target="coreml", min_target=min_target, stateful=stateful,
+                                        compute_precision="FLOAT32 (the step's own casts set fp16 where allowed)",
+                                        op_counts=audit["op_counts"],
+                                        mil_audit=MilAudit(**{k: v for k, v in audit.items() if k != "op_counts"})),
+                model=loaded.record, architecture=architecture_record(canvit), geometry=geometry.record(),
+                inputs=inputs, outputs=outputs, state=state, initial_state=write_initial_state(canvit, staging),
+                preprocessing=preprocessing_record(geometry),
+                precision=PrecisionRecord(name=precision, matmul_dtype=info.matmul_dtype,
+                                          stream_dtype=info.stream_dtype, weights=info.matmul_dtype,
+                                          state_storage=STATE_DTYPE if stateful else "float32",
+                                          follows_float32_rule=not stateful))
+    return manifest.at(out)

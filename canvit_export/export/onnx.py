@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
@@ -14,16 +13,20 @@ from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
     Geometry,
-    base_manifest,
+    architecture_record,
     finish_manifest,
+    preprocessing_record,
     staged_artifact,
+    state_pairs,
     step_tensors,
     write_initial_state,
 )
-from canvit_export.precision import PRECISIONS, Precision, audit_onnx
+from canvit_export.precision import Precision, audit_onnx, step_precision
 from canvit_export.progress import Stages
 from canvit_export.source import LoadedModel
 from canvit_export.step import INPUT_NAMES, GlimpseStep
+from canvit_runtime.manifest import Manifest, OnnxArtifact, PrecisionRecord
+from canvit_runtime.precision import PRECISIONS
 
 GRAPH_FILE = "step.onnx"
 DEFAULT_OPSET = 18
@@ -50,20 +53,16 @@ def save_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], input_n
     program.save(str(path), external_data=False)
 
 
-def precision_record(precision: Precision, inputs: list, outputs: list, audit_violations: list[str]) -> dict[str, Any]:
-    """The manifest's "precision": compute and stream dtypes, the canvas path's dtype, every I/O tensor's dtype,
-    whether the float32 rule holds and what the audit found."""
-    return {
-        "compute": precision.name, "matmul_dtype": precision.onnx_compute, "stream_dtype": precision.onnx_stream,
-        "state": "float32", "canvas_path": precision.onnx_stream,
-        "rope_coordinates_vpe": "float32", "layernorm_statistics": "float32",
-        "follows_float32_rule": precision.follows_rule, "audit_violations": len(audit_violations),
-        "tensors": {t.name: t.dtype for t in (*inputs, *outputs)},
-    }
+def precision_record(precision: Precision, audit_violations: list[str]) -> PrecisionRecord:
+    """The manifest's precision record of a step exported at `precision` (weights stored in its matmul dtype)."""
+    info = PRECISIONS[precision.name]
+    return PrecisionRecord(name=precision.name, matmul_dtype=info.matmul_dtype, stream_dtype=info.stream_dtype,
+                           weights=info.matmul_dtype, follows_float32_rule=precision.follows_rule,
+                           audit_violations=len(audit_violations))
 
 
 def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: int = DEFAULT_OPSET, force: bool = False,
-                glimpse_output: bool = False, precision: str = "fp32", quiet: bool = False) -> dict[str, Any]:
+                glimpse_output: bool = False, precision: str = "fp32", quiet: bool = False) -> Manifest:
     """Write out/step.onnx, out/initial_state.bin and out/manifest.json atomically; return the manifest.
 
     precision: fp32, fp16 or bf16 (matmuls/conv/attention narrow, canvas path float32), or fp16-all (the control
@@ -71,9 +70,10 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
     Raises ExportError for bad sizes, opset or precision, an existing `out` without force, or a graph failing
     its audit.
     """
-    if precision not in PRECISIONS:
-        raise ExportError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    chosen = PRECISIONS[precision]
+    try:
+        step_dtypes = step_precision(precision)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
     canvit = loaded.canvit
     geometry.check(canvit.patch_size)
     if opset < MIN_OPSET:
@@ -81,7 +81,7 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
         step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid,
-                           glimpse_output=glimpse_output, precision=chosen).eval()
+                           glimpse_output=glimpse_output, precision=step_dtypes).eval()
         with stages.stage(f"exporting the glimpse step ({precision}, opset {opset}, {canvit.config.backbone_name}, "
                           f"canvas {geometry.canvas_grid}x{geometry.canvas_grid}, batch {geometry.batch})"):
             export_graph(step, geometry, staging / GRAPH_FILE, opset=opset)
@@ -89,19 +89,18 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
             onnx.checker.check_model(str(staging / GRAPH_FILE))
             model = onnx.load(str(staging / GRAPH_FILE))
             audit = audit_onnx(model)
-            if chosen.follows_rule and not audit.ok:
+            if step_dtypes.follows_rule and not audit.ok:
                 raise ExportError(f"the exported graph fails its audit: {audit.violations[0]} "
                                   f"(+{len(audit.violations) - 1} more)")
         with stages.stage("writing the initial state and manifest"):
             inputs, outputs = step_tensors(canvit, geometry, glimpse_output=glimpse_output)
-            manifest = base_manifest(
-                canvit=canvit, source_record=loaded.record, geometry=geometry, inputs=inputs, outputs=outputs,
-                initial_state=write_initial_state(canvit, staging),
-                precision=precision_record(chosen, inputs, outputs, audit.violations),
-                artifact={"target": "onnx", "opset": opset, "ir_version": model.ir_version,
-                          "nodes": len(model.graph.node), "op_counts": audit.op_counts},
-            )
-            finish_manifest(staging, manifest, {"graph": GRAPH_FILE, "initial_state": INITIAL_STATE_FILE},
-                            "onnx", "onnxscript", "onnxruntime")
-    manifest["export_seconds"] = sum(stages.seconds.values())
-    return manifest
+            manifest = finish_manifest(
+                staging, {"graph": GRAPH_FILE, "initial_state": INITIAL_STATE_FILE},
+                ("onnx", "onnxscript", "onnxruntime"),
+                artifact=OnnxArtifact(target="onnx", opset=opset, ir_version=model.ir_version,
+                                      nodes=len(model.graph.node), op_counts=audit.op_counts),
+                model=loaded.record, architecture=architecture_record(canvit), geometry=geometry.record(),
+                inputs=inputs, outputs=outputs, state=state_pairs(inputs),
+                initial_state=write_initial_state(canvit, staging), preprocessing=preprocessing_record(geometry),
+                precision=precision_record(step_dtypes, audit.violations))
+    return manifest.at(out)

@@ -7,18 +7,18 @@ initial state into the variables.
 Precision. OpenVINO's own reduced precision (INFERENCE_PRECISION_HINT bf16 on the fp32 graph) narrows the canvas
 LayerNorm, the VPE and the RoPE tables too, and the `disable_fp16_compression` rt_info does not stop the CPU plugin
 from doing so (measured on OpenVINO 2026.4, and that rt_info is not serialized into IR). So, as for TensorRT, the
-precision comes from our typed graph: bf16/f16 IRs are converted from the mixed-precision ONNX export
-(`canvit-export onnx --precision bf16|fp16`, re-exported here from the manifest's weights when given the fp32
-artifact) and compiled with the f32 hint, under which OpenVINO executes the graph's own types (its bf16 matmuls
-in bf16). The export compiles the IR on the CPU and audits the compiled model's runtime info (`audit_compiled`):
-every node fused from a protected op (precision.audit_onnx's `protected`: canvas stream, coordinates, RoPE,
-VPE, canvas LayerNorm) must output f32. `--int8-weights` compresses the matmul weights to INT8 (asymmetric,
-per channel) with NNCF, leaving the protected ops (the VPE's Fourier features) untouched.
+precision comes from our typed graph: the IR runs the ONNX artifact's own types, and a bf16/fp16 IR is converted
+from the mixed-precision ONNX export (`canvit-export onnx --precision bf16|fp16`), compiled with the f32 hint,
+under which OpenVINO executes the graph's own types (its bf16 matmuls in bf16). Conversion never goes back to
+PyTorch: asking for another compute precision than the artifact's is refused with the export to run first. The
+export compiles the IR on the CPU and audits the compiled model's runtime info (`audit_compiled`): every node fused
+from a protected op (precision.audit_onnx's `protected`: canvas stream, coordinates, RoPE, VPE, canvas LayerNorm)
+must output f32. `--precision <its precision>-int8w` compresses the matmul weights to INT8 (asymmetric, per
+channel) with NNCF, leaving the protected ops (the VPE's Fourier features) untouched.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,16 @@ from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
     copy_initial_state,
-    derived_manifest,
+    derived_fields,
     finish_manifest,
     load_source_artifact,
+    source_record,
     staged_artifact,
 )
 from canvit_export.precision import audit_onnx
 from canvit_export.progress import Stages
-from canvit_runtime.manifest import ROLE_STATE, Manifest
+from canvit_runtime.manifest import ROLE_STATE, CompiledAudit, Manifest, OpenVinoArtifact
+from canvit_runtime.precision import PRECISIONS, precision_info, with_int8_weights
 
 IR_FILE, WEIGHTS_FILE = "step.xml", "step.bin"
 
@@ -55,7 +57,7 @@ def audit_compiled(compiled: Any, protected: set[str]) -> dict[str, Any]:
     """Read the compiled model's runtime info: every runtime node fused from a protected op must output f32
     (integer shape tensors aside). Returns {"checked", "violations", "runtime_precisions"} (a census of the
     runtime nodes' precisions)."""
-    checked, violations, census = 0, [], Counter()
+    checked, violations, census = 0, [], Counter[str]()
     for op in compiled.get_runtime_model().get_ops():
         info = {key: value.value for key, value in op.get_rt_info().items()}
         census[str(info.get("runtimePrecision", ""))] += 1
@@ -75,63 +77,52 @@ def compress_int8(model: Any, protected: set[str]) -> Any:
     try:
         import nncf
     except ImportError as error:
-        raise ExportError("--int8-weights needs NNCF: pip install nncf (or canvit-export[openvino])") from error
+        raise ExportError("INT8 weights (--precision *-int8w) need NNCF: pip install nncf (or canvit-export[openvino])"
+                          ) from error
     ignored = nncf.IgnoredScope(names=sorted(protected), validate=False)
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
 
 
-def state_records(source: Manifest, variables: dict[str, str]) -> list[dict[str, Any]]:
-    """The manifest's state pairs with each variable id (stateful) and the state's shape and dtype."""
-    specs = {t.name: t for t in source.inputs}
-    return [{"input": inp, "output": out, **({"variable": variables[inp]} if variables else {}),
-             "shape": list(specs[inp].shape), "dtype": specs[inp].dtype} for inp, out in source.state_pairs]
+def choose_precision(source: Manifest, precision: str | None) -> str:
+    """The IR's precision word: the ONNX artifact's own (OpenVINO runs the graph's types), optionally with INT8
+    weights (`<its precision>-int8w`). ExportError for another compute precision, naming the export to run first:
+    converting never goes back to PyTorch."""
+    own = source.precision.name
+    allowed = (own, with_int8_weights(own)) if own in ("fp32", "fp16", "bf16") else (own,)
+    if precision is None:
+        return own
+    try:
+        precision_info(precision)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    if precision not in allowed:
+        base = PRECISIONS[precision].base
+        raise ExportError(f"{source.directory} is a {own} graph and OpenVINO keeps the graph's types, so the IR can be "
+                          f"{' or '.join(allowed)}; for {precision}, export the {base} graph first "
+                          f"(`canvit-export onnx --precision {base} ...`) and convert that")
+    return precision
 
 
-ONNX_PRECISION = {"fp32": "fp32", "bf16": "bf16", "f16": "fp16"}
-
-
-def typed_source(artifact: Path, precision: str, workdir: Path, quiet: bool) -> Manifest:
-    """The ONNX artifact whose types carry `precision`: `artifact` itself when it has them, else the same weights
-    re-exported at that precision into workdir (from the manifest's weight source, fingerprint checked)."""
-    source = load_source_artifact(artifact, target="OpenVINO")
-    wanted = ONNX_PRECISION[precision]
-    if source.precision == wanted:
-        return source
-    if source.precision != "fp32":
-        raise ExportError(f"{artifact} is a {source.precision} graph, --precision {precision} asks for {wanted}: "
-                          f"convert the fp32 or the {wanted} export")
-    from canvit_export.export.artifact import Geometry
-    from canvit_export.export.onnx import export_onnx
-    from canvit_export.source import load_from_record
-
-    loaded = load_from_record(source.data["model"])
-    geometry = Geometry(**source.data["geometry"])
-    glimpse_output = any(t.name == "glimpse" for t in source.outputs)
-    export_onnx(loaded, geometry, workdir / "onnx", opset=source.data["artifact"]["opset"], precision=wanted,
-                glimpse_output=glimpse_output, quiet=quiet)
-    return load_source_artifact(workdir / "onnx", target="OpenVINO")
-
-
-def export_openvino(artifact: Path, out: Path | None, *, precision: str = "fp32", int8_weights: bool = False,
-                    stateful: bool = True, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+def export_openvino(artifact: Path, out: Path | None, *, precision: str | None = None, stateful: bool = True,
+                    force: bool = False, quiet: bool = False) -> Manifest:
     """Write out/step.xml + step.bin (+ initial_state.bin, manifest.json) atomically; return the manifest.
 
-    precision: fp32, bf16 or f16 (matmuls, conv and attention; the canvas path stays f32). Raises ExportError when
-    the artifact is missing or altered, the precision is unknown, NNCF is missing for int8 weights, or a protected
-    node of the compiled model outputs less than f32.
+    The IR runs the ONNX artifact's own types (fp32, or the fp16/bf16 mixed graph whose canvas path is float32);
+    precision None keeps them, `<its precision>-int8w` also compresses the matmul weights to INT8 with NNCF.
+    Default out: <artifact>-openvino-<precision>[-stateless]. Raises ExportError when the artifact is missing or
+    altered, the precision is another compute precision, NNCF is missing for INT8 weights, or a protected node of
+    the compiled model outputs less than f32.
     """
     import openvino as ov
     from openvino import passes
 
-    if precision not in ONNX_PRECISION:
-        raise ExportError(f"--precision {precision}: choose one of {', '.join(ONNX_PRECISION)}")
-    load_source_artifact(artifact, target="OpenVINO")  # fail early on a bad artifact
-    label = precision + ("-int8w" if int8_weights else "")
+    source = load_source_artifact(artifact, target="OpenVINO")
+    label = choose_precision(source, precision)
+    int8_weights = PRECISIONS[label].int8_weights
     out = out or artifact.with_name(f"{artifact.name}-openvino-{label}{'' if stateful else '-stateless'}")
     stages = Stages(4 if int8_weights else 3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
-        with stages.stage(f"taking the {precision} graph and converting it to OpenVINO"):
-            source = typed_source(artifact, precision, staging, quiet=True)
+        with stages.stage(f"converting the {source.precision.name} ONNX graph to OpenVINO"):
             protected = audit_onnx(onnx.load(str(source.file("graph")))).protected
             model = ov.convert_model(str(source.file("graph")))
         if int8_weights:
@@ -162,23 +153,19 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str = "fp32"
                     raise ExportError(f"MakeStateful made variables {sorted(found)}, expected {sorted(variables.values())}")
             ov.save_model(model, str(staging / IR_FILE), compress_to_fp16=False)
             copy_initial_state(source, staging)
-            manifest = derived_manifest(source, {
-                "target": "openvino", "stateful": stateful, "inference_precision": "f32", "int8_weights": int8_weights,
-                "compiled_audit": {**audit, "compiled": "the stateless twin on CPU, f32 hint"},
-                "openvino": ov.get_version(),
-            })
-            manifest["artifact"]["source"].update(path=str(artifact.resolve()), converted_precision=source.precision)
-            tensors = {spec.name: spec for spec in (*source.inputs, *source.outputs)}
-            if stateful:  # the state is no longer graph I/O
-                manifest["inputs"] = [t for t in manifest["inputs"] if t["role"] != ROLE_STATE]
-                manifest["outputs"] = [t for t in manifest["outputs"] if t["role"] != ROLE_STATE]
-            manifest["state"] = state_records(source, variables)
-            manifest["precision"] = {**manifest["precision"], "compute": label,
-                                     "weights": "int8 (asymmetric, per channel; NNCF)" if int8_weights else precision,
-                                     "tensors": {name: tensors[name].dtype for name in
-                                                 [t["name"] for t in (*manifest["inputs"], *manifest["outputs"])]}}
-        if (staging / "onnx").exists():
-            shutil.rmtree(staging / "onnx")
-        finish_manifest(staging, manifest, {"ir": IR_FILE, "weights": WEIGHTS_FILE, "initial_state": INITIAL_STATE_FILE},
-                        "openvino", "nncf")
-    return manifest
+            fields = derived_fields(source)
+            if stateful:  # the state is no longer graph I/O: it lives in the variables
+                fields["inputs"] = [t for t in source.inputs if t.role != ROLE_STATE]
+                fields["outputs"] = [t for t in source.outputs if t.role != ROLE_STATE]
+            fields["state"] = [p.model_copy(update={"variable": variables.get(p.input)}) for p in source.state]
+            if int8_weights:
+                fields["precision"] = source.precision.model_copy(update={"name": label,
+                                                                          "weights": "int8-asym-per-channel"})
+            manifest = finish_manifest(
+                staging, {"ir": IR_FILE, "weights": WEIGHTS_FILE, "initial_state": INITIAL_STATE_FILE},
+                ("openvino", "nncf"),
+                artifact=OpenVinoArtifact(
+                    target="openvino", stateful=stateful, openvino=ov.get_version(), source=source_record(source),
+                    compiled_audit=CompiledAudit(**audit, compiled="the stateless twin on CPU, f32 hint")),
+                **fields)
+    return manifest.at(out)

@@ -17,13 +17,15 @@ from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
     copy_initial_state,
-    derived_manifest,
+    derived_fields,
     finish_manifest,
     load_source_artifact,
+    source_record,
     staged_artifact,
 )
 from canvit_export.progress import Stages
-from canvit_runtime.manifest import Manifest
+from canvit_runtime.manifest import Manifest, TensorRtArtifact
+from canvit_runtime.precision import TARGET_PRECISIONS, precision_info
 
 ENGINE_FILE = "step.engine"
 INSTALL_HINT = ("TensorRT is not installed: on an x86 machine with an NVIDIA GPU `pip install tensorrt cuda-python`; "
@@ -31,15 +33,18 @@ INSTALL_HINT = ("TensorRT is not installed: on an x86 machine with an NVIDIA GPU
                 "`canvit-export trt --artifact DIR --print-trtexec`")
 
 
-def check_precision_flag(manifest: Manifest, *, fp16: bool, bf16: bool) -> None:
-    """--fp16/--bf16 state which graph the engine is for; strongly typed builds take the precision from the
+def check_precision(manifest: Manifest, precision: str | None) -> None:
+    """`--precision` states which graph the engine is for; strongly typed builds take the precision from the
     graph, so a mismatch is an error naming the export that fits."""
-    if fp16 and bf16:
-        raise ExportError("--fp16 and --bf16 exclude each other: pass one")
-    wanted = "fp16" if fp16 else "bf16" if bf16 else None
-    if wanted is not None and manifest.precision != wanted:
-        raise ExportError(f"{manifest.directory} is a {manifest.precision} graph and TensorRT builds strongly typed "
-                          f"engines from the graph's types: re-export with `canvit-export onnx --precision {wanted}`")
+    if precision is None:
+        return
+    try:
+        precision_info(precision, allowed=TARGET_PRECISIONS["tensorrt"])
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    if manifest.precision.name != precision:
+        raise ExportError(f"{manifest.directory} is a {manifest.precision.name} graph and TensorRT builds strongly typed "
+                          f"engines from the graph's types: re-export with `canvit-export onnx --precision {precision}`")
 
 
 def trtexec_command(manifest: Manifest, *, engine: Path, workspace_gib: float, timing_cache: Path | None) -> str:
@@ -99,39 +104,50 @@ def build_engine(manifest: Manifest, *, workspace_gib: float, timing_cache: Path
         timing_cache.write_bytes(memoryview(cache.serialize()))
     # The engine's I/O must be the manifest's, names and dtypes both (strong typing keeps the graph's types).
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-    io = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-    expected = {t.name for t in (*manifest.inputs, *manifest.outputs)}
-    if io != expected:
+    io = {name: str(engine.get_tensor_dtype(name)) for name in
+          (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))}
+    expected = {t.name: t.dtype for t in (*manifest.inputs, *manifest.outputs)}
+    if set(io) != set(expected):
         raise ExportError(f"the engine's I/O {sorted(io)} differs from the manifest's {sorted(expected)}")
+    dtypes = {"float32": "DataType.FLOAT", "float16": "DataType.HALF", "bfloat16": "DataType.BF16"}
+    if wrong := [name for name, dtype in io.items() if dtypes.get(expected[name]) != dtype]:
+        raise ExportError(f"the engine's tensor {wrong[0]} is {io[wrong[0]]}, the manifest says {expected[wrong[0]]}")
     return bytes(serialized), {**facts, "tensorrt": trt.__version__}
 
 
-def export_tensorrt(artifact: Path, out: Path | None, *, fp16: bool = False, bf16: bool = False,
-                    workspace_gib: float = 4.0, timing_cache: Path | None = None, force: bool = False,
-                    print_trtexec: bool = False, quiet: bool = False) -> dict[str, Any] | str:
-    """Build out/step.engine (+ initial_state.bin, manifest.json) from the ONNX artifact, atomically.
+def trtexec_for(artifact: Path, out: Path | None, *, precision: str | None = None, workspace_gib: float = 4.0,
+                timing_cache: Path | None = None) -> str:
+    """The trtexec command that builds the same engine on a device (no TensorRT needed here)."""
+    source = load_source_artifact(artifact, target="TensorRT")
+    check_precision(source, precision)
+    out = out or artifact.with_name(artifact.name + "-trt")
+    return trtexec_command(source, engine=out / ENGINE_FILE, workspace_gib=workspace_gib, timing_cache=timing_cache)
 
-    With print_trtexec, only return the equivalent trtexec command (no TensorRT needed). Raises ExportError when
-    the artifact is missing or altered, the precision flag does not match it, or TensorRT or a GPU is missing.
+
+def export_tensorrt(artifact: Path, out: Path | None, *, precision: str | None = None, workspace_gib: float = 4.0,
+                    timing_cache: Path | None = None, force: bool = False, quiet: bool = False) -> Manifest:
+    """Build out/step.engine (+ initial_state.bin, manifest.json) from the ONNX artifact, atomically; return the
+    manifest. Default out: <artifact>-trt.
+
+    Raises ExportError when the artifact is missing or altered, `precision` does not match it, the workspace is not
+    positive, or TensorRT or a GPU is missing.
     """
     source = load_source_artifact(artifact, target="TensorRT")
-    check_precision_flag(source, fp16=fp16, bf16=bf16)
+    check_precision(source, precision)
     if workspace_gib <= 0:
         raise ExportError(f"--workspace {workspace_gib}: must be > 0 GiB")
     out = out or artifact.with_name(artifact.name + "-trt")
-    if print_trtexec:
-        return trtexec_command(source, engine=out / ENGINE_FILE, workspace_gib=workspace_gib, timing_cache=timing_cache)
     import_tensorrt()  # fail before creating anything
     stages = Stages(2, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
-        with stages.stage(f"building a strongly typed TensorRT engine ({source.precision})"):
+        with stages.stage(f"building a strongly typed TensorRT engine ({source.precision.name})"):
             engine, facts = build_engine(source, workspace_gib=workspace_gib, timing_cache=timing_cache)
             (staging / ENGINE_FILE).write_bytes(engine)
         with stages.stage("writing the manifest"):
             copy_initial_state(source, staging)
-            manifest = derived_manifest(source, {"target": "tensorrt", "strongly_typed": True,
-                                                 "workspace_gib": workspace_gib, **facts,
-                                                 "runs_on": "this GPU model and TensorRT version only"})
-            finish_manifest(staging, manifest, {"engine": ENGINE_FILE, "initial_state": INITIAL_STATE_FILE},
-                            "tensorrt", "cuda-python")
-    return manifest
+            manifest = finish_manifest(
+                staging, {"engine": ENGINE_FILE, "initial_state": INITIAL_STATE_FILE}, ("tensorrt", "cuda-python"),
+                artifact=TensorRtArtifact(target="tensorrt", workspace_gib=workspace_gib, source=source_record(source),
+                                          **facts),
+                **derived_fields(source))
+    return manifest.at(out)

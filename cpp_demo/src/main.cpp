@@ -15,6 +15,7 @@ namespace {
 const char* kUsage = R"(canvit_demo: loop CanViT glimpses from a canvit-export artifact (manifest.json), without Python.
 
 usage: canvit_demo --artifact DIR (--image PHOTO|SCENE.npy | --video SOURCE) [options]
+       canvit_demo --artifact DIR --check
 
   --artifact DIR           an artifact folder: ONNX (canvit-export onnx), OpenVINO IR (canvit-export openvino)
                            or TensorRT engine (canvit-export trt)
@@ -38,6 +39,8 @@ usage: canvit_demo --artifact DIR (--image PHOTO|SCENE.npy | --video SOURCE) [op
   --scene-out PATH.npy     the preprocessed scene of the first frame [B, 3, S, S] float32
   --pca-png PATH           PNG of the final canvas's first three principal components (batch item 0)
   --log PATH               JSON log: configuration, viewpoints and per-glimpse latency
+  --check                  validate the artifact (manifest.json against its JSON Schema and itself, every file's
+                           SHA-256), print what it holds and exit
   --version                the backends compiled into this build
 
 Errors print one line 'error: ...' and exit 2.
@@ -70,13 +73,27 @@ double ms_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
+// What an artifact holds, for --check: "openvino (stateful), precision fp32, batch 1, scene 512 px, canvas 16x16".
+std::string summary(const Manifest& m) {
+    const std::string kind = m.target == "openvino" ? (m.stateful ? " (stateful)" : " (stateless)") : "";
+    return m.target + kind + ", precision " + m.precision + ", batch " + std::to_string(m.batch) + ", scene " +
+           std::to_string(m.scene_px) + " px, canvas " + std::to_string(m.canvas_grid) + "x" + std::to_string(m.canvas_grid) +
+           (m.built_with.empty() ? "" : ", " + m.built_with);
+}
+
+// Errors print on one line: a newline inside one (a tensor name, a command line) is written as \n.
+std::string one_line(std::string text) {
+    for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 2)) text.replace(at, 1, "\\n");
+    return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::map<std::string, std::string> args{{"--backend", "openvino"}, {"--device", ""}, {"--policy", "c2f"},
                                             {"--glimpses", "21"}, {"--seed", "0"}, {"--threads", "0"},
                                             {"--glimpses-per-frame", "1"}};
-    const std::vector<std::string> flags{"--no-cuda-graph"};
+    const std::vector<std::string> flags{"--no-cuda-graph", "--check"};
     const std::vector<std::string> known{"--artifact", "--image", "--video", "--glimpses-per-frame", "--backend", "--device",
                                          "--threads", "--engine", "--policy", "--glimpses", "--seed", "--canvas-out",
                                          "--scene-out", "--pca-png", "--log"};
@@ -88,7 +105,7 @@ int main(int argc, char** argv) {
                 return 0;
             }
             if (key == "--version") {
-                std::cout << "canvit_demo, manifest format 1; backends:";
+                std::cout << "canvit_demo, manifest format 1 (JSON Schema embedded); backends:";
                 for (const auto& name : compiled_backends()) std::cout << " " << name;
                 std::cout << "\n";
                 return 0;
@@ -102,6 +119,12 @@ int main(int argc, char** argv) {
             args[key] = argv[++i];
         }
         if (!args.count("--artifact")) throw Error("missing --artifact DIR: see --help");
+        if (args.count("--check")) {
+            const Manifest m = load_manifest(args["--artifact"]);
+            std::printf("%s: a valid canvit-export artifact (manifest format 1, files verified): %s\n", args["--artifact"].c_str(),
+                        summary(m).c_str());
+            return 0;
+        }
         if (args.count("--image") == args.count("--video")) throw Error("pass one of --image PATH or --video SOURCE: see --help");
         const int glimpses = parse_int(args, "--glimpses", 1), per_frame = parse_int(args, "--glimpses-per-frame", 1);
         const int threads = parse_int(args, "--threads", 0), seed = parse_int(args, "--seed", 0);
@@ -140,8 +163,8 @@ int main(int argc, char** argv) {
         }
         const int ran = int(step_ms.size());
         const Latency step = summarize(step_ms), frame = summarize(frame_ms);
-        std::printf("canvit_demo: %d glimpses on %s, batch %d, canvas %dx%d, policy %s%s\n", ran, backend->description().c_str(),
-                    m.batch, m.canvas_grid, m.canvas_grid, args["--policy"].c_str(),
+        std::printf("canvit_demo: %d glimpses on %s, precision %s, batch %d, canvas %dx%d, policy %s%s\n", ran,
+                    backend->description().c_str(), m.precision.c_str(), m.batch, m.canvas_grid, m.canvas_grid, args["--policy"].c_str(),
                     video ? (", " + std::to_string(frames) + " frames of " + video->description()).c_str() : "");
         if (ended) std::printf("note: the video ended after %d frames, before the %d glimpses asked for\n", frames, glimpses);
         std::printf("%-24s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
@@ -160,7 +183,8 @@ int main(int argc, char** argv) {
                     triples.push_back({viewpoints[t].centers[2 * b], viewpoints[t].centers[2 * b + 1], viewpoints[t].scales[b]});
                 vps.push_back(triples);
             }
-            nlohmann::json log{{"artifact", args["--artifact"]}, {"backend", backend->description()}, {"policy", args["--policy"]},
+            nlohmann::json log{{"artifact", args["--artifact"]}, {"target", m.target}, {"precision", m.precision},
+                               {"backend", backend->description()}, {"policy", args["--policy"]},
                                {"seed", seed}, {"glimpses", ran}, {"batch", m.batch}, {"canvas_grid", m.canvas_grid},
                                {"viewpoints", vps}, {"step_ms", step_ms}, {"min_ms", step.min}, {"median_ms", step.median},
                                {"p90_ms", step.p90}, {"glimpses_per_s", 1000.0 * m.batch / step.median}};
@@ -173,7 +197,7 @@ int main(int argc, char** argv) {
         }
         return 0;
     } catch (const Error& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        std::cerr << "error: " << one_line(e.what()) << "\n";
         return 2;
     } catch (const std::exception& e) {
         std::string what = e.what();

@@ -1,13 +1,16 @@
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <iomanip>
 #include <fstream>
+#include <functional>
+#include <iomanip>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "canvit/canvit.hpp"
+#include "manifest_schema.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -51,135 +54,212 @@ const TensorSpec& Manifest::tensor(const std::string& name) const {
     return it->second;
 }
 
+using Shape = std::vector<int64_t>;
+using Fail = std::function<void(const std::string&)>;  // throws Error "<manifest.json>: <what>; re-export the artifact"
+
 static TensorSpec parse_tensor(const json& j) {
-    return TensorSpec{j.at("name"), j.at("dtype"), j.at("role"), j.at("shape").get<std::vector<int64_t>>()};
+    return TensorSpec{j.at("name"), j.at("dtype"), j.at("role"), j.at("shape").get<Shape>()};
 }
 
-// The manifest must agree with itself: roles present, I/O float32, shapes as the geometry and the initial state
-// say (state: {"canvas": [B, R+G*G, Dc], "recurrent_cls": [B, 1, Db]}).
-static void check_consistency(Manifest& m, const fs::path& path, const std::map<std::string, std::vector<int64_t>>& state) {
-    const auto fail = [&](const std::string& what) { throw Error(path.string() + ": " + what + "; re-export the artifact"); };
-    for (const auto& t : m.inputs) {
-        if (t.role == "scene") m.scene_input = t.name;
-        if (t.role == "viewpoint_centers") m.centers_input = t.name;
-        if (t.role == "viewpoint_scales") m.scales_input = t.name;
+// The fields the demo uses; the schema has checked that they are there, with their types.
+static Manifest read_fields(const json& j, const fs::path& dir) {
+    Manifest m;
+    m.dir = dir;
+    const json& artifact = j.at("artifact");
+    m.target = artifact.at("target");
+    m.stateful = artifact.value("stateful", false);
+    if (m.target == "tensorrt")
+        m.built_with = "TensorRT " + artifact.at("tensorrt").get<std::string>() + " on " + artifact.at("gpu").get<std::string>();
+    m.precision = j.at("precision").at("name");
+    const auto& g = j.at("geometry");
+    m.batch = g.at("batch"), m.scene_px = g.at("scene_px"), m.glimpse_px = g.at("glimpse_px");
+    m.canvas_grid = g.at("canvas_grid");
+    m.num_canvas_registers = j.at("architecture").at("num_canvas_registers");
+    for (int c = 0; c < 3; ++c) {
+        m.mean[c] = j.at("preprocessing").at("mean").at(c);
+        m.std[c] = j.at("preprocessing").at("std").at(c);
     }
-    if (m.scene_input.empty() || m.centers_input.empty() || m.scales_input.empty())
-        fail("inputs lack a scene, viewpoint_centers or viewpoint_scales role");
+    for (const auto& t : j.at("inputs")) m.inputs.push_back(parse_tensor(t));
+    for (const auto& t : j.at("outputs")) m.outputs.push_back(parse_tensor(t));
+    for (const auto& s : j.at("state")) {
+        m.state_pairs.emplace_back(s.at("input"), s.at("output"));
+        if (s.contains("variable")) m.variables[s.at("input")] = s.at("variable");
+    }
+    for (const auto& [key, record] : j.at("files").items()) {
+        m.files[key] = dir / record.at("path").get<std::string>();
+        m.file_sha256[key] = record.at("sha256");
+    }
+    return m;
+}
+
+// Unique names, exactly one input per role scene / viewpoint_centers / viewpoint_scales, every I/O float32.
+static void check_tensors(Manifest& m, const Fail& fail) {
+    for (const auto* list : {&m.inputs, &m.outputs})
+        for (const auto& t : *list)
+            if (!m.specs.emplace(t.name, t).second) fail("tensor name '" + t.name + "' repeats");
+    for (auto [role, name] : {std::pair{"scene", &m.scene_input}, {"viewpoint_centers", &m.centers_input},
+                              {"viewpoint_scales", &m.scales_input}}) {
+        int count = 0;
+        for (const auto& t : m.inputs)
+            if (t.role == role) *name = t.name, ++count;
+        if (count != 1) fail("inputs must have exactly one tensor with role '" + std::string(role) + "'");
+    }
+    for (const auto* list : {&m.inputs, &m.outputs})
+        for (const auto& t : *list)
+            if (t.dtype != "float32") fail("tensor '" + t.name + "' is " + t.dtype + ", but every step input and output is float32");
+}
+
+// initial_state's parts, their shapes as the architecture says: canvas_registers [R, Dc], canvas_patch [Dc],
+// recurrent_cls [Db]. Returns {name: shape}.
+static std::map<std::string, Shape> initial_state_parts(const json& j, const Fail& fail) {
+    const auto& a = j.at("architecture");
+    const int64_t R = a.at("num_canvas_registers"), Dc = a.at("canvas_dim"), Db = a.at("backbone_dim");
+    const std::map<std::string, Shape> expected{{"canvas_registers", {R, Dc}}, {"canvas_patch", {Dc}}, {"recurrent_cls", {Db}}};
+    std::map<std::string, Shape> parts;
+    for (const auto& p : j.at("initial_state").at("parts")) parts[p.at("name")] = p.at("shape").get<Shape>();
+    for (const auto& [name, shape] : expected) {
+        if (!parts.count(name)) fail("initial_state must have the parts canvas_registers, canvas_patch and recurrent_cls");
+        if (parts.at(name) != shape)
+            fail("initial_state part " + name + " has shape " + shape_str(parts.at(name)) + ", the architecture says " +
+                 shape_str(shape));
+    }
+    return parts;
+}
+
+// Every tensor's shape against the geometry, by role (scene [B, 3, S, S], viewpoint_centers [B, 2],
+// viewpoint_scales and reset [B]) or, for role state, by name (canvas(_next) [B, R + G*G, Dc], recurrent_cls(_next)
+// [B, 1, Db]); the state entries the same. A stateful IR keeps the state in variables: its specs come from there.
+static void check_shapes(Manifest& m, const json& j, const Fail& fail) {
+    const auto& a = j.at("architecture");
+    const int64_t B = m.batch, S = m.scene_px, G = m.canvas_grid;
+    const Shape canvas{B, int64_t(m.num_canvas_registers) + G * G, a.at("canvas_dim").get<int64_t>()};
+    const Shape cls{B, 1, a.at("backbone_dim").get<int64_t>()};
+    const std::map<std::string, Shape> by_role{{"scene", {B, 3, S, S}}, {"viewpoint_centers", {B, 2}},
+                                               {"viewpoint_scales", {B}}, {"reset", {B}}};
+    const std::map<std::string, Shape> by_state{{"canvas", canvas}, {"canvas_next", canvas},
+                                                {"recurrent_cls", cls}, {"recurrent_cls_next", cls}};
     for (const auto* list : {&m.inputs, &m.outputs})
         for (const auto& t : *list) {
-            if (t.dtype != "float32") fail("tensor '" + t.name + "' is " + t.dtype + ", but every step input and output is float32");
-            m.specs[t.name] = t;
+            const bool state = t.role == "state";
+            if (state && !by_state.count(t.name))
+                fail("tensor '" + t.name + "' has role state but is not one of canvas, canvas_next, recurrent_cls, recurrent_cls_next");
+            const auto& want = state ? by_state : by_role;
+            const auto it = want.find(state ? t.name : t.role);
+            if (it != want.end() && t.shape != it->second)
+                fail("tensor '" + t.name + "' has shape " + shape_str(t.shape) + ", but the geometry (batch " + std::to_string(B) +
+                     ", scene " + std::to_string(S) + " px, canvas " + std::to_string(G) + "x" + std::to_string(G) + ") says " +
+                     shape_str(it->second));
         }
-    const std::vector<std::pair<std::string, std::string>> expected{{"canvas", "canvas_next"}, {"recurrent_cls", "recurrent_cls_next"}};
-    if (m.state_pairs != expected) fail("state pairs must be canvas -> canvas_next, recurrent_cls -> recurrent_cls_next");
-    const int64_t B = m.batch, S = m.scene_px;
-    const std::map<std::string, std::vector<int64_t>> geometry{
-        {m.scene_input, {B, 3, S, S}}, {m.centers_input, {B, 2}}, {m.scales_input, {B}},
-        {"canvas", state.at("canvas")}, {"canvas_next", state.at("canvas")},
-        {"recurrent_cls", state.at("recurrent_cls")}, {"recurrent_cls_next", state.at("recurrent_cls")}};
-    for (const auto& [name, shape] : geometry) {
-        auto it = m.specs.find(name);
-        if (it == m.specs.end()) {
-            bool state_tensor = false;  // a stateful IR keeps both sides of a state pair in its variables
-            for (const auto& [input, output] : m.state_pairs) state_tensor |= name == input || name == output;
-            if (!(m.stateful && state_tensor)) fail("no tensor '" + name + "'");
-            it = m.specs.emplace(name, TensorSpec{name, "float32", "state", shape}).first;  // a stateful IR's variable
+    for (const auto& s : j.at("state")) {
+        const std::string input = s.at("input"), output = s.at("output");
+        const Shape shape = s.at("shape").get<Shape>();
+        if (shape != by_state.at(input))
+            fail("state '" + input + "' has shape " + shape_str(shape) + ", the geometry says " + shape_str(by_state.at(input)));
+        for (const auto& name : {input, output}) {
+            const auto it = m.specs.find(name);
+            if (it != m.specs.end() && it->second.role != "state")
+                fail("tensor '" + name + "' is a state pair's but has role '" + it->second.role + "'");
+            if (it == m.specs.end() && !m.stateful) fail("a stateless artifact's graph must take and return every state tensor");
+            if (it == m.specs.end()) m.specs[name] = TensorSpec{name, "float32", "state", shape};  // in a variable
         }
-        if (it->second.shape != shape)
-            fail("tensor '" + name + "' has shape " + shape_str(it->second.shape) + " but the geometry (batch " +
-                 std::to_string(B) + ", scene " + std::to_string(S) + " px, canvas " + std::to_string(m.canvas_grid) +
-                 "x" + std::to_string(m.canvas_grid) + ", initial state) says " + shape_str(shape));
     }
+}
+
+// The target's files listed, and the precision word agreeing with its dtypes (canvit_runtime/precision.py:
+// fp32 fp16 bf16 fp16-all, each but fp16-all also with -int8w; matmuls in the base word's dtype, streams in
+// float32 but for fp16-all).
+static void check_files_and_precision(const Manifest& m, const json& j, const Fail& fail) {
+    const std::map<std::string, std::vector<std::string>> target_files{
+        {"onnx", {"graph"}}, {"openvino", {"ir", "weights"}}, {"tensorrt", {"engine"}}, {"coreml", {"package"}}};
+    std::vector<std::string> keys{"initial_state"}, missing;
+    keys.insert(keys.end(), target_files.at(m.target).begin(), target_files.at(m.target).end());
+    for (const auto& key : keys)
+        if (!m.files.count(key)) missing.push_back(key);
+    if (!missing.empty()) fail("files lacks " + json(missing).dump() + " for a " + m.target + " artifact");
+    const std::string suffix = "-int8w";
+    const size_t cut = m.precision.size() - std::min(m.precision.size(), suffix.size());
+    const std::string base = m.precision.substr(cut) == suffix ? m.precision.substr(0, cut) : m.precision;
+    const std::map<std::string, std::string> matmul{
+        {"fp32", "float32"}, {"fp16", "float16"}, {"bf16", "bfloat16"}, {"fp16-all", "float16"}};
+    const std::string stream = base == "fp16-all" ? "float16" : "float32";
+    const auto& p = j.at("precision");
+    if (!matmul.count(base)) fail("precision '" + m.precision + "' is not a word of the precision vocabulary");
+    if (p.at("matmul_dtype") != matmul.at(base) || p.at("stream_dtype") != stream)
+        fail("precision " + m.precision + " means matmuls in " + matmul.at(base) + " and streams in " + stream +
+             ", the record says " + p.at("matmul_dtype").get<std::string>() + " and " + p.at("stream_dtype").get<std::string>());
+}
+
+// The checks a JSON Schema cannot state, as canvit_runtime.manifest.Manifest._consistent makes them (same rules,
+// same order): tensors, state pairs, initial state parts, shapes, files and precision. Returns the parts' shapes.
+static std::map<std::string, Shape> check_consistency(Manifest& m, const json& j, const fs::path& path) {
+    const Fail fail = [&](const std::string& what) { throw Error(path.string() + ": " + what + "; re-export the artifact"); };
+    check_tensors(m, fail);
+    const std::vector<std::pair<std::string, std::string>> expected{{"canvas", "canvas_next"}, {"recurrent_cls", "recurrent_cls_next"}};
+    if (m.state_pairs != expected) fail("state must be the pairs canvas -> canvas_next, recurrent_cls -> recurrent_cls_next");
+    auto parts = initial_state_parts(j, fail);
+    check_shapes(m, j, fail);
+    check_files_and_precision(m, j, fail);
+    return parts;
+}
+
+// Every listed file's size and SHA-256 (an .mlpackage folder is not checked here: no backend reads one).
+static void verify_files(const Manifest& m, const json& j) {
+    for (const auto& [key, record] : j.at("files").items()) {
+        const fs::path& file = m.files.at(key);
+        if (fs::is_directory(file)) continue;
+        if (!fs::exists(file)) throw Error(file.string() + ": missing from the artifact (" + key + "); re-export or re-copy it");
+        if (fs::file_size(file) != record.at("bytes").get<uintmax_t>() || sha256_file(file) != record.at("sha256"))
+            throw Error(file.string() + ": SHA-256 mismatch, the file was altered or truncated; re-export or re-copy it");
+    }
+}
+
+// The state before the first glimpse (canvit-pytorch CanViT.init_state) from initial_state.bin: little-endian
+// float32 parts at the manifest's byte offsets. canvas [B, R + G*G, Dc]: the registers, then the patch token
+// repeated G*G times; recurrent_cls [B, 1, Db].
+static void build_initial_state(Manifest& m, const json& j, const std::map<std::string, Shape>& shapes) {
+    const fs::path& bin_path = m.files.at("initial_state");
+    std::ifstream bin(bin_path, std::ios::binary);
+    const std::vector<char> raw((std::istreambuf_iterator<char>(bin)), std::istreambuf_iterator<char>());
+    std::map<std::string, std::vector<float>> parts;
+    for (const auto& p : j.at("initial_state").at("parts")) {
+        size_t count = 1;
+        for (auto d : shapes.at(p.at("name"))) count *= size_t(d);
+        const size_t offset = p.at("offset_bytes");
+        if (offset + 4 * count > raw.size())
+            throw Error(bin_path.string() + ": too short for part " + p.at("name").get<std::string>() + "; re-export the artifact");
+        std::vector<float> values(count);
+        std::memcpy(values.data(), raw.data() + offset, 4 * count);
+        parts[p.at("name")] = std::move(values);
+    }
+    const auto& registers = parts.at("canvas_registers");
+    const auto& patch = parts.at("canvas_patch");
+    const auto& cls = parts.at("recurrent_cls");
+    std::vector<float> canvas, rcls;
+    for (int b = 0; b < m.batch; ++b) {
+        canvas.insert(canvas.end(), registers.begin(), registers.end());
+        for (int t = 0; t < m.canvas_grid * m.canvas_grid; ++t) canvas.insert(canvas.end(), patch.begin(), patch.end());
+        rcls.insert(rcls.end(), cls.begin(), cls.end());
+    }
+    m.initial_state["canvas"] = std::move(canvas);
+    m.initial_state["recurrent_cls"] = std::move(rcls);
 }
 
 Manifest load_manifest(const fs::path& dir, bool verify) {
     if (!fs::is_directory(dir)) throw Error(dir.string() + ": no such artifact folder; export one with canvit-export");
     const fs::path path = dir / "manifest.json";
     if (!fs::is_regular_file(path)) throw Error(dir.string() + ": no manifest.json; this is not a canvit-export artifact");
-    json j;
+    std::ifstream in(path, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const json j = parse_manifest_json(text, path.string());  // JSON, format, version, then the JSON Schema
     try {
-        std::ifstream(path) >> j;
-    } catch (const json::exception& e) {
-        throw Error(path.string() + ": not valid JSON (" + e.what() + "); re-export the artifact");
+        Manifest m = read_fields(j, dir);
+        const auto parts = check_consistency(m, j, path);
+        if (verify) verify_files(m, j);
+        build_initial_state(m, j, parts);
+        return m;
+    } catch (const json::exception& e) {  // the schema makes these unreachable; kept one line all the same
+        throw Error(path.string() + ": malformed manifest (" + std::string(e.what()) + "); re-export the artifact");
     }
-    if (j.value("format", "") != "canvit-export-manifest")
-        throw Error(path.string() + ": not a canvit-export manifest");
-    if (j.value("format_version", -1) != 1)
-        throw Error(path.string() + ": manifest version " + j.value("format_version", json(nullptr)).dump() +
-                    ", this demo reads version 1; re-export with a matching canvit-export");
-    Manifest m;
-    try {
-        m.dir = dir;
-        m.target = j.at("artifact").at("target");
-        m.stateful = j.at("artifact").value("stateful", false);
-        if (m.target == "tensorrt")
-            m.built_with = "TensorRT " + j.at("artifact").value("tensorrt", "?") + " on " + j.at("artifact").value("gpu", "?");
-        const auto& g = j.at("geometry");
-        m.batch = g.at("batch"), m.scene_px = g.at("scene_px"), m.glimpse_px = g.at("glimpse_px");
-        m.canvas_grid = g.at("canvas_grid");
-        m.num_canvas_registers = j.at("architecture").at("num_canvas_registers");
-        for (int c = 0; c < 3; ++c) {
-            m.mean[c] = j.at("preprocessing").at("mean").at(c);
-            m.std[c] = j.at("preprocessing").at("std").at(c);
-        }
-        for (const auto& t : j.at("inputs")) m.inputs.push_back(parse_tensor(t));
-        for (const auto& t : j.at("outputs")) m.outputs.push_back(parse_tensor(t));
-        for (const auto& s : j.at("state")) {
-            m.state_pairs.emplace_back(s.at("input"), s.at("output"));
-            if (s.contains("variable")) m.variables[s.at("input")] = s.at("variable");
-            if (s.contains("shape")) m.specs[s.at("input")] = TensorSpec{s.at("input"), s.value("dtype", "float32"), "state",
-                                                                         s.at("shape").get<std::vector<int64_t>>()};
-        }
-        for (const auto& [key, record] : j.at("files").items()) {
-            const fs::path file = dir / record.at("path").get<std::string>();
-            m.files[key] = file;
-            m.file_sha256[key] = record.at("sha256");
-            if (!verify || fs::is_directory(file)) continue;
-            if (!fs::exists(file)) throw Error(file.string() + ": missing from the artifact; re-export or re-copy it");
-            if (fs::file_size(file) != record.at("bytes").get<uintmax_t>() || sha256_file(file) != record.at("sha256"))
-                throw Error(file.string() + ": SHA-256 mismatch, the file was altered or truncated; re-export or re-copy it");
-        }
-        // Initial state: little-endian float32 parts (manifest initial_state.parts, with byte offsets).
-        std::ifstream bin(m.files.at("initial_state"), std::ios::binary);
-        std::vector<char> raw((std::istreambuf_iterator<char>(bin)), std::istreambuf_iterator<char>());
-        std::map<std::string, std::vector<float>> parts;
-        for (const auto& p : j.at("initial_state").at("parts")) {
-            size_t count = 1;
-            for (auto d : p.at("shape")) count *= d.get<size_t>();
-            const size_t offset = p.at("offset_bytes");
-            if (offset + 4 * count > raw.size())
-                throw Error(m.files.at("initial_state").string() + ": too short for the manifest's parts; re-export the artifact");
-            std::vector<float> values(count);
-            std::memcpy(values.data(), raw.data() + offset, 4 * count);
-            parts[p.at("name")] = std::move(values);
-        }
-        const auto& registers = parts.at("canvas_registers");
-        const auto& patch = parts.at("canvas_patch");
-        const auto& cls = parts.at("recurrent_cls");
-        if (m.batch < 1 || m.scene_px < 1 || m.glimpse_px < 1 || m.canvas_grid < 1 || patch.empty() ||
-            registers.size() != size_t(m.num_canvas_registers) * patch.size())
-            throw Error(path.string() + ": geometry or initial_state parts are inconsistent (batch, px and canvas grid >= 1, "
-                        "canvas_registers [R, Dc]); re-export the artifact");
-        const size_t dc = patch.size(), tokens = registers.size() / dc + size_t(m.canvas_grid) * m.canvas_grid;
-        std::vector<float> canvas, rcls;
-        for (int b = 0; b < m.batch; ++b) {
-            canvas.insert(canvas.end(), registers.begin(), registers.end());
-            for (int t = 0; t < m.canvas_grid * m.canvas_grid; ++t) canvas.insert(canvas.end(), patch.begin(), patch.end());
-            rcls.insert(rcls.end(), cls.begin(), cls.end());
-        }
-        m.initial_state["canvas"] = std::move(canvas);
-        m.initial_state["recurrent_cls"] = std::move(rcls);
-        check_consistency(m, path, {{"canvas", {m.batch, int64_t(tokens), int64_t(dc)}},
-                                    {"recurrent_cls", {m.batch, 1, int64_t(cls.size())}}});
-    } catch (const json::out_of_range& e) {
-        throw Error(path.string() + ": manifest lacks a required entry (" + e.what() + "); re-export the artifact");
-    } catch (const json::exception& e) {
-        throw Error(path.string() + ": malformed manifest (" + e.what() + "); re-export the artifact");
-    } catch (const std::out_of_range&) {
-        throw Error(path.string() + ": manifest lacks a required entry; re-export the artifact");
-    }
-    return m;
 }
 
 }  // namespace canvit

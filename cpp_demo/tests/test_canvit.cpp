@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 
+#include "../src/manifest_schema.hpp"
 #include "canvit/canvit.hpp"
 
 #ifdef CANVIT_WITH_OPENCV
@@ -213,11 +214,101 @@ TEST(Manifest, BadArtifactsEndInOneClearError) {
     EXPECT_NE(error_of([&] { load_manifest(dir); }).find("not valid JSON"), std::string::npos);
     write_text(dir / "manifest.json", R"({"format": "something-else", "format_version": 1})");
     EXPECT_NE(error_of([&] { load_manifest(dir); }).find("not a canvit-export manifest"), std::string::npos);
-    write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": 2})");
-    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("manifest version 2"), std::string::npos);
+    write_text(dir / "manifest.json", "[1, 2]");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("not a canvit-export manifest (format array"), std::string::npos);
+    // Version before schema: a newer manifest names the upgrade, an older one the re-export, whatever else it holds.
+    write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": 2, "new": {}})");
+    const std::string newer = error_of([&] { load_manifest(dir); });
+    EXPECT_NE(newer.find("manifest version 2 is newer than this canvit_demo reads (1): upgrade canvit_demo"), std::string::npos) << newer;
+    write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": 0})");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("manifest version 0 is not readable"), std::string::npos);
+    write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": "1"})");
+    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("manifest version \"1\" is not readable"), std::string::npos);
     write_text(dir / "manifest.json", R"({"format": "canvit-export-manifest", "format_version": 1})");
-    EXPECT_NE(error_of([&] { load_manifest(dir); }).find("lacks a required entry"), std::string::npos);
+    const std::string missing = error_of([&] { load_manifest(dir); });
+    EXPECT_NE(missing.find("not a valid version-1 manifest, /architecture: missing, a required field; re-export the artifact"),
+              std::string::npos) << missing;
     fs::remove_all(dir);
+}
+
+// valijson 1.0 reads JSON Schema draft 7; these are the draft 2020-12 keywords of manifest.schema.json, each on a
+// small schema: enforced, and reported as "<JSON pointer>: <what is wrong>".
+TEST(SchemaValidator, EnforcesTheKeywordsOfTheManifestSchema) {
+    const SchemaValidator v(nlohmann::json::parse(R"({
+        "$defs": {"Positive": {"type": "integer", "exclusiveMinimum": 0}, "F32": {"const": "f32", "type": "string"}},
+        "type": "object", "additionalProperties": false, "required": ["n"],
+        "properties": {
+            "n": {"$ref": "#/$defs/Positive"}, "c": {"$ref": "#/$defs/F32"}, "e": {"enum": ["a", "b"]},
+            "o": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null},
+            "k": {"type": "object", "propertyNames": {"enum": ["x", "y"]}, "additionalProperties": {"type": "integer"}},
+            "s": {"type": "string", "pattern": "^[0-9a-f]{4}$"},
+            "l": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}}})"));
+    using nlohmann::json;
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"c", "f32"}, {"e", "b"}, {"o", nullptr}, {"k", {{"x", 1}}}, {"s", "00af"}}), "");
+    EXPECT_EQ(v.first_error(json{{"n", 0}}), "/n: 0 must be > 0");  // exclusiveMinimum as a number ($defs ref)
+    EXPECT_EQ(v.first_error(json{{"n", "1"}}), "/n: '1' is a string, expected integer");
+    EXPECT_EQ(v.first_error(json{{"n", 1.5}}), "/n: 1.5 is a number, expected integer");
+    EXPECT_EQ(v.first_error(json::object()), "/n: missing, a required field");
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"z", 1}}), "/z: unknown field, not in manifest version 1");
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"c", "f16"}}), "/c: 'f16' must be 'f32'");  // const
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"e", "c"}}), "/e: 'c' is not one of a, b");
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"o", 5}}), "/o: 5 is an integer, expected string or null");
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"k", {{"x", 1}, {"w", 2}}}}),
+              "/k/w: unknown field (allowed: x, y), not in manifest version 1");
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"k", {{"x", true}}}}), "/k/x: true is a boolean, expected integer");
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"s", "00ag"}}), "/s: '00ag' does not match ^[0-9a-f]{4}$");
+    EXPECT_NE(v.first_error(json{{"n", 1}, {"l", json::array({1.0})}}).find("/l: [1.0]: array should contain no fewer than 2"),
+              std::string::npos);
+    EXPECT_EQ(v.first_error(json{{"n", 1}, {"l", json::array({1.0, "x"})}}), "/l/1: 'x' is a string, expected number");
+}
+
+// pydantic's tagged unions: oneOf + discriminator (OpenAPI's keyword, which validators ignore). The oneOf is kept;
+// errors are reported in the branch the tag selects.
+TEST(SchemaValidator, DiscriminatedUnionsReportInTheTaggedBranch) {
+    const nlohmann::json schema = nlohmann::json::parse(R"({
+        "$defs": {
+            "A": {"type": "object", "additionalProperties": false, "required": ["kind"],
+                  "properties": {"kind": {"const": "a", "type": "string"}, "a": {"type": "boolean"}}},
+            "B": {"type": "object", "additionalProperties": false, "required": ["kind", "b"],
+                  "properties": {"kind": {"const": "b", "type": "string"}, "b": {"type": "integer"}}}},
+        "type": "object", "properties": {"u": {
+            "oneOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/B"}],
+            "discriminator": {"propertyName": "kind", "mapping": {"a": "#/$defs/A", "b": "#/$defs/B"}}}}})");
+    EXPECT_TRUE(schema_for_valijson(schema)["properties"]["u"].contains("oneOf"));
+    const SchemaValidator v(schema);
+    using nlohmann::json;
+    EXPECT_EQ(v.first_error(json{{"u", {{"kind", "b"}, {"b", 3}}}}), "");
+    EXPECT_EQ(v.first_error(json{{"u", {{"kind", "a"}}}}), "");
+    EXPECT_EQ(v.first_error(json{{"u", {{"kind", "b"}, {"b", true}}}}), "/u/b: true is a boolean, expected integer");
+    EXPECT_EQ(v.first_error(json{{"u", {{"kind", "b"}}}}), "/u/b: missing, a required field");
+    EXPECT_EQ(v.first_error(json{{"u", {{"kind", "a"}, {"b", 3}}}}), "/u/b: unknown field, not in manifest version 1");
+    EXPECT_EQ(v.first_error(json{{"u", {{"kind", "c"}}}}), "/u/kind: 'c' is not one of a, b");
+    EXPECT_EQ(v.first_error(json{{"u", {{"b", 3}}}}), "/u/kind: missing, a required field");
+    EXPECT_EQ(v.first_error(json{{"u", "a"}}), "/u: 'a' is a string, expected object");
+}
+
+// Draft 7 (and valijson) ignore the keywords beside a $ref; 2020-12 applies them, and so does this validator.
+TEST(SchemaValidator, KeywordsBesideARefStillApply) {
+    const SchemaValidator v(nlohmann::json::parse(R"({"$defs": {"N": {"type": "integer"}},
+        "properties": {"n": {"$ref": "#/$defs/N", "maximum": 3, "default": 1}}})"));
+    EXPECT_EQ(v.first_error(nlohmann::json{{"n", 3}}), "");
+    EXPECT_EQ(v.first_error(nlohmann::json{{"n", 4}}), "/n: 4 must be <= 3");
+    EXPECT_EQ(v.first_error(nlohmann::json{{"n", "4"}}), "/n: '4' is a string, expected integer");
+}
+
+// A keyword the validator would skip is refused, so that a growing schema never validates less than it says.
+TEST(SchemaValidator, RefusesKeywordsItCannotEnforce) {
+    for (const char* keyword : {"format", "prefixItems", "unevaluatedProperties", "dependentRequired", "$dynamicRef"}) {
+        const nlohmann::json schema{{"type", "object"}, {"properties", {{"x", {{keyword, "anything"}}}}}};
+        const std::string error = error_of([&] { SchemaValidator{schema}; });
+        EXPECT_NE(error.find("uses '" + std::string(keyword) + "' (at #/properties/x/" + keyword + ")"), std::string::npos) << error;
+    }
+}
+
+TEST(SchemaValidator, TheEmbeddedManifestSchemaCompiles) {
+    EXPECT_NO_THROW(manifest_schema());
+    // valijson reports missing fields in name order
+    EXPECT_EQ(manifest_schema().first_error(nlohmann::json::object()), "/architecture: missing, a required field");
 }
 
 TEST(Backends, UnknownAndMissingBackendsAreRefused) {
@@ -225,8 +316,9 @@ TEST(Backends, UnknownAndMissingBackendsAreRefused) {
     EXPECT_NE(error_of([&] { make_backend("tflite", m, {}); }).find("unknown backend 'tflite'"), std::string::npos);
     for (const std::string name : {"openvino", "onnxruntime", "tensorrt"}) {
         const auto compiled = compiled_backends();
-        if (std::find(compiled.begin(), compiled.end(), name) == compiled.end())
+        if (std::find(compiled.begin(), compiled.end(), name) == compiled.end()) {
             EXPECT_NE(error_of([&] { make_backend(name, m, {}); }).find("is not compiled into this canvit_demo"), std::string::npos);
+        }
     }
 }
 

@@ -19,11 +19,12 @@ from canvit_runtime.manifest import Manifest, ManifestError, load_manifest
 
 RUNNERS: dict[str, tuple[str, str, str]] = {
     # name: (module, runner class or factory, how to install it)
-    "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install onnxruntime"),
-    "openvino": ("canvit_runtime.openvino", "make_runner", "pip install openvino"),
-    "coreml": ("canvit_runtime.coreml", "CoreMLRunner", "pip install coremltools, on macOS"),
+    "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install 'canvit-runtime[onnxruntime]'"),
+    "openvino": ("canvit_runtime.openvino", "make_runner", "pip install 'canvit-runtime[openvino]'"),
+    "coreml": ("canvit_runtime.coreml", "CoreMLRunner", "pip install 'canvit-runtime[coreml]', on macOS"),
     "tensorrt": ("canvit_runtime.tensorrt", "TensorRtRunner",
-                 "pip install tensorrt cuda-python on a machine with an NVIDIA GPU (JetPack ships TensorRT)"),
+                 "pip install 'canvit-runtime[tensorrt]' on a machine with an NVIDIA GPU (on JetPack: its "
+                 "python3-libnvinfer and 'cuda-python<13')"),
 }
 
 
@@ -31,7 +32,7 @@ class RuntimeUnavailable(RuntimeError):
     """The backend's Python package is not installed, or cannot run on this machine."""
 
 
-def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | None = None, **options: Any) -> Runner:  # noqa: A001
+def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | None = None, **options: Any) -> Runner:
     """Load an artifact on a backend and return its runner, reset for the artifact's batch.
 
     Verifies the manifest and every file's SHA-256 first. Raises ManifestError (a ValueError) for a bad artifact,
@@ -49,4 +50,4 @@ def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | 
     return runner
 
 
-__all__ = ["Manifest", "ManifestError", "RUNNERS", "Runner", "RuntimeUnavailable", "StepResult", "load_manifest", "open"]
+__all__ = ["RUNNERS", "Manifest", "ManifestError", "Runner", "RuntimeUnavailable", "StepResult", "load_manifest", "open"]

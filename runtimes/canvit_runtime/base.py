@@ -70,7 +70,7 @@ class Runner(ABC):
         if batch != self.manifest.batch:
             raise ValueError(f"batch_size {batch}: this artifact was exported for batch {self.manifest.batch}; "
                              f"re-export with --batch {batch}")
-        self._reset_state(self.manifest.initial_state(batch))
+        self._reset_state(self.manifest.initial_state_arrays(batch))
         self._generation += 1
         self._is_reset = True
 
@@ -107,7 +107,7 @@ class Runner(ABC):
     def _check_scene(self, scene: object) -> np.ndarray:
         if not isinstance(scene, np.ndarray):
             raise ValueError(f"scene must be a numpy array, got {type(scene).__name__}")
-        if tuple(scene.shape) != self._scene.shape:
+        if list(scene.shape) != self._scene.shape:
             raise ValueError(f"scene has shape {list(scene.shape)}; this artifact takes {list(self._scene.shape)} "
                              f"(batch, 3, scene px, scene px): preprocess with canvit_runtime.preprocess")
         if scene.dtype != np.float32:

@@ -22,15 +22,15 @@ class CoreMLRunner(Runner):
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, compute_units: str = "ALL") -> None:
         super().__init__(manifest)
-        if manifest.data["artifact"]["target"] != "coreml":
-            raise ManifestError(f"{manifest.directory} is a {manifest.data['artifact']['target']} artifact; Core ML runs "
+        if manifest.target != "coreml":
+            raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact; Core ML runs "
                                 f"mlpackages (canvit-export coreml)")
         if sys.platform != "darwin":
             raise ImportError(f"Core ML predicts on macOS only (this is {sys.platform}); convert here, run on a Mac")
         import coremltools as ct
 
-        self.model = ct.models.MLModel(str(manifest.file("package")), compute_units=ct.ComputeUnit[compute_units])
-        self.stateful = bool(manifest.data["artifact"]["stateful"])
+        self.model: Any = ct.models.MLModel(str(manifest.file("package")), compute_units=ct.ComputeUnit[compute_units])
+        self.stateful: bool = manifest.stateful
         self._state: Any = None
 
     def _reset_state(self, state: dict[str, np.ndarray]) -> None:
@@ -54,6 +54,6 @@ class CoreMLRunner(Runner):
     def _read_state(self, name: str) -> np.ndarray:
         if name == "canvas" and self.stateful:
             if self._first:
-                return self.manifest.initial_state(self.manifest.batch)["canvas"]
+                return self.manifest.initial_state_arrays(self.manifest.batch)["canvas"]
             return np.asarray(self._state.read_state("canvas"), np.float32)  # coremltools >= 8.1
         return self._host[name]

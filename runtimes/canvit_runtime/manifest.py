@@ -1,54 +1,497 @@
-"""Read and validate an artifact's manifest.json, verify its checksums, build the initial state.
+"""The manifest, schema version 1: the typed contract between the exporter, the runtimes and the C++ demo.
 
-The manifest is the contract between the exporter (canvit_export), the runtimes here and the C++ demo: it says
-everything needed to loop the glimpse step without Python's torch. Its fields are described in the README
-("The manifest"). This module imports numpy only.
+An artifact is a folder: the compiled step, `initial_state.bin` and `manifest.json`. `Manifest` (pydantic) is the
+only way Python writes or reads a manifest.json; `manifest.schema.json` beside this file is generated from it
+(`canvit-runtime schema --out PATH`; a test keeps the two equal), and the C++ demo validates every
+manifest against that same file. Beyond what a JSON Schema can say, `Manifest` checks the manifest against itself
+(roles, float32 I/O, every shape against the geometry and the initial state), as the C++ demo does.
+
+Versions: `format_version` 1 is the only one. A newer one is refused with the upgrade to install; an older layout
+(or one that does not validate) is refused with the re-export to run.
+This module imports numpy and pydantic only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+
+from canvit_runtime.precision import PRECISIONS, FloatDType, PrecisionName
 
 FORMAT = "canvit-export-manifest"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
-# Tensor roles: what each graph input/output means to a runner.
-ROLE_SCENE = "scene"  # [B, 3, S, S] float32, ImageNet-normalized
-ROLE_STATE = "state"  # carried from one glimpse to the next (canvas, recurrent CLS)
-ROLE_CENTERS = "viewpoint_centers"  # [B, 2] float32, (row, col) in scene coordinates [-1, 1]
-ROLE_SCALES = "viewpoint_scales"  # [B] float32 in (0, 1]
-ROLE_EXTRA = "extra"  # an output nobody feeds back (e.g. the glimpse)
-
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": None, "int64": np.int64}
+Role = Literal["scene", "state", "viewpoint_centers", "viewpoint_scales", "reset", "readout", "extra"]
+"""What a graph input/output means to a runner: scene [B, 3, S, S] (ImageNet-normalized); state (carried from one
+glimpse to the next: canvas, recurrent CLS); viewpoint_centers [B, 2] (row, col) in scene coordinates [-1, 1];
+viewpoint_scales [B] in (0, 1]; reset [B] (Core ML stateful: 1.0 reads the initial canvas); readout (a head's output
+on the new state); extra (an output nobody feeds back, e.g. the glimpse)."""
+ROLE_SCENE: Role = "scene"
+ROLE_STATE: Role = "state"
+ROLE_CENTERS: Role = "viewpoint_centers"
+ROLE_SCALES: Role = "viewpoint_scales"
+ROLE_RESET: Role = "reset"
+ROLE_EXTRA: Role = "extra"
+DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
+FileKey = Literal["graph", "ir", "weights", "engine", "package", "initial_state"]
+TARGET_FILES: dict[str, tuple[str, ...]] = {"onnx": ("graph",), "openvino": ("ir", "weights"), "tensorrt": ("engine",),
+                                            "coreml": ("package",)}
+"""The files each target's artifact must list, beside initial_state."""
 
 
 class ManifestError(ValueError):
-    """The artifact folder or its manifest is missing, malformed, of another version, or altered."""
+    """The artifact folder or its manifest is missing, malformed, of another version, inconsistent, or altered."""
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, static shape, dtype name (e.g. "float32") and role."""
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    role: str
 
-    @staticmethod
-    def parse(record: dict[str, Any]) -> TensorSpec:
-        return TensorSpec(name=str(record["name"]), shape=tuple(int(d) for d in record["shape"]),
-                          dtype=str(record["dtype"]), role=str(record["role"]))
+# --- tensors, state, initial state ------------------------------------------------------------------------------
+class TensorSpec(_Record):
+    """One graph input or output: name, static shape, dtype and role (`unit` for readouts, e.g. "nats")."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "role": self.role}
+    name: str = Field(min_length=1)
+    shape: list[PositiveInt]
+    dtype: DType
+    role: Role
+    unit: str | None = None
+
+
+class StatePair(_Record):
+    """A state tensor: the graph input it is fed to, the output that replaces it, its shape and dtype. `variable`
+    names the OpenVINO state variable of a stateful IR; `core_ml_state` the Core ML state, stored as
+    `storage_dtype` between glimpses (float16 for Core ML states, else float32)."""
+
+    input: str
+    output: str
+    shape: list[PositiveInt]
+    dtype: Literal["float32"] = "float32"
+    storage_dtype: FloatDType = "float32"
+    variable: str | None = None
+    core_ml_state: str | None = None
+
+
+class InitialStatePart(_Record):
+    name: Literal["canvas_registers", "canvas_patch", "recurrent_cls"]
+    shape: list[PositiveInt]
+    offset_bytes: NonNegativeInt
+
+
+class InitialState(_Record):
+    """How to build the state before the first glimpse from initial_state.bin (canvit-pytorch CanViT.init_state):
+    canvas[b] = canvas_registers [R, Dc] then canvas_patch [Dc] repeated G*G times; recurrent_cls[b] = [1, Db]."""
+
+    dtype: Literal["float32"] = "float32"
+    byte_order: Literal["little"] = "little"
+    parts: list[InitialStatePart]
+    rule: str = ("canvas[b] = concat(canvas_registers [R, Dc], canvas_patch repeated G*G times) -> [R + G*G, Dc]; "
+                 "recurrent_cls[b] = recurrent_cls [1, Db]; the same for every b (canvit-pytorch CanViT.init_state)")
+
+    def part(self, name: str) -> InitialStatePart:
+        return next(p for p in self.parts if p.name == name)
+
+
+# --- where the weights came from --------------------------------------------------------------------------------
+class RandomWeights(_Record):
+    """Seeded random weights of the exact architecture, LayerScale gammas ~ N(0, layerscale_std)."""
+
+    kind: Literal["random"]
+    backbone: str
+    seed: int
+    layerscale_std: float
+    torch: str
+    weights_fingerprint: str
+
+
+class CheckpointWeights(_Record):
+    """A local canvit-pytorch save_pretrained folder (config.json + model.safetensors, their SHA-256s)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    kind: Literal["checkpoint"]
+    path: str
+    class_name: str = Field(alias="class")
+    sha256: dict[str, str]
+    weights_fingerprint: str
+
+
+class HubWeights(_Record):
+    """A Hugging Face Hub repository at a resolved revision (commit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    kind: Literal["hub"]
+    repo: str
+    revision: str
+    class_name: str = Field(alias="class")
+    sha256: dict[str, str]
+    weights_fingerprint: str
+
+
+WeightSource = Annotated[RandomWeights | CheckpointWeights | HubWeights, Field(discriminator="kind")]
+
+
+# --- architecture, geometry, preprocessing, viewpoints, precision -----------------------------------------------
+class Architecture(_Record):
+    """canvit-pytorch's CanViTConfig and the backbone's ViTSpec, as a reader or a runtime needs them."""
+
+    backbone: str
+    backbone_dim: PositiveInt
+    num_heads: PositiveInt
+    num_blocks: PositiveInt
+    patch_px: PositiveInt
+    rope_base: float
+    canvas_dim: PositiveInt
+    canvas_num_heads: PositiveInt
+    canvas_head_dim: PositiveInt
+    num_canvas_registers: NonNegativeInt
+    num_backbone_registers: NonNegativeInt
+    enable_vpe: bool
+    canvas_projections: str
+    read_after_blocks: list[NonNegativeInt]
+    write_after_blocks: list[NonNegativeInt]
+    parameters: PositiveInt
+
+
+class Geometry(_Record):
+    """Static sizes: batch B, scene S px (square), glimpse g px, canvas grid G (G x G tokens)."""
+
+    batch: PositiveInt
+    scene_px: PositiveInt
+    glimpse_px: PositiveInt
+    canvas_grid: PositiveInt
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Preprocessing(_Record):
+    """Image -> scene: short side to scene_px (PIL bilinear), center crop, /255, (x - mean) / std (canvit_core)."""
+
+    scene_px: PositiveInt
+    layout: Literal["NCHW"] = "NCHW"
+    color: Literal["RGB"] = "RGB"
+    resize: str = "short side to scene_px, bilinear (PIL), then center crop (canvit_core.preprocess)"
+    scale: str = "pixel / 255"
+    mean: list[float] = Field(default=list(IMAGENET_MEAN), min_length=3, max_length=3)
+    std: list[float] = Field(default=list(IMAGENET_STD), min_length=3, max_length=3)
+
+
+class ViewpointRule(_Record):
+    """The viewpoint convention and validity rule (paper App. C.1), and the smallest scale CanViT was trained on."""
+
+    centers: str = "(row, col) in scene coordinates [-1, 1]; (-1, -1) is the top-left corner"
+    scales: str = "half side of the square crop, in (0, 1]; a glimpse covers scale^2 of the scene"
+    valid: str = "finite, 0 < scale <= 1 and |row|, |col| <= 1 - scale (paper App. C.1)"
+    min_trained_scale: float = 0.05
+    sampling: str = "bilinear, align_corners=False, zero padding (canvit-pytorch sample_at_viewpoint)"
+
+
+class PrecisionRecord(_Record):
+    """The artifact's precision word (canvit_runtime.precision) and what it means here: matmul and residual-stream
+    dtypes, weight storage, the state's storage, whether the float32 rule holds and how many audit findings the
+    export recorded (non-zero only for fp16-all, whose findings are recorded instead of enforced)."""
+
+    name: PrecisionName
+    matmul_dtype: FloatDType
+    stream_dtype: FloatDType
+    weights: Literal["float32", "float16", "bfloat16", "int8-asym-per-channel"]
+    state_storage: FloatDType = "float32"
+    follows_float32_rule: bool
+    audit_violations: NonNegativeInt = 0
+    emulation: str | None = None
+
+    @property
+    def int8_weights(self) -> bool:
+        return self.weights.startswith("int8")
+
+
+# --- what the artifact holds, per target ------------------------------------------------------------------------
+class SourceArtifact(_Record):
+    """The ONNX artifact a derived artifact (OpenVINO IR, TensorRT engine) was compiled from."""
+
+    path: str
+    graph_sha256: str
+    target: Literal["onnx"] = "onnx"
+    precision: PrecisionName
+
+
+class OnnxArtifact(_Record):
+    target: Literal["onnx"]
+    opset: PositiveInt
+    ir_version: PositiveInt
+    nodes: PositiveInt
+    op_counts: dict[str, int]
+
+
+class CompiledAudit(_Record):
+    """OpenVINO's compiled-model runtime info: protected nodes checked, violations, a census of runtime precisions."""
+
+    checked: NonNegativeInt
+    violations: list[str]
+    runtime_precisions: dict[str, int]
+    compiled: str
+
+
+class OpenVinoArtifact(_Record):
+    target: Literal["openvino"]
+    stateful: bool
+    inference_precision: Literal["f32"] = "f32"
+    openvino: str
+    compiled_audit: CompiledAudit
+    source: SourceArtifact
+
+
+class TensorRtArtifact(_Record):
+    target: Literal["tensorrt"]
+    strongly_typed: Literal[True] = True
+    workspace_gib: float
+    gpu: str
+    compute_capability: str
+    tensorrt: str
+    runs_on: str = "this GPU model and TensorRT version only"
+    source: SourceArtifact
+
+
+class MilAudit(_Record):
+    canvas_stream: list[str]
+    coordinate_ops: NonNegativeInt
+    violations: list[str]
+
+
+class CoreMLArtifact(_Record):
+    target: Literal["coreml"]
+    format: Literal["mlprogram"] = "mlprogram"
+    min_target: Literal["iOS17", "iOS18", "macOS14", "macOS15"]
+    stateful: bool
+    compute_precision: str
+    op_counts: dict[str, int]
+    mil_audit: MilAudit
+
+
+ArtifactRecord = Annotated[OnnxArtifact | OpenVinoArtifact | TensorRtArtifact | CoreMLArtifact,
+                           Field(discriminator="target")]
+
+
+class FileRecord(_Record):
+    """One file (or folder, for an .mlpackage) of the artifact: relative path, size in bytes, SHA-256 (sha256_file)."""
+
+    path: str
+    bytes: NonNegativeInt
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+# --- the manifest -----------------------------------------------------------------------------------------------
+class Manifest(_Record):
+    """manifest.json, schema version 1. After load_manifest, `directory` is the artifact folder it describes."""
+
+    format: Literal["canvit-export-manifest"] = "canvit-export-manifest"
+    format_version: Literal[1] = 1
+    created: str
+    command: str | None = None
+    """The command line that wrote the artifact (to re-export it)."""
+    artifact: ArtifactRecord
+    model: WeightSource
+    architecture: Architecture
+    geometry: Geometry
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    state: list[StatePair]
+    initial_state: InitialState
+    preprocessing: Preprocessing
+    viewpoint: ViewpointRule = ViewpointRule()
+    precision: PrecisionRecord
+    files: dict[FileKey, FileRecord]
+    tools: dict[str, str]
+
+    _directory: Path = PrivateAttr(default=Path("."))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        """The checks a JSON Schema cannot state (the C++ demo makes the same ones): one input per role scene /
+        viewpoint_centers / viewpoint_scales, unique names, float32 I/O, the state pairs, every shape against the
+        geometry and the initial state, the target's files listed, and a precision word matching its dtypes."""
+        names = [t.name for t in (*self.inputs, *self.outputs)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tensor names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        for role in (ROLE_SCENE, ROLE_CENTERS, ROLE_SCALES):
+            if sum(t.role == role for t in self.inputs) != 1:
+                raise ValueError(f"inputs must have exactly one tensor with role {role!r}")
+        for t in (*self.inputs, *self.outputs):
+            if t.dtype != "float32":
+                raise ValueError(f"tensor {t.name!r} is {t.dtype}, but every step input and output is float32")
+        pairs = [(p.input, p.output) for p in self.state]
+        if pairs != [("canvas", "canvas_next"), ("recurrent_cls", "recurrent_cls_next")]:
+            raise ValueError("state must be the pairs canvas -> canvas_next, recurrent_cls -> recurrent_cls_next")
+        g, a = self.geometry, self.architecture
+        registers, patch, cls = (self.initial_state.part(n) if any(p.name == n for p in self.initial_state.parts)
+                                 else None for n in ("canvas_registers", "canvas_patch", "recurrent_cls"))
+        if registers is None or patch is None or cls is None:
+            raise ValueError("initial_state must have the parts canvas_registers, canvas_patch and recurrent_cls")
+        expected = {
+            "canvas_registers": [a.num_canvas_registers, a.canvas_dim], "canvas_patch": [a.canvas_dim],
+            "recurrent_cls": [a.backbone_dim]}
+        for part in (registers, patch, cls):
+            if part.shape != expected[part.name]:
+                raise ValueError(f"initial_state part {part.name} has shape {part.shape}, the architecture says "
+                                 f"{expected[part.name]}")
+        canvas = [g.batch, a.num_canvas_registers + g.canvas_grid**2, a.canvas_dim]
+        shapes = {ROLE_SCENE: [g.batch, 3, g.scene_px, g.scene_px], ROLE_CENTERS: [g.batch, 2], ROLE_SCALES: [g.batch],
+                  ROLE_RESET: [g.batch]}
+        by_state = {"canvas": canvas, "canvas_next": canvas, "recurrent_cls": [g.batch, 1, a.backbone_dim],
+                    "recurrent_cls_next": [g.batch, 1, a.backbone_dim]}
+        for t in (*self.inputs, *self.outputs):
+            want = by_state.get(t.name) if t.role == ROLE_STATE else shapes.get(t.role)
+            if t.role == ROLE_STATE and want is None:
+                raise ValueError(f"tensor {t.name!r} has role state but is not one of {sorted(by_state)}")
+            if want is not None and t.shape != want:
+                raise ValueError(f"tensor {t.name!r} has shape {t.shape}, but the geometry (batch {g.batch}, scene "
+                                 f"{g.scene_px} px, canvas {g.canvas_grid}x{g.canvas_grid}) says {want}")
+        io = {t.name: t for t in (*self.inputs, *self.outputs)}
+        for p in self.state:
+            if p.shape != by_state[p.input]:
+                raise ValueError(f"state {p.input!r} has shape {p.shape}, the geometry says {by_state[p.input]}")
+            for name in (p.input, p.output):
+                if name in io and io[name].role != ROLE_STATE:
+                    raise ValueError(f"tensor {name!r} is a state pair's but has role {io[name].role!r}")
+        stateful = getattr(self.artifact, "stateful", False)
+        if not stateful and not all(n in io for p in self.state for n in (p.input, p.output)):
+            raise ValueError("a stateless artifact's graph must take and return every state tensor")
+        missing = [k for k in ("initial_state", *TARGET_FILES[self.artifact.target]) if k not in self.files]
+        if missing:
+            raise ValueError(f"files lacks {missing} for a {self.artifact.target} artifact")
+        info = PRECISIONS[self.precision.name]
+        if (info.matmul_dtype, info.stream_dtype) != (self.precision.matmul_dtype, self.precision.stream_dtype):
+            raise ValueError(f"precision {info.name} means matmuls in {info.matmul_dtype} and streams in "
+                             f"{info.stream_dtype}, the record says {self.precision.matmul_dtype} and "
+                             f"{self.precision.stream_dtype}")
+        return self
+
+    # --- convenience ------------------------------------------------------------------------------------------
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    def at(self, directory: str | Path) -> Manifest:
+        """This manifest bound to the artifact folder `directory` (for file paths and the initial state)."""
+        bound = self.model_copy()
+        bound._directory = Path(directory)
+        return bound
+
+    @property
+    def target(self) -> str:
+        return self.artifact.target
+
+    @property
+    def stateful(self) -> bool:
+        return bool(getattr(self.artifact, "stateful", False))
+
+    def input(self, role: str) -> TensorSpec:
+        """The single input with this role (scene, viewpoint_centers, viewpoint_scales)."""
+        found = [t for t in self.inputs if t.role == role]
+        if len(found) != 1:
+            raise ManifestError(f"{self.directory}: expected one input with role {role!r}, found {len(found)}")
+        return found[0]
+
+    @property
+    def state_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(input name, output name) for each state tensor: ("canvas", "canvas_next"), ("recurrent_cls", ...)."""
+        return tuple((p.input, p.output) for p in self.state)
+
+    @property
+    def batch(self) -> int:
+        return self.geometry.batch
+
+    @property
+    def scene_px(self) -> int:
+        return self.geometry.scene_px
+
+    @property
+    def glimpse_px(self) -> int:
+        return self.geometry.glimpse_px
+
+    @property
+    def canvas_grid(self) -> int:
+        return self.geometry.canvas_grid
+
+    @property
+    def num_canvas_registers(self) -> int:
+        return self.architecture.num_canvas_registers
+
+    def file(self, key: str) -> Path:
+        """Path of one of the artifact's files by its key in `files` (graph, ir, weights, engine, package,
+        initial_state); ManifestError when the manifest lists none."""
+        if key not in self.files:
+            raise ManifestError(f"{self.directory}: the manifest lists no {key!r} file")
+        return self.directory / self.files[key].path
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the artifact's files, in bytes."""
+        return sum(f.bytes for f in self.files.values())
+
+    def to_json(self) -> str:
+        """The manifest.json text (fields left at None are omitted)."""
+        return self.model_dump_json(indent=1, by_alias=True, exclude_none=True) + "\n"
+
+    def write(self, directory: str | Path) -> Path:
+        """Write directory/manifest.json; return its path."""
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(self.to_json())
+        return path
+
+    # --- checks -----------------------------------------------------------------------------------------------
+    def verify_checksums(self) -> None:
+        """Raise ManifestError unless every listed file exists with its size and SHA-256."""
+        for key, record in self.files.items():
+            path = self.directory / record.path
+            if not path.exists():
+                raise ManifestError(f"{path}: missing from the artifact ({key}); re-export it or copy the whole folder")
+            if size_bytes(path) != record.bytes or sha256_file(path) != record.sha256:
+                raise ManifestError(f"{path}: SHA-256 mismatch, the file was altered or truncated; re-export or "
+                                    f"re-copy it")
+
+    # --- state ------------------------------------------------------------------------------------------------
+    def initial_state_arrays(self, batch_size: int) -> dict[str, np.ndarray]:
+        """The state before the first glimpse, keyed by state input name, for batch_size scenes.
+
+        canvas [B, R + G*G, Dc] float32: the R canvas registers, then the learned canvas patch token repeated over
+        the G*G grid (canvit-pytorch CanViT.init_state); recurrent_cls [B, 1, Db] float32: the learned initial CLS.
+        Read from initial_state.bin (little-endian float32, parts at the manifest's byte offsets). Raises
+        ManifestError when the file is too short.
+        """
+        path = self.file("initial_state")
+        flat = np.fromfile(path, dtype="<f4")
+        parts: dict[str, np.ndarray] = {}
+        for part in self.initial_state.parts:
+            count = int(np.prod(part.shape))
+            start = part.offset_bytes // 4
+            if start + count > flat.size:
+                raise ManifestError(f"{path}: too short for part {part.name} {part.shape}; re-export the artifact")
+            parts[part.name] = flat[start:start + count].reshape(part.shape)
+        registers, patch, cls = parts["canvas_registers"], parts["canvas_patch"], parts["recurrent_cls"]
+        grid_tokens = np.broadcast_to(patch, (self.canvas_grid**2, patch.shape[-1]))
+        canvas = np.concatenate([registers, grid_tokens])[None]
+        return {  # fresh, writable arrays: runners may hand them to frameworks that write in place
+            "canvas": np.array(np.broadcast_to(canvas, (batch_size, *canvas.shape[1:])), dtype=np.float32),
+            "recurrent_cls": np.array(np.broadcast_to(cls, (batch_size, 1, cls.shape[-1])), dtype=np.float32),
+        }
 
 
 def sha256_file(path: Path) -> str:
@@ -65,135 +508,72 @@ def sha256_file(path: Path) -> str:
 
 
 def size_bytes(path: Path) -> int:
-    """A file's size, or the total size of a folder's files."""
+    """A file's size, or the total size of a folder's files, in bytes."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """A parsed manifest.json together with the artifact folder it describes."""
-
-    directory: Path
-    data: dict[str, Any]
-
-    # --- tensors -------------------------------------------------------------------------------------------
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec.parse(r) for r in self.data["inputs"])
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec.parse(r) for r in self.data["outputs"])
-
-    def input(self, role: str) -> TensorSpec:
-        """The single input with this role (scene, viewpoint_centers, viewpoint_scales)."""
-        found = [t for t in self.inputs if t.role == role]
-        if len(found) != 1:
-            raise ManifestError(f"{self.directory}: expected one input with role {role!r}, found {len(found)}")
-        return found[0]
-
-    @property
-    def state_pairs(self) -> tuple[tuple[str, str], ...]:
-        """(input name, output name) for each state tensor, e.g. ("canvas", "canvas_next")."""
-        return tuple((p["input"], p["output"]) for p in self.data["state"])
-
-    # --- geometry and architecture -------------------------------------------------------------------------
-    @property
-    def batch(self) -> int:
-        return int(self.data["geometry"]["batch"])
-
-    @property
-    def scene_px(self) -> int:
-        return int(self.data["geometry"]["scene_px"])
-
-    @property
-    def glimpse_px(self) -> int:
-        return int(self.data["geometry"]["glimpse_px"])
-
-    @property
-    def canvas_grid(self) -> int:
-        return int(self.data["geometry"]["canvas_grid"])
-
-    @property
-    def num_canvas_registers(self) -> int:
-        return int(self.data["architecture"]["num_canvas_registers"])
-
-    @property
-    def precision(self) -> str:
-        return str(self.data["precision"]["compute"])
-
-    def file(self, key: str) -> Path:
-        """Path of one of the artifact's files, by its key in manifest["files"] (e.g. "graph")."""
-        try:
-            return self.directory / self.data["files"][key]["path"]
-        except KeyError as error:
-            raise ManifestError(f"{self.directory}: the manifest lists no {key!r} file") from error
-
-    # --- checks --------------------------------------------------------------------------------------------
-    def verify_checksums(self) -> None:
-        """Raise ManifestError unless every file listed in manifest["files"] exists with its SHA-256 and size."""
-        for key, record in self.data["files"].items():
-            path = self.directory / record["path"]
-            if not path.exists():
-                raise ManifestError(f"{path}: missing from the artifact ({key}); re-export it or copy the whole folder")
-            if size_bytes(path) != record["bytes"] or sha256_file(path) != record["sha256"]:
-                raise ManifestError(f"{path}: SHA-256 mismatch, the file was altered or truncated; re-export or re-copy it")
-
-    # --- state ---------------------------------------------------------------------------------------------
-    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        """The state before the first glimpse, keyed by state input name, for batch_size scenes.
-
-        canvas [B, R + G*G, Dc] float32: the R canvas registers, then the learned canvas patch token repeated over
-        the G*G grid (canvit-pytorch CanViT.init_state); recurrent_cls [B, 1, Db] float32: the learned initial CLS.
-        Read from the artifact's initial_state.bin (little-endian float32, parts listed in the manifest).
-        """
-        spec = self.data["initial_state"]
-        path = self.directory / self.data["files"]["initial_state"]["path"]
-        flat = np.fromfile(path, dtype="<f4")
-        parts: dict[str, np.ndarray] = {}
-        for part in spec["parts"]:
-            count = int(np.prod(part["shape"]))
-            start = part["offset_bytes"] // 4
-            if start + count > flat.size:
-                raise ManifestError(f"{path}: too short for part {part['name']} {part['shape']}; re-export the artifact")
-            parts[part["name"]] = flat[start:start + count].reshape(part["shape"])
-        registers, patch, cls = parts["canvas_registers"], parts["canvas_patch"], parts["recurrent_cls"]
-        grid_tokens = np.broadcast_to(patch, (self.canvas_grid**2, patch.shape[-1]))
-        canvas = np.concatenate([registers, grid_tokens])[None]
-        return {
-            "canvas": np.ascontiguousarray(np.broadcast_to(canvas, (batch_size, *canvas.shape[1:])), dtype=np.float32),
-            "recurrent_cls": np.ascontiguousarray(np.broadcast_to(cls, (batch_size, 1, cls.shape[-1])), dtype=np.float32),
-        }
+def file_record(directory: Path, name: str) -> FileRecord:
+    """The `files` record of directory/name: its relative path, size and SHA-256."""
+    return FileRecord(path=name, bytes=size_bytes(directory / name), sha256=sha256_file(directory / name))
 
 
-REQUIRED_KEYS = ("format", "format_version", "artifact", "model", "architecture", "geometry", "inputs", "outputs",
-                 "state", "initial_state", "preprocessing", "viewpoint", "precision", "files", "tools")
+def _first_error(error: ValidationError) -> str:
+    """One line for a pydantic ValidationError: where (a JSON path) and what."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "manifest"
+    message = first["msg"].removeprefix("Value error, ")
+    extra = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {message}{extra}"
+
+
+def parse_manifest(text: str, *, source: str = MANIFEST_NAME) -> Manifest:
+    """Parse and validate manifest.json text. Raises ManifestError with one line: not JSON, not a canvit-export
+    manifest, a newer version (upgrade), an older or invalid layout (re-export), or an inconsistency."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{source}: not valid JSON ({error}); re-export the artifact") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ManifestError(f"{source}: not a canvit-export manifest (format {found!r}, expected {FORMAT!r})")
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ManifestError(f"{source}: manifest version {version} is newer than this canvit-runtime reads "
+                            f"({FORMAT_VERSION}): upgrade with `pip install -U canvit-runtime` (or canvit-export)")
+    if version != FORMAT_VERSION:
+        raise ManifestError(f"{source}: manifest version {version!r} is not readable by this canvit-runtime (reads "
+                            f"{FORMAT_VERSION}): re-export the artifact with this canvit-export")
+    try:
+        return Manifest.model_validate_json(text, strict=True)
+    except ValidationError as error:
+        command = data.get("command")
+        fix = f"re-export it: {command}" if isinstance(command, str) else "re-export it with this canvit-export"
+        raise ManifestError(f"{source}: not a valid version-{FORMAT_VERSION} manifest, {_first_error(error)}; "
+                            f"{fix}") from error
 
 
 def load_manifest(artifact_dir: str | Path, *, verify: bool = True) -> Manifest:
-    """Parse artifact_dir/manifest.json; with verify, also check every listed file's SHA-256.
+    """Read artifact_dir/manifest.json (parse_manifest) and, with verify, every listed file's size and SHA-256.
 
-    Raises ManifestError (a ValueError) naming the problem: no such folder, no manifest, not JSON, another format
-    or version, a missing key, a missing or altered file.
+    Raises ManifestError (a ValueError) with one line naming the problem and the fix.
     """
     directory = Path(artifact_dir)
+    if not directory.exists():
+        raise ManifestError(f"{directory}: no such artifact folder; export one with `canvit-export onnx --out "
+                            f"{directory}` (or openvino, trt, coreml)")
     if not directory.is_dir():
-        raise ManifestError(f"{directory}: no such artifact folder; export one with `canvit-export onnx --out {directory}`")
+        raise ManifestError(f"{directory} is a file; pass the artifact folder that holds manifest.json")
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{directory}: no {MANIFEST_NAME}; this is not a canvit-export artifact (re-export it)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ManifestError(f"{path}: not valid JSON ({error}); re-export the artifact") from error
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ManifestError(f"{path}: not a canvit-export manifest (format {data.get('format')!r} != {FORMAT!r})")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(f"{path}: manifest version {data.get('format_version')!r}, this runtime reads version "
-                            f"{FORMAT_VERSION}; re-export with a matching canvit-export")
-    if missing := [key for key in REQUIRED_KEYS if key not in data]:
-        raise ManifestError(f"{path}: missing keys {missing}; re-export the artifact")
-    manifest = Manifest(directory=directory, data=data)
+    manifest = parse_manifest(path.read_text(), source=str(path)).at(directory)
     if verify:
         manifest.verify_checksums()
     return manifest
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of manifest.json, generated from `Manifest` (as written: by alias)."""
+    schema = Manifest.model_json_schema(by_alias=True, mode="serialization")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://github.com/canvit-export/manifest.schema.json", **schema}

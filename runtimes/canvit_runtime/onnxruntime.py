@@ -71,27 +71,20 @@ def emulate_bfloat16(model):  # onnx.ModelProto -> onnx.ModelProto
     return model
 
 
-def has_bfloat16(model) -> bool:
-    from onnx import TensorProto
-
-    return any(init.data_type == TensorProto.BFLOAT16 for init in model.graph.initializer) or any(
-        a.name == "to" and a.i == TensorProto.BFLOAT16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute)
-
-
 class OnnxRuntimeRunner(HostStateRunner):
     """Runs step.onnx with ONNX Runtime; `providers` defaults to ["CPUExecutionProvider"], `threads` sets
     intra-op threads (None: ONNX Runtime's default, one per physical core). A bfloat16 graph on the CPU
-    provider runs through emulate_bfloat16 (`self.emulated` is then "bfloat16")."""
+    provider (the manifest's matmul dtype) runs through emulate_bfloat16 (`self.emulated` is then "bfloat16"),
+    which needs the onnx package."""
 
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None) -> None:
-        import onnx
         import onnxruntime as ort
 
         super().__init__(manifest)
-        if manifest.data["artifact"]["target"] != "onnx":
-            raise ManifestError(f"{manifest.directory} is a {manifest.data['artifact']['target']} artifact; ONNX Runtime "
+        if manifest.target != "onnx":
+            raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact; ONNX Runtime "
                                 f"runs ONNX artifacts (canvit-export onnx)")
         providers = providers or ["CPUExecutionProvider"]
         options = ort.SessionOptions()
@@ -99,10 +92,13 @@ class OnnxRuntimeRunner(HostStateRunner):
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         graph: str | bytes = str(manifest.file("graph"))
-        if providers == ["CPUExecutionProvider"]:
-            model = onnx.load(graph)
-            if has_bfloat16(model):
-                graph, self.emulated = emulate_bfloat16(model).SerializeToString(), "bfloat16"
+        if providers == ["CPUExecutionProvider"] and manifest.precision.matmul_dtype == "bfloat16":
+            try:
+                import onnx
+            except ImportError as error:
+                raise ImportError("a bf16 graph runs on ONNX Runtime's CPU provider only emulated, which rewrites it "
+                                  "with the onnx package: pip install onnx") from error
+            graph, self.emulated = emulate_bfloat16(onnx.load(str(graph))).SerializeToString(), "bfloat16"
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self._output_names = [o.name for o in self.session.get_outputs()]
 

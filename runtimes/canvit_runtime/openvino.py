@@ -19,15 +19,14 @@ def compile_step(manifest: Manifest, *, device: str, threads: int | None, infere
     """The artifact's graph (IR or ONNX) compiled on `device` with the inference precision hint."""
     import openvino as ov
 
-    artifact = manifest.data["artifact"]
-    if artifact["target"] == "openvino":
+    if manifest.target == "openvino":
         path = manifest.file("ir")
-    elif artifact["target"] == "onnx":
+    elif manifest.target == "onnx":
         path = manifest.file("graph")
     else:
-        raise ManifestError(f"{manifest.directory} is a {artifact['target']} artifact; OpenVINO runs IR or ONNX artifacts")
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
-                              "INFERENCE_PRECISION_HINT": inference_precision or artifact.get("inference_precision", "f32")}
+        raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact; OpenVINO runs IR or ONNX artifacts")
+    # f32: OpenVINO then executes the graph's own types (see the module docstring).
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision or "f32"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     if device != "CPU" and device not in ov.Core().available_devices and device != "AUTO":
@@ -71,11 +70,11 @@ class OpenVinoStatefulRunner(_CompiledStep, Runner):
         self._compile(manifest, device, threads, inference_precision)
         by_variable = {state.name: state for state in self.request.query_state()}
         self._states = {}
-        for record in manifest.data["state"]:
-            if record["variable"] not in by_variable:
-                raise ManifestError(f"{manifest.file('ir')} has no state variable {record['variable']!r} "
+        for record in manifest.state:
+            if record.variable not in by_variable:
+                raise ManifestError(f"{manifest.file('ir')} has no state variable {record.variable!r} "
                                     f"(has {sorted(by_variable)}); re-export the artifact")
-            self._states[record["input"]] = by_variable[record["variable"]]
+            self._states[record.input] = by_variable[record.variable]
 
     def _reset_state(self, state: dict[str, np.ndarray]) -> None:
         import openvino as ov
@@ -92,7 +91,6 @@ class OpenVinoStatefulRunner(_CompiledStep, Runner):
 
 def make_runner(manifest: Manifest, **options: Any) -> Runner:
     """The OpenVINO runner the artifact calls for: stateful IR, or stateless IR / ONNX."""
-    artifact = manifest.data["artifact"]
-    if artifact["target"] == "openvino" and artifact.get("stateful"):
+    if manifest.target == "openvino" and manifest.stateful:
         return OpenVinoStatefulRunner(manifest, **options)
     return OpenVinoRunner(manifest, **options)

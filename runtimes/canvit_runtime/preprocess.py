@@ -1,7 +1,11 @@
 """Image -> the step's `scene` input: [3, S, S] float32, ImageNet-normalized, channels first.
 
-The geometry is canvit_core.preprocess's (torch-free, as canvit-pytorch's torchvision pipeline): resize the short
-side to S px (PIL bilinear), center-crop S x S, scale to [0, 1], subtract the ImageNet mean and divide by its std.
+The geometry is canvit_core.preprocess's (the torch-free twin of canvit-pytorch's torchvision pipeline): resize the
+short side to S px with PIL's bilinear filter (the long side to int(S * long / short)), center-crop S x S at
+(round((H - S) / 2), round((W - S) / 2)) (Python's round, half to even), scale to [0, 1], subtract the ImageNet mean
+and divide by its std. canvit-core itself needs Python >= 3.12 and the Hugging Face Hub client, which a device does
+not want, so these few lines restate it; a test of canvit-export checks they equal canvit_core.preprocess bit for
+bit on real photos of several sizes.
 """
 
 from __future__ import annotations
@@ -9,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from canvit_core.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from canvit_core.preprocess import preprocess as _canvit_core_preprocess
 from PIL import Image, UnidentifiedImageError
+
+from canvit_runtime.manifest import IMAGENET_MEAN, IMAGENET_STD
 
 
 def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
@@ -41,7 +45,18 @@ def preprocess(source: str | Path | Image.Image | np.ndarray, *, scene_px: int,
     """
     if tuple(mean) != tuple(IMAGENET_MEAN) or tuple(std) != tuple(IMAGENET_STD):
         raise ValueError(f"normalization mean={mean} std={std} is not ImageNet's, which CanViT was trained with")
-    hwc = _canvit_core_preprocess(scene_px)(load_image(source))
+    image = load_image(source)
+    if scene_px < 1:
+        raise ValueError(f"scene_px {scene_px}: must be >= 1")
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized = (scene_px, int(scene_px * long / short))
+    size = resized if width <= height else resized[::-1]
+    if size != image.size:
+        image = image.resize(size, resample=Image.Resampling.BILINEAR)
+    top, left = round((image.height - scene_px) / 2.0), round((image.width - scene_px) / 2.0)
+    pixels = np.asarray(image.crop((left, top, left + scene_px, top + scene_px)), dtype=np.float32)
+    hwc = (pixels / np.float32(255.0) - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=np.float32)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from canvit_runtime.base import Runner
-from canvit_runtime.manifest import Manifest, ManifestError
+from canvit_runtime.manifest import Manifest, ManifestError, TensorRtArtifact
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -45,8 +45,8 @@ class TensorRtRunner(Runner):
     def __init__(self, manifest: Manifest, *, threads: int | None = None, device: int = 0,
                  cuda_graph: bool = False) -> None:
         super().__init__(manifest)
-        if manifest.data["artifact"]["target"] != "tensorrt":
-            raise ManifestError(f"{manifest.directory} is a {manifest.data['artifact']['target']} artifact, not a TensorRT "
+        if not isinstance(manifest.artifact, TensorRtArtifact):
+            raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact, not a TensorRT "
                                 f"engine: build one with `canvit-export trt --artifact {manifest.directory}`")
         import tensorrt as trt
 
@@ -56,14 +56,14 @@ class TensorRtRunner(Runner):
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(manifest.file("engine").read_bytes())
         if self.engine is None:
             raise ManifestError(f"{manifest.file('engine')}: TensorRT cannot load this engine here (built with "
-                                f"TensorRT {manifest.data['artifact'].get('tensorrt')} on "
-                                f"{manifest.data['artifact'].get('gpu')}); rebuild it on this device")
+                                f"TensorRT {manifest.artifact.tensorrt} on {manifest.artifact.gpu}); rebuild it on "
+                                f"this device")
         self.context = self.engine.create_execution_context()
         self.stream = cuda_call(cudart.cudaStreamCreate())
         self.cuda_graph = cuda_graph
         self._graphs: dict[int, Any] = {}
         self._buffers: dict[str, int] = {}
-        self._sizes: dict[str, tuple[tuple[int, ...], type]] = {}
+        self._sizes: dict[str, tuple[list[int], type]] = {}
         for spec in (*manifest.inputs, *manifest.outputs):
             dtype = NUMPY_DTYPES[spec.dtype]
             nbytes = int(np.prod(spec.shape)) * np.dtype(dtype).itemsize
@@ -130,7 +130,7 @@ class TensorRtRunner(Runner):
         # After a step (parity flipped), the current state sits where the buffer map of the current parity
         # has its input `name`.
         shape, dtype = self._sizes[name]
-        host = np.empty(shape, dtype)
+        host: np.ndarray = np.empty(shape, dtype)
         address = self._addresses(self._parity)[name]
         cuda_call(self.cudart.cudaMemcpy(host.ctypes.data, address, host.nbytes,
                                          self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))

@@ -28,7 +28,8 @@ std::string shape_str(const std::vector<int64_t>& shape);  // "[1, 272, 1024]"
 
 struct Manifest {
     std::filesystem::path dir;
-    std::string target;  // "onnx", "openvino" or "tensorrt"
+    std::string target;     // "onnx", "openvino", "tensorrt" or "coreml" (artifact.target; no backend here runs coreml)
+    std::string precision;  // precision.name: fp32, fp16, bf16, fp16-all, fp32-int8w, fp16-int8w or bf16-int8w
     bool stateful = false;
     int batch = 0, scene_px = 0, glimpse_px = 0, canvas_grid = 0, num_canvas_registers = 0;
     std::array<float, 3> mean{}, std{};
@@ -46,11 +47,15 @@ struct Manifest {
     std::map<std::string, TensorSpec> specs;  // every tensor above, by name
 };
 
-// Reads and validates dir/manifest.json: format and version 1, required keys, I/O all float32, the roles
-// (scene, viewpoint_centers, viewpoint_scales) and the state pairs canvas -> canvas_next, recurrent_cls ->
-// recurrent_cls_next, shapes consistent with the geometry (scene [B,3,S,S], centers [B,2], scales [B], canvas
-// [B,R+G*G,Dc]). With verify, checks every file's size and SHA-256. Builds the initial state for the manifest's
-// batch (canvit-pytorch CanViT.init_state: registers, then the patch token repeated G*G times). Throws Error.
+// Reads and validates dir/manifest.json, in order: JSON; format; format_version 1 (a newer one: upgrade canvit_demo;
+// another: re-export); the JSON Schema of version 1 (runtimes/canvit_runtime/manifest.schema.json, embedded at build
+// time; the error names the JSON pointer, e.g. "/inputs/0/role: 'foo' is not one of scene, ..."); then what a
+// schema cannot state, as canvit_runtime.manifest.Manifest does: unique names, one input per role scene /
+// viewpoint_centers / viewpoint_scales, I/O all float32, the state pairs canvas -> canvas_next, recurrent_cls ->
+// recurrent_cls_next, shapes consistent with the geometry and the architecture (scene [B,3,S,S], centers [B,2],
+// scales [B], canvas [B,R+G*G,Dc], recurrent_cls [B,1,Db]), the target's files, the precision word against its
+// dtypes. With verify, checks every file's size and SHA-256. Builds the initial state for the manifest's batch
+// (canvit-pytorch CanViT.init_state: registers, then the patch token repeated G*G times). Throws Error, one line.
 Manifest load_manifest(const std::filesystem::path& dir, bool verify = true);
 std::string sha256_file(const std::filesystem::path& path);
 

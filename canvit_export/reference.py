@@ -1,0 +1,97 @@
+"""The references, as runners of canvit_runtime's protocol (reset(), step(scene, centers, scales) -> StepResult), so
+that `parity` and `bench` loop them exactly as they loop an artifact:
+
+- `EagerRunner`: canvit-pytorch's own CanViT in float32 on the CPU (step.reference_step: sample_at_viewpoint, then
+  CanViT.forward), with the weights the manifest names; the parity reference.
+- `PeerRunner`: canvit-pytorch's own browser export (viz.live.step.GlimpseStep, exported by `export_peer`) on ONNX
+  Runtime; the bench's baseline export.
+
+Both hold the state as host arrays (HostStateRunner) and take the artifact's manifest for shapes and the initial
+state, so they accept the same inputs and reject the same bad ones as the runtime's runners. torch is imported only
+by what needs it: a PeerRunner in a child process (bench's memory figure) costs no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from canvit_runtime.base import HostStateRunner
+from canvit_runtime.manifest import ROLE_CENTERS, ROLE_SCALES, ROLE_SCENE, Manifest
+
+if TYPE_CHECKING:
+    from canvit_export.source import LoadedModel
+
+
+class EagerRunner(HostStateRunner):
+    """canvit-pytorch's CanViT in float32 on the CPU, state carried between glimpses; `threads` sets torch's."""
+
+    name = "pytorch"
+
+    def __init__(self, manifest: Manifest, loaded: LoadedModel, *, threads: int | None = None) -> None:
+        import torch
+
+        super().__init__(manifest)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.canvit = loaded.canvit.float().eval()
+        self._names = {role: manifest.input(role).name for role in (ROLE_SCENE, ROLE_CENTERS, ROLE_SCALES)}
+        (self._canvas, self._canvas_next), (self._cls, self._cls_next) = manifest.state_pairs
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from canvit_export.step import reference_step
+
+        with torch.no_grad():
+            canvas, cls = reference_step(
+                self.canvit, torch.from_numpy(feeds[self._names[ROLE_SCENE]]), torch.from_numpy(feeds[self._canvas]),
+                torch.from_numpy(feeds[self._cls]), torch.from_numpy(feeds[self._names[ROLE_CENTERS]]),
+                torch.from_numpy(feeds[self._names[ROLE_SCALES]]), glimpse_px=self.manifest.glimpse_px)
+        return {self._canvas_next: canvas.numpy(), self._cls_next: cls.numpy()}
+
+
+def export_peer(loaded: LoadedModel, manifest: Manifest, workdir: Path) -> Path:
+    """canvit-pytorch's browser export (viz.live.step.GlimpseStep, torch.onnx dynamo, opset 18) of these weights
+    and geometry, written once to workdir/peer-<artifact>.onnx."""
+    import torch
+    from canvit_pytorch.viz.live.step import GlimpseStep, StepInputs, StepOutputs
+
+    from canvit_export.export.onnx import save_onnx
+
+    path = workdir / f"peer-{manifest.directory.name}.onnx"
+    if path.exists():
+        return path
+    module = GlimpseStep(loaded.canvit.float().eval(), glimpse_size_px=manifest.glimpse_px).eval()
+    initial = manifest.initial_state_arrays(manifest.batch)
+    inputs = tuple(torch.from_numpy(np.array(a)) for a in (
+        np.zeros(manifest.input(ROLE_SCENE).shape, np.float32), initial["canvas"], initial["recurrent_cls"],
+        np.zeros((manifest.batch, 2), np.float32), np.ones(manifest.batch, np.float32)))
+    save_onnx(module, inputs, list(StepInputs._fields), list(StepOutputs._fields), path, opset=18)
+    return path
+
+
+class PeerRunner(HostStateRunner):
+    """canvit-pytorch's browser export (export_peer's ONNX file) on ONNX Runtime's CPU provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, path: Path, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(manifest)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        (self._canvas, self._canvas_next), (self._cls, self._cls_next) = manifest.state_pairs
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # The peer's inputs are named scene, canvas, recurrent_cls, centers, scales (viz.live.step.StepInputs).
+        canvas, cls, _ = self.session.run(None, {"scene": feeds["scene"], "canvas": feeds[self._canvas],
+                                                 "recurrent_cls": feeds[self._cls], "centers": feeds["centers"],
+                                                 "scales": feeds["scales"]})
+        return {self._canvas_next: canvas, self._cls_next: cls}

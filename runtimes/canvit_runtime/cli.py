@@ -1,0 +1,145 @@
+"""canvit-runtime: run an exported artifact on a device, without torch. Every error is one line and exit code 2.
+
+    canvit-runtime run --artifact DIR --image photo.jpg [--runtime onnxruntime|openvino|tensorrt|coreml]
+    canvit-runtime info DIR [--json]
+    canvit-runtime schema [--out PATH | --check]
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """ValueError (ManifestError, bad viewpoints or images) and RuntimeUnavailable -> `error: <first line>`, exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from canvit_runtime import RuntimeUnavailable
+
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, RuntimeUnavailable, OSError) as error:
+            click.echo(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(importlib.metadata.version("canvit-runtime"), prog_name="canvit-runtime")
+def main() -> None:
+    """Run CanViT glimpse-step artifacts (exported by canvit-export) on ONNX Runtime, OpenVINO, TensorRT or Core ML."""
+
+
+@main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (manifest.json).")
+@click.option("--image", type=click.Path(path_type=Path), required=True, help="Photograph (PNG, JPEG, ...).")
+@click.option("--runtime", default="onnxruntime", show_default=True,
+              help="onnxruntime, openvino, tensorrt or coreml (macOS).")
+@click.option("--policy", default="c2f", show_default=True,
+              help="Viewpoints: full, c2f, f-iid, r-iid, or a viewpoints JSON file.")
+@click.option("--glimpses", type=int, default=21, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
+@click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
+@click.option("--canvas-out", type=click.Path(path_type=Path), default=None,
+              help="Write the final canvas [B, R + G*G, Dc] float32 here (.npy).")
+@click.option("--cls-out", type=click.Path(path_type=Path), default=None,
+              help="Write the final recurrent CLS [B, 1, Db] float32 here (.npy).")
+@one_line_errors
+def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out) -> None:
+    """Roll the artifact out on a photo: preprocess, loop the glimpses, print the step latency."""
+    import canvit_runtime
+    from canvit_runtime.policies import make_policy
+    from canvit_runtime.preprocess import scene_batch
+
+    if glimpses < 1:
+        raise ValueError(f"--glimpses {glimpses}: must be >= 1")
+    for path in (canvas_out, cls_out):
+        if path is not None and path.suffix != ".npy":
+            raise ValueError(f"{path}: outputs are written as .npy; name the file *.npy")
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"{path.parent}: no such folder for {path.name}")
+    session = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
+    manifest = session.manifest
+    scene = scene_batch(image, scene_px=manifest.scene_px, batch=manifest.batch)
+    viewpoints = make_policy(policy, batch=manifest.batch, glimpses=glimpses, seed=seed)
+    times = []
+    result = None
+    for viewpoint in viewpoints:
+        start = time.perf_counter()
+        result = session.step(scene, viewpoint.centers, viewpoint.scales)
+        times.append((time.perf_counter() - start) * 1e3)
+    assert result is not None
+    canvas, cls = result.canvas, result.recurrent_cls
+    if not (np.isfinite(canvas).all() and np.isfinite(cls).all()):
+        raise ValueError("the state holds NaN or inf after the rollout: run `canvit-export parity` on this artifact")
+    if canvas_out is not None:
+        np.save(canvas_out, canvas)
+    if cls_out is not None:
+        np.save(cls_out, cls)
+    steady = times[1:] or times
+    emulated = f", {session.emulated} emulated" if session.emulated else ""
+    click.echo(f"{len(times)} glimpses of {image.name} on {session.name} ({manifest.precision.name}{emulated}): "
+               f"median step {np.median(steady):.1f} ms (first {times[0]:.1f} ms), "
+               f"{1e3 * manifest.batch / np.median(steady):.1f} glimpses/s")
+    click.echo(f"canvas {list(canvas.shape)} |canvas| {np.linalg.norm(canvas):.4g}" +
+               (f" -> {canvas_out}" if canvas_out else "") + f"; recurrent CLS {list(cls.shape)}" +
+               (f" -> {cls_out}" if cls_out else ""))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the artifact's files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON instead of the summary.")
+@one_line_errors
+def info(artifact, no_verify, as_json) -> None:
+    """Summarize an artifact's manifest (and verify its checksums)."""
+    from canvit_runtime.manifest import load_manifest
+    from canvit_runtime.summary import summary_lines
+
+    manifest = load_manifest(artifact, verify=not no_verify)
+    if as_json:
+        click.echo(manifest.to_json(), nl=False)
+        return
+    for line in summary_lines(manifest, verified=not no_verify):
+        click.echo(line)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the manifest's JSON Schema here [default: print it].")
+@click.option("--check", is_flag=True, help="Exit 1 unless the packaged manifest.schema.json is the generated one.")
+def schema(out, check) -> None:
+    """The JSON Schema of manifest.json (version 1), generated from canvit_runtime.manifest.Manifest."""
+    from canvit_runtime.manifest import SCHEMA_PATH, json_schema
+
+    text = json.dumps(json_schema(), indent=1, sort_keys=True) + "\n"
+    if check:
+        if SCHEMA_PATH.read_text() != text:
+            click.echo(f"error: {SCHEMA_PATH} is stale: regenerate it with `canvit-runtime schema --out {SCHEMA_PATH}`",
+                       err=True)
+            sys.exit(1)
+        click.echo(f"{SCHEMA_PATH} is up to date")
+        return
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The code is lint-clean (ruff) and type-checks (mypy), with the settings in pyproject.toml: part of the test
+command, so CI (which runs it) keeps them clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("tool", [["ruff", "check", "--output-format", "concise", "."], ["mypy"]])
+def test_clean(tool: list[str]) -> None:
+    executable = BIN / tool[0]
+    if not executable.exists():
+        pytest.skip(f"{tool[0]} is not installed in this environment (pip install -e '.[dev]')")
+    result = subprocess.run([str(executable), *tool[1:]], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
