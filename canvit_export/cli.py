@@ -76,6 +76,30 @@ def geometry_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def readout_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--readout / --probe: the readout heads the step graph also computes on the new state."""
+    for option in reversed([
+        click.option("--readout", "readout", default=None, metavar="NAMES",
+                     help="Comma-separated readouts computed on the new state: segmentation (seg_logits, "
+                          "seg_entropy), classification (class_logits), features (teacher_patches)."),
+        click.option("--probe", default=None, metavar="ID|DIR",
+                     help="Segmentation probe: Hub id or SegmentationProbe save_pretrained folder [random with "
+                          "--random-weights]."),
+    ]):
+        command = option(command)
+    return command
+
+
+def load_readouts(loaded: Any, readout: str | None, probe: str | None, seed: int) -> Any:
+    """The heads of --readout (canvit_export.readouts.load_heads), or None."""
+    from canvit_export.readouts import load_heads, parse_readouts
+
+    names = parse_readouts(readout)
+    if not names and probe is None:
+        return None
+    return load_heads(loaded, names, probe=probe, seed=seed)
+
+
 def refuse_existing(out: Path | None, force: bool) -> None:
     """Fail before loading anything when --out exists and --force is not given."""
     if out is not None and out.exists() and not force:
@@ -105,12 +129,13 @@ def main() -> None:
               help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
                    "(fp16-all: canvas in fp16 too, a control experiment).")
 @click.option("--glimpse-output", is_flag=True, help="Also output the sampled glimpse [B, 3, g, g].")
+@readout_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
-def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset, precision, glimpse_output, out,
-         force) -> None:
+def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset, precision, glimpse_output, readout,
+         probe, out, force) -> None:
     """Export the glimpse step as DIR/step.onnx + DIR/manifest.json (+ initial_state.bin)."""
     from canvit_export.export.artifact import default_out_dir
     from canvit_export.export.onnx import export_onnx
@@ -118,13 +143,15 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
 
     refuse_existing(out, force)
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
+    heads = load_readouts(loaded, readout, probe, weight_seed)
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx")
     start = time.perf_counter()
     manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output,
-                           precision=precision)
+                           precision=precision, heads=heads)
     assert isinstance(manifest.artifact, OnnxArtifact)
     console.print(f"wrote {out}: step.onnx {manifest.files['graph'].bytes / 1e6:.1f} MB, {manifest.artifact.nodes} "
-                  f"nodes, opset {opset}, {precision}, {time.perf_counter() - start:.1f} s")
+                  f"nodes, opset {opset}, {precision}, {time.perf_counter() - start:.1f} s" +
+                  "".join(f"; readout {r.name} -> {', '.join(r.outputs)}" for r in manifest.readouts))
     if violations := manifest.precision.audit_violations:
         console.print(f"[yellow]note[/yellow]: {precision} breaks the float32 rule by design ({violations} audit findings)")
 
@@ -189,12 +216,13 @@ def openvino(artifact, precision, stateful, out, force) -> None:
 @click.option("--stateful", is_flag=True, help="Canvas as a Core ML state (iOS18/macOS15+; stored as float16).")
 @click.option("--min-target", type=click.Choice(["iOS17", "iOS18", "macOS14", "macOS15"]), default=None,
               help="Minimum deployment target [default: iOS17, iOS18 with --stateful].")
+@readout_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>-coreml].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
-def coreml(model, revision, random_weights, backbone, weight_seed, geometry, precision, stateful, min_target, out,
-           force) -> None:
+def coreml(model, revision, random_weights, backbone, weight_seed, geometry, precision, stateful, min_target, readout,
+           probe, out, force) -> None:
     """Export the glimpse step as a Core ML ML program (DIR/step.mlpackage + manifest), converted from PyTorch."""
     from canvit_export.export.artifact import default_out_dir
     from canvit_export.export.coreml import export_coreml
@@ -204,8 +232,9 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision,
                                  "coreml-stateful" if stateful else "coreml")
+    heads = load_readouts(loaded, readout, probe, weight_seed)
     manifest = export_coreml(loaded, geometry, out, precision=precision, stateful=stateful, min_target=min_target,
-                             force=force)
+                             heads=heads, force=force)
     facts = manifest.artifact
     assert isinstance(facts, CoreMLArtifact)
     console.print(f"wrote {out}: step.mlpackage {manifest.files['package'].bytes / 1e6:.1f} MB, "
@@ -223,15 +252,18 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="Photograph to roll out on [default: skimage.data.astronaut()].")
 @click.option("--policy", default="c2f", show_default=True,
-              help="Viewpoints: full, c2f, f-iid, r-iid, or a viewpoints JSON file.")
+              help="Viewpoints: full, c2f, f-iid, r-iid, eg-c2f (needs a segmentation readout), or a viewpoints "
+                   "JSON file.")
 @click.option("--glimpses", type=int, default=21, show_default=True)
 @click.option("--policy-seed", "seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
 @click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="JSON report path [default: <artifact>/parity-<runtime>.json].")
+@click.option("--pictures", type=click.Path(path_type=Path), default=None,
+              help="Folder for viewpoints.png (+ segmentation.png, entropy.png with a segmentation readout).")
 @one_line_errors
 def parity(artifact, runtime, model, revision, random_weights, backbone, weight_seed, image, policy, glimpses, seed,
-           threads, report_path) -> None:
+           threads, report_path, pictures) -> None:
     """Roll out an artifact on a runtime and canvit-pytorch (fp32, CPU) side by side; exit 1 past tolerance.
 
     The reference weights are those the manifest names; --model or --random-weights override them.
@@ -243,7 +275,7 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
     if model is not None or random_weights:
         loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
     report = parity_command(artifact=artifact, runtime=runtime, loaded=loaded, image=image, policy=policy,
-                            glimpses=glimpses, seed=seed, threads=threads, report_path=report_path)
+                            glimpses=glimpses, seed=seed, threads=threads, report_path=report_path, pictures=pictures)
     print_report(report)
     console.print(f"report: {report['report_path']}")
     if not report["passed"]:

@@ -6,7 +6,9 @@ The rule (paper App. D.3; DESIGN.md, Contracts): whatever the compute precision,
   is added;
 - scene coordinates, RoPE angles/sin/cos and the VPE: every tensor computed from `centers`/`scales` alone
   (the coordinate region below), and every Sin, Cos, Log and GridSample input and output;
-- LayerNorm statistics of the canvas (LayerNormalization on a canvas-stream tensor: float32 input, stash_type 1).
+- LayerNorm statistics of the canvas (LayerNormalization on a canvas-stream tensor: float32 input, stash_type 1);
+- the readouts: every tensor the heads compute from the new state (canvas_next, recurrent_cls_next) up to the
+  readout outputs (the probe's LayerNorm of the canvas, the entropy's logsumexp, the classifier, the feature head).
 
 `audit_onnx` walks the graph and lists every tensor that breaks the rule; an empty list is a pass.
 """
@@ -92,6 +94,7 @@ class AuditReport:
     """Every tensor the rule keeps float32: the canvas stream, the coordinate region, Sin/Cos/Log/GridSample
     outputs and canvas LayerNorm outputs (what other compilers, e.g. OpenVINO, must keep in f32)."""
     coordinate_tensors: int = 0
+    readout_tensors: int = 0
     float32_op_tensors: int = 0
     op_counts: dict[str, int] = field(default_factory=dict)
     tensor_dtypes: dict[str, int] = field(default_factory=dict)
@@ -200,6 +203,28 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
     for name in sorted(region):
         if types.get(name) in NARROW:
             bad.append(f"coordinate/RoPE/VPE tensor {name} is {_dtype(types, name)}, must be float32")
+
+    # The readout region: what the heads compute from the new state (canvas_next, recurrent_cls_next) and constants
+    # alone, up to the readout outputs. All of it float32, Casts included (a narrowing Cast is itself a finding).
+    readout_outputs = [v.name for v in graph.output if v.name not in STATE_IO and v.name != "glimpse"]
+    readouts = {"canvas_next", "recurrent_cls_next"} & io_names if readout_outputs else set()
+    for node in graph.node:
+        data_inputs = [name for name in node.input if name and name not in initializers and types.get(name) is not None]
+        if node.op_type == "Constant" or not data_inputs:
+            continue
+        if all(name in readouts for name in data_inputs):
+            readouts.update(out for out in node.output if out)
+    readouts -= {"canvas_next", "recurrent_cls_next"}
+    report.readout_tensors = len(readouts)
+    report.protected.update(readouts)
+    for name in readout_outputs:
+        if name not in readouts:
+            bad.append(f"readout {name} is not computed from the new state alone")
+        elif types.get(name) != TensorProto.FLOAT:
+            bad.append(f"readout {name} is {_dtype(types, name)}, must be float32")
+    for name in sorted(readouts):
+        if types.get(name) in NARROW:
+            bad.append(f"readout tensor {name} is {_dtype(types, name)}, must be float32")
 
     for node in graph.node:
         if node.op_type in FLOAT32_OPS:

@@ -14,7 +14,7 @@ by what needs it: a PeerRunner in a child process (bench's memory figure) costs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,16 +22,24 @@ from canvit_runtime.base import HostStateRunner
 from canvit_runtime.manifest import ROLE_CENTERS, ROLE_SCALES, ROLE_SCENE, Manifest
 
 if TYPE_CHECKING:
+    from canvit_export.readouts import Heads
     from canvit_export.source import LoadedModel
 
 
 class EagerRunner(HostStateRunner):
-    """canvit-pytorch's CanViT in float32 on the CPU, state carried between glimpses; `threads` sets torch's."""
+    """canvit-pytorch's CanViT in float32 on the CPU, state carried between glimpses; `threads` sets torch's.
+
+    With `heads` (readouts.heads_from_records: the manifest's readouts rebuilt), each step also returns the readouts
+    of the new state as canvit-pytorch computes them: seg_logits (CanViTForSemanticSegmentation.logits), seg_entropy
+    (policies.entropy.predictive_entropy, the policy's own, with log_softmax), class_logits
+    (CanViTForImageClassification.classify), teacher_patches (CanViTForPretraining.predict_teacher_patches)."""
 
     name = "pytorch"
 
-    def __init__(self, manifest: Manifest, loaded: LoadedModel, *, threads: int | None = None) -> None:
+    def __init__(self, manifest: Manifest, loaded: LoadedModel, *, threads: int | None = None,
+                 heads: Heads | None = None) -> None:
         import torch
+        from canvit_pytorch.model.segmentation import CanViTForSemanticSegmentation
 
         super().__init__(manifest)
         if threads is not None:
@@ -39,6 +47,25 @@ class EagerRunner(HostStateRunner):
         self.canvit = loaded.canvit.float().eval()
         self._names = {role: manifest.input(role).name for role in (ROLE_SCENE, ROLE_CENTERS, ROLE_SCALES)}
         (self._canvas, self._canvas_next), (self._cls, self._cls_next) = manifest.state_pairs
+        self.heads = heads
+        self.segmentation = (CanViTForSemanticSegmentation(canvit=self.canvit, probe=heads.probe).eval()
+                             if heads is not None and heads.probe is not None else None)
+
+    def readouts(self, canvas: Any, recurrent_cls: Any) -> dict[str, np.ndarray]:
+        """The heads on a state (torch tensors [B, R + G*G, Dc], [B, 1, Db]) -> readouts by output name."""
+        import torch
+        from canvit_pytorch.policies.entropy import predictive_entropy
+
+        out: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            if self.segmentation is not None:
+                logits = self.segmentation.logits(canvas)
+                out["seg_logits"], out["seg_entropy"] = logits.numpy(), predictive_entropy(logits).numpy()
+            if self.heads is not None and self.heads.classifier is not None:
+                out["class_logits"] = self.heads.classifier.classify(recurrent_cls).numpy()
+            if self.heads is not None and self.heads.pretraining is not None:
+                out["teacher_patches"] = self.heads.pretraining.predict_teacher_patches(canvas).numpy()
+        return out
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -50,7 +77,7 @@ class EagerRunner(HostStateRunner):
                 self.canvit, torch.from_numpy(feeds[self._names[ROLE_SCENE]]), torch.from_numpy(feeds[self._canvas]),
                 torch.from_numpy(feeds[self._cls]), torch.from_numpy(feeds[self._names[ROLE_CENTERS]]),
                 torch.from_numpy(feeds[self._names[ROLE_SCALES]]), glimpse_px=self.manifest.glimpse_px)
-        return {self._canvas_next: canvas.numpy(), self._cls_next: cls.numpy()}
+        return {self._canvas_next: canvas.numpy(), self._cls_next: cls.numpy(), **self.readouts(canvas, cls)}
 
 
 def export_peer(loaded: LoadedModel, manifest: Manifest, workdir: Path) -> Path:

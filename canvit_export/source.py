@@ -34,10 +34,16 @@ FIX = "pass --model DIR (a checkpoint folder written by canvit-pytorch's save_pr
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """The CanViT module in eval mode (float32, CPU) and the manifest's record of where its weights came from."""
+    """The canvit-pytorch model in eval mode (float32, CPU): `model` as loaded (CanViTForPretraining, with its
+    teacher heads, or CanViTForImageClassification, with its classifier), `canvit` its CanViT, and the manifest's
+    record of where the weights came from."""
 
-    canvit: CanViT
+    model: CanViTForPretraining | CanViTForImageClassification
     record: dict[str, Any]
+
+    @property
+    def canvit(self) -> CanViT:
+        return self.model.canvit
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -46,15 +52,16 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
-def random_model(backbone: str, seed: int) -> CanViT:
+def random_model(backbone: str, seed: int) -> CanViTForPretraining:
     """CanViT of the exact released architecture (CanViTConfig defaults) on `backbone`, with seeded random weights.
 
     torch.manual_seed(seed) before construction; then every LayerScale gamma ~ N(0, RANDOM_LAYERSCALE_STD) from a
-    generator seeded with `seed`. Deterministic for a given torch version.
+    generator seeded with `seed`, and the teacher-patch head at trained-like magnitude. Deterministic for a given
+    torch version.
     """
     if backbone not in BACKBONES:
         raise ExportError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
@@ -67,7 +74,13 @@ def random_model(backbone: str, seed: int) -> CanViT:
         for module in model.canvit.modules():
             if isinstance(module, LayerScale):
                 module.gamma.normal_(0.0, RANDOM_LAYERSCALE_STD, generator=generator)
-    return model.canvit
+        # The teacher-patch head (the features readout) at trained-like magnitude: standardized DINOv3 features
+        # have unit variance, so LayerNorm gain 1 and weights ~ N(0, 1 / Dc) (pretraining starts the gain at
+        # 1/sqrt(Dc), which gives outputs of std ~0.02). The CanViT weights above are untouched.
+        head = model.teacher_patch_readout
+        head.norm.weight.fill_(1.0)
+        head.proj.weight.normal_(0.0, head.proj.in_features ** -0.5, generator=torch.Generator().manual_seed(seed + 1))
+    return model
 
 
 def _checkpoint_class(directory: Path) -> type[CanViTForPretraining] | type[CanViTForImageClassification]:
@@ -87,16 +100,17 @@ def _checkpoint_class(directory: Path) -> type[CanViTForPretraining] | type[CanV
 
 
 def _from_pretrained(cls: type[CanViTForPretraining] | type[CanViTForImageClassification], location: str,
-                     **kwargs: Any) -> CanViT:
+                     **kwargs: Any) -> CanViTForPretraining | CanViTForImageClassification:
     try:
         model = cls.from_pretrained(location, **kwargs)
     except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"{location}: canvit-pytorch cannot load this checkpoint ({first_line[:200]}): {FIX}") from error
-    return model.canvit
+    return model
 
 
-def _files_sha256(directory: Path) -> dict[str, str]:
+def files_sha256(directory: Path) -> dict[str, str]:
+    """SHA-256 of a save_pretrained folder's config.json and model.safetensors."""
     from canvit_runtime.manifest import sha256_file
 
     return {name: sha256_file(directory / name) for name in ("config.json", "model.safetensors")}
@@ -105,10 +119,10 @@ def _files_sha256(directory: Path) -> dict[str, str]:
 def load_checkpoint_dir(directory: Path) -> LoadedModel:
     """A local checkpoint folder in canvit-pytorch's format (config.json + model.safetensors)."""
     cls = _checkpoint_class(directory)
-    canvit = _from_pretrained(cls, str(directory))
+    model = _from_pretrained(cls, str(directory))
     record = {"kind": "checkpoint", "path": str(directory.resolve()), "class": cls.__name__,
-              "sha256": _files_sha256(directory)}
-    return LoadedModel(canvit=canvit.eval(), record=record)
+              "sha256": files_sha256(directory)}
+    return LoadedModel(model=model.eval(), record=record)
 
 
 def load_hub(repo: str, revision: str | None = None) -> LoadedModel:
@@ -125,18 +139,18 @@ def load_hub(repo: str, revision: str | None = None) -> LoadedModel:
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise ExportError(f"cannot fetch {repo} from the Hugging Face Hub ({reason}): {FIX}") from error
     cls = _checkpoint_class(snapshot)
-    canvit = _from_pretrained(cls, str(snapshot))
+    model = _from_pretrained(cls, str(snapshot))
     # Hub snapshots live in .../snapshots/<commit sha>/: the folder name is the resolved revision.
     record = {"kind": "hub", "repo": repo, "revision": snapshot.name, "class": cls.__name__,
-              "sha256": _files_sha256(snapshot)}
-    return LoadedModel(canvit=canvit.eval(), record=record)
+              "sha256": files_sha256(snapshot)}
+    return LoadedModel(model=model.eval(), record=record)
 
 
 def load_random(backbone: str, seed: int) -> LoadedModel:
     """Seeded random weights of the exact architecture (random_model)."""
     record = {"kind": "random", "backbone": backbone, "seed": seed, "layerscale_std": RANDOM_LAYERSCALE_STD,
               "torch": torch.__version__}
-    return LoadedModel(canvit=random_model(backbone, seed).eval(), record=record)
+    return LoadedModel(model=random_model(backbone, seed).eval(), record=record)
 
 
 def load(model: str | None, *, random_weights: bool, backbone: str = "vitb16", seed: int = 0,

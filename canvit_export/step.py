@@ -31,6 +31,8 @@ from canvit_pytorch.viewpoint import grid_coords, viewpoint_grid_coords
 from torch import Tensor, nn
 
 from canvit_export.precision import Precision, cast_model, step_precision
+from canvit_export.readouts import Heads, ReadoutModule
+from canvit_runtime.manifest import READOUT_OUTPUTS
 
 CPU = torch.device("cpu")
 """Where the RoPE period buffers are made (they follow the module on .to())."""
@@ -75,7 +77,9 @@ class GlimpseStep(nn.Module):
     """CanViT's glimpse step on plain tensors; see the module docstring.
 
     forward(scene, canvas, recurrent_cls, centers, scales) -> (canvas_next [B, R + G*G, Dc] float32,
-    recurrent_cls_next [B, 1, Db] float32[, glimpse [B, 3, g, g] float32 when glimpse_output]).
+    recurrent_cls_next [B, 1, Db] float32[, glimpse [B, 3, g, g] float32 when glimpse_output][, the readouts of
+    `heads` on the new state: seg_logits [B, C, G, G], seg_entropy [B, G, G] (nats), class_logits [B, n],
+    teacher_patches [B, G*G, Dt], all float32; canvit_export.readouts]).
     """
 
     canvas_rope_sin: Tensor
@@ -84,10 +88,14 @@ class GlimpseStep(nn.Module):
     canvas_periods: Tensor
 
     def __init__(self, canvit: CanViT, *, glimpse_px: int, canvas_grid: int, glimpse_output: bool = False,
-                 precision: Precision | None = None) -> None:
+                 precision: Precision | None = None, heads: Heads | None = None) -> None:
         super().__init__()
         precision = precision or step_precision("fp32")
         canvit = cast_model(canvit, precision)
+        # The readout heads (float32) on the new state; they share this step's CanViT, whose weights they never read.
+        self.readouts = ReadoutModule(canvit, heads) if heads is not None and heads.names else None
+        self.readout_names: tuple[str, ...] = tuple(
+            name for head in (heads.names if heads is not None else []) for name in READOUT_OUTPUTS[head])
         patch = canvit.patch_size
         assert glimpse_px > 0 and glimpse_px % patch == 0, f"glimpse {glimpse_px} px is not whole {patch} px patches"
         assert canvas_grid > 0, canvas_grid
@@ -193,8 +201,13 @@ class GlimpseStep(nn.Module):
 
         cls_index = 1 if canvit.vpe is not None else 0
         recurrent_cls_next = tokens[:, cls_index:cls_index + 1].float()
-        outputs: tuple[Tensor, ...] = (canvas.float(), recurrent_cls_next)
-        return (*outputs, glimpse) if self.glimpse_output else outputs
+        canvas_next = canvas.float()
+        outputs: tuple[Tensor, ...] = (canvas_next, recurrent_cls_next)
+        if self.glimpse_output:
+            outputs = (*outputs, glimpse)
+        if self.readouts is not None:
+            outputs = (*outputs, *self.readouts(canvas_next, recurrent_cls_next))
+        return outputs
 
     def example_inputs(self, *, batch: int, scene_px: int) -> StepInputs:
         """Inputs for tracing: a zero scene, the initial state (CanViT.init_state), full-scene viewpoints."""
@@ -205,7 +218,8 @@ class GlimpseStep(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return (*STATE_OUTPUT_NAMES, GLIMPSE_OUTPUT_NAME) if self.glimpse_output else STATE_OUTPUT_NAMES
+        """canvas_next, recurrent_cls_next[, glimpse][, the readouts' outputs (readouts.READOUTS order)]."""
+        return (*STATE_OUTPUT_NAMES, *((GLIMPSE_OUTPUT_NAME,) if self.glimpse_output else ()), *self.readout_names)
 
 
 def reference_step(canvit: CanViT, scene: Tensor, canvas: Tensor, recurrent_cls: Tensor, centers: Tensor,

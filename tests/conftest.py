@@ -23,16 +23,22 @@ def vits16() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def export_artifact(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """export_artifact(backbone, canvas, batch, seed, precision) -> artifact folder, exported once per configuration."""
+    """export_artifact(backbone, canvas, batch, seed, precision, readout) -> artifact folder, exported once per
+    configuration; readout: comma-separated readouts (seeded random heads), e.g. "segmentation,classification"."""
     cache: dict[tuple, Path] = {}
 
-    def make(backbone: str = "vits16", canvas: int = 16, batch: int = 1, seed: int = 0, precision: str = "fp32") -> Path:
-        key = (backbone, canvas, batch, seed, precision)
+    def make(backbone: str = "vits16", canvas: int = 16, batch: int = 1, seed: int = 0, precision: str = "fp32",
+             readout: str | None = None) -> Path:
+        key = (backbone, canvas, batch, seed, precision, readout)
         if key not in cache:
-            out = tmp_path_factory.mktemp("artifacts") / f"{backbone}-c{canvas}-b{batch}-s{seed}-{precision}"
+            from canvit_export.readouts import load_heads, parse_readouts
+
+            suffix = f"-{readout.replace(',', '+')}" if readout else ""
+            out = tmp_path_factory.mktemp("artifacts") / f"{backbone}-c{canvas}-b{batch}-s{seed}-{precision}{suffix}"
             loaded = load(None, random_weights=True, backbone=backbone, seed=seed)
+            heads = load_heads(loaded, parse_readouts(readout), probe=None, seed=seed) if readout else None
             export_onnx(loaded, Geometry(batch=batch, scene_px=SCENE_PX, glimpse_px=GLIMPSE_PX, canvas_grid=canvas),
-                        out, precision=precision, quiet=True)
+                        out, precision=precision, heads=heads, quiet=True)
             cache[key] = out
         return cache[key]
 

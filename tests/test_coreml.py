@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import manifest_round_trip
 
 from canvit_export.cli import main
 from canvit_export.export.artifact import Geometry
 from canvit_export.step import INPUT_NAMES, GlimpseStep
 from canvit_runtime.manifest import CoreMLArtifact
+from conftest import manifest_round_trip
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install canvit-export[coreml])")
 from canvit_export.export.coreml import audit_mil, convert, export_coreml  # noqa: E402
@@ -80,6 +80,28 @@ def test_mil_audit_catches_coremltools_fp16_compute_precision(vits16) -> None:
     audit = audit_mil(mlmodel._mil_program)
     assert any("fp16" in v for v in audit["violations"]), audit["violations"]
     assert any(("sin" in v or "cos" in v or "coordinate" in v) for v in audit["violations"]), audit["violations"]
+
+
+def test_readouts_convert_and_the_audit_covers_them(vits16, tmp_path) -> None:
+    """Readouts are outputs of the same ML program, stateless and stateful, in fp32 (MIL audit); coremltools' FLOAT16
+    compute precision narrows the readout path and the audit says so."""
+    from canvit_export.readouts import load_heads
+
+    heads = load_heads(vits16, ["segmentation", "classification"], probe=None, seed=0)
+    for stateful in (False, True):
+        out = tmp_path / f"r{stateful}"
+        export_coreml(vits16, GEOMETRY, out, precision="fp16", stateful=stateful, heads=heads, quiet=True)
+        manifest = manifest_round_trip(out)
+        _, outputs, _ = spec_io(out)
+        assert {"seg_logits", "seg_entropy", "class_logits"} <= set(outputs)
+        assert outputs["seg_logits"] == ([1, 150, 16, 16], FLOAT32) and outputs["seg_entropy"] == ([1, 16, 16], FLOAT32)
+        assert [r.name for r in manifest.readouts] == ["segmentation", "classification"]
+    step = GlimpseStep(vits16.canvit, glimpse_px=128, canvas_grid=8, heads=heads).eval()
+    example = step.example_inputs(batch=1, scene_px=256)
+    mlmodel = convert(step, tuple(example), list(INPUT_NAMES), list(step.output_names), min_target="iOS17",
+                      state_shape=None, compute_precision=ct.precision.FLOAT16)
+    audit = audit_mil(mlmodel._mil_program, readouts=list(step.readout_names))
+    assert any(v.startswith("readout seg_logits depends on") and "fp16" in v for v in audit["violations"])
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from conftest import manifest_round_trip, mutate_manifest, schema_validator
 
 from canvit_export.export.artifact import derived_fields, finish_manifest, source_record
 from canvit_runtime.cli import main as runtime_main
@@ -23,6 +22,7 @@ from canvit_runtime.manifest import (
     parse_manifest,
 )
 from canvit_runtime.precision import PRECISIONS, TARGET_PRECISIONS
+from conftest import manifest_round_trip, mutate_manifest, schema_validator
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import manifest_round_trip
 
 import canvit_runtime
 from canvit_export.errors import ExportError
@@ -17,6 +16,7 @@ from canvit_export.precision import audit_onnx
 from canvit_runtime.manifest import OpenVinoArtifact
 from canvit_runtime.policies import make_policy
 from canvit_runtime.preprocess import scene_batch
+from conftest import manifest_round_trip
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install canvit-export[openvino])")
 

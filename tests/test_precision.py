@@ -121,7 +121,8 @@ def test_tolerances_cover_every_precision() -> None:
     from canvit_runtime.precision import PRECISIONS
 
     for name in PRECISIONS:  # every word of the vocabulary has a parity tolerance
-        assert set(tolerances_for(name)) == {"canvas_rel_l2", "cls_rel_l2", "canvas_cosine"}
+        assert set(tolerances_for(name)) == {"canvas_rel_l2", "cls_rel_l2", "canvas_cosine", "readout_rel_l2",
+                                             "seg_agreement", "top1_agreement"}
     assert tolerances_for("fp16-int8w") == tolerances_for("bf16-int8w") == TOLERANCES["int8w"]
     assert tolerances_for("fp32")["canvas_rel_l2"] == 1e-4
     with pytest.raises(ExportError, match="no parity tolerance for precision 'int4'"):

@@ -140,8 +140,10 @@ def architecture_record(canvit: CanViT) -> Architecture:
         parameters=sum(p.numel() for p in canvit.parameters()))
 
 
-def step_tensors(canvit: CanViT, geometry: Geometry, *, glimpse_output: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The step's inputs and outputs with static shapes, dtypes (all float32) and roles (DESIGN.md, Contracts)."""
+def step_tensors(canvit: CanViT, geometry: Geometry, *, glimpse_output: bool,
+                 readouts: list[TensorSpec] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The step's inputs and outputs with static shapes, dtypes (all float32) and roles (DESIGN.md, Contracts), in
+    GlimpseStep's output order; `readouts` (readouts.readout_tensors) come last."""
     B, S, g = geometry.batch, geometry.scene_px, geometry.glimpse_px
     canvas = [B, canvit.config.num_canvas_registers + geometry.canvas_grid**2, canvit.config.canvas_dim]
     cls = [B, 1, canvit.backbone.spec.embed_dim]
@@ -154,7 +156,7 @@ def step_tensors(canvit: CanViT, geometry: Geometry, *, glimpse_output: bool) ->
                TensorSpec(name="recurrent_cls_next", shape=cls, dtype="float32", role=ROLE_STATE)]
     if glimpse_output:
         outputs.append(TensorSpec(name="glimpse", shape=[B, 3, g, g], dtype="float32", role=ROLE_EXTRA))
-    return inputs, outputs
+    return inputs, outputs + list(readouts or [])
 
 
 def state_pairs(inputs: list[TensorSpec]) -> list[StatePair]:
@@ -201,9 +203,9 @@ def preprocessing_record(geometry: Geometry) -> Preprocessing:
 
 def derived_fields(source: Manifest) -> dict[str, Any]:
     """The fields an artifact compiled from the ONNX artifact `source` (TensorRT engine, OpenVINO IR) keeps: model,
-    architecture, geometry, tensors, state, initial state, preprocessing, viewpoint rule and precision."""
+    architecture, geometry, tensors, state, initial state, preprocessing, viewpoint rule, precision and readouts."""
     keep = ("model", "architecture", "geometry", "inputs", "outputs", "state", "initial_state", "preprocessing",
-            "viewpoint", "precision")
+            "viewpoint", "precision", "readouts")
     return {key: getattr(source, key) for key in keep}
 
 

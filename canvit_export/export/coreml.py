@@ -38,6 +38,7 @@ from canvit_export.export.artifact import (
 )
 from canvit_export.precision import step_precision
 from canvit_export.progress import Stages
+from canvit_export.readouts import Heads, readout_tensors
 from canvit_export.source import LoadedModel
 from canvit_export.step import INPUT_NAMES, GlimpseStep
 from canvit_runtime.manifest import ROLE_RESET, CoreMLArtifact, Manifest, MilAudit, PrecisionRecord, TensorSpec
@@ -52,7 +53,8 @@ STATE_DTYPE = "float16"
 
 class StatefulStep(nn.Module):
     """The step with the canvas as a Core ML state: forward(scene, recurrent_cls, centers, scales, reset) ->
-    recurrent_cls_next [B, 1, Db] float32; the canvas [B, R + G*G, Dc] lives in the fp16 buffer `canvas`.
+    recurrent_cls_next [B, 1, Db] float32 (then the step's readouts, if any); the canvas [B, R + G*G, Dc] lives in
+    the fp16 buffer `canvas`.
 
     reset [B] float32: 1.0 reads the learned initial canvas (CanViT.init_state) instead of the state."""
 
@@ -66,11 +68,12 @@ class StatefulStep(nn.Module):
         self.register_buffer("init_canvas", init.clone())
         self.register_buffer("canvas", torch.zeros_like(init, dtype=torch.float16))
 
-    def forward(self, scene: Tensor, recurrent_cls: Tensor, centers: Tensor, scales: Tensor, reset: Tensor) -> Tensor:
+    def forward(self, scene: Tensor, recurrent_cls: Tensor, centers: Tensor, scales: Tensor,
+                reset: Tensor) -> tuple[Tensor, ...]:
         canvas = torch.where(reset.view(-1, 1, 1) > 0.5, self.init_canvas, self.canvas.float())
-        canvas_next, recurrent_cls_next = self.step(scene, canvas, recurrent_cls, centers, scales)
+        canvas_next, recurrent_cls_next, *readouts = self.step(scene, canvas, recurrent_cls, centers, scales)
         self.canvas[:] = canvas_next.half()  # coremltools converts slice assignment to a state update, not copy_
-        return recurrent_cls_next
+        return (recurrent_cls_next, *readouts)
 
 
 def _dtype(var: Any) -> str:
@@ -79,7 +82,7 @@ def _dtype(var: Any) -> str:
     return types.builtin_to_string(var.dtype) if var.dtype is not None else "?"
 
 
-def audit_mil(program: Any) -> dict[str, Any]:
+def audit_mil(program: Any, readouts: list[str] | None = None) -> dict[str, Any]:
     """The precision rule over a MIL program: the canvas residual stream (from the canvas input, or the state
     read, through each `add` to the output or state write), each update as added, the tensors computed from
     centers/scales alone (up to a cast), and every sin/cos/log/resample (grid_sample) must be fp32.
@@ -143,6 +146,25 @@ def audit_mil(program: Any) -> dict[str, Any]:
             for out in op.outputs:
                 if _dtype(out) != "fp32":
                     violations.append(f"{op.op_type} {op.name} outputs {_dtype(out)}, must be fp32")
+    # The readouts (program outputs named in `readouts`): every op they depend on past the canvas stream and the
+    # recurrent CLS must be fp32 (the probe's LayerNorm of the canvas, the entropy, the heads).
+    outputs = {var.name: var for var in function.outputs}
+    stops = {id(v) for v in stream} | {id(outputs[n]) for n in ("canvas_next", "recurrent_cls_next") if n in outputs}
+    for name in readouts or []:
+        if name not in outputs:
+            violations.append(f"readout {name} is not an output of the program")
+            continue
+        pending, seen = [outputs[name]], set()
+        while pending:
+            var = pending.pop()
+            if id(var) in seen or id(var) in stops or var.op is None or var.op.op_type == "const":
+                continue
+            seen.add(id(var))
+            if _dtype(var) not in ("fp32", "int32", "bool"):
+                violations.append(f"readout {name} depends on {var.op.op_type} {var.op.name}, which outputs "
+                                  f"{_dtype(var)}: must be fp32")
+            pending.extend(v for value in var.op.inputs.values()
+                           for v in (value if isinstance(value, list | tuple) else [value]) if hasattr(v, "op"))
     return {"canvas_stream": [v.name for v in stream], "coordinate_ops": coordinate_ops, "op_counts": counts,
             "violations": violations}
 
@@ -171,7 +193,8 @@ def convert(step: nn.Module, example: tuple[Tensor, ...], input_names: list[str]
 
 
 def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precision: str = "fp16", stateful: bool = False,
-                  min_target: str | None = None, force: bool = False, quiet: bool = False) -> Manifest:
+                  min_target: str | None = None, heads: Heads | None = None, force: bool = False,
+                  quiet: bool = False) -> Manifest:
     """Write out/step.mlpackage (+ initial_state.bin, manifest.json) atomically; return the manifest.
 
     Raises ExportError for a bad precision or target, --stateful below iOS18/macOS15, a missing coremltools, or a
@@ -196,29 +219,32 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
         step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid,
-                           precision=step_dtypes).eval()
+                           precision=step_dtypes, heads=heads).eval()
         example = step.example_inputs(batch=geometry.batch, scene_px=geometry.scene_px)
-        inputs, outputs = step_tensors(canvit, geometry, glimpse_output=False)
+        readout_specs, readout_records = readout_tensors(heads or Heads(), batch=geometry.batch,
+                                                         canvas_grid=geometry.canvas_grid)
+        inputs, outputs = step_tensors(canvit, geometry, glimpse_output=False, readouts=readout_specs)
         state = state_pairs(inputs)
         if stateful:
             module: nn.Module = StatefulStep(step, geometry.batch).eval()
             names = ["scene", "recurrent_cls", "centers", "scales", "reset"]
             args: tuple[torch.Tensor, ...] = (example.scene, example.recurrent_cls, example.centers, example.scales,
                                               torch.ones(geometry.batch))
-            out_names = ["recurrent_cls_next"]
+            out_names = ["recurrent_cls_next", *step.readout_names]
             state_shape: tuple[int, ...] | None = tuple(example.canvas.shape)
             inputs = [t for t in inputs if t.name != "canvas"] + [
                 TensorSpec(name="reset", shape=[geometry.batch], dtype="float32", role=ROLE_RESET)]
             outputs = [t for t in outputs if t.name != "canvas_next"]
             state[0] = state[0].model_copy(update={"core_ml_state": "canvas", "storage_dtype": STATE_DTYPE})
         else:
-            module, names, out_names, state_shape = step, list(INPUT_NAMES), ["canvas_next", "recurrent_cls_next"], None
+            module, names, state_shape = step, list(INPUT_NAMES), None
+            out_names = ["canvas_next", "recurrent_cls_next", *step.readout_names]
             args = tuple(example)
         with stages.stage(f"converting the glimpse step to a Core ML program ({precision}, "
                           f"{'stateful' if stateful else 'stateless'}, {min_target})"):
             mlmodel = convert(module, args, names, out_names, min_target=min_target, state_shape=state_shape)
         with stages.stage("auditing the MIL program (canvas path fp32)"):
-            audit = audit_mil(mlmodel._mil_program)
+            audit = audit_mil(mlmodel._mil_program, readouts=list(step.readout_names))
             if audit["violations"]:
                 raise ExportError(f"the Core ML program breaks the float32 rule: {audit['violations'][0]} "
                                   f"(+{len(audit['violations']) - 1} more)")
@@ -237,5 +263,6 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
                 precision=PrecisionRecord(name=precision, matmul_dtype=info.matmul_dtype,
                                           stream_dtype=info.stream_dtype, weights=info.matmul_dtype,
                                           state_storage=STATE_DTYPE if stateful else "float32",
-                                          follows_float32_rule=not stateful))
+                                          follows_float32_rule=not stateful),
+                readouts=readout_records)
     return manifest.at(out)

@@ -23,6 +23,7 @@ from canvit_export.export.artifact import (
 )
 from canvit_export.precision import Precision, audit_onnx, step_precision
 from canvit_export.progress import Stages
+from canvit_export.readouts import Heads, readout_tensors
 from canvit_export.source import LoadedModel
 from canvit_export.step import INPUT_NAMES, GlimpseStep
 from canvit_runtime.manifest import Manifest, OnnxArtifact, PrecisionRecord
@@ -62,11 +63,13 @@ def precision_record(precision: Precision, audit_violations: list[str]) -> Preci
 
 
 def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: int = DEFAULT_OPSET, force: bool = False,
-                glimpse_output: bool = False, precision: str = "fp32", quiet: bool = False) -> Manifest:
+                glimpse_output: bool = False, precision: str = "fp32", heads: Heads | None = None,
+                quiet: bool = False) -> Manifest:
     """Write out/step.onnx, out/initial_state.bin and out/manifest.json atomically; return the manifest.
 
     precision: fp32, fp16 or bf16 (matmuls/conv/attention narrow, canvas path float32), or fp16-all (the control
-    variant with a float16 canvas, exported with its audit findings recorded instead of enforced).
+    variant with a float16 canvas, exported with its audit findings recorded instead of enforced). heads: the
+    readouts (canvit_export.readouts.load_heads) the graph also outputs, computed on the new state in float32.
     Raises ExportError for bad sizes, opset or precision, an existing `out` without force, or a graph failing
     its audit.
     """
@@ -81,9 +84,13 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
         step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid,
-                           glimpse_output=glimpse_output, precision=step_dtypes).eval()
+                           glimpse_output=glimpse_output, precision=step_dtypes, heads=heads).eval()
+        readout_specs, readout_records = readout_tensors(heads or Heads(), batch=geometry.batch,
+                                                         canvas_grid=geometry.canvas_grid)
+        readout_text = f", readouts {'+'.join(heads.names)}" if heads is not None and heads.names else ""
         with stages.stage(f"exporting the glimpse step ({precision}, opset {opset}, {canvit.config.backbone_name}, "
-                          f"canvas {geometry.canvas_grid}x{geometry.canvas_grid}, batch {geometry.batch})"):
+                          f"canvas {geometry.canvas_grid}x{geometry.canvas_grid}, batch {geometry.batch}"
+                          f"{readout_text})"):
             export_graph(step, geometry, staging / GRAPH_FILE, opset=opset)
         with stages.stage("checking the graph (onnx.checker, precision audit)"):
             onnx.checker.check_model(str(staging / GRAPH_FILE))
@@ -93,7 +100,7 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
                 raise ExportError(f"the exported graph fails its audit: {audit.violations[0]} "
                                   f"(+{len(audit.violations) - 1} more)")
         with stages.stage("writing the initial state and manifest"):
-            inputs, outputs = step_tensors(canvit, geometry, glimpse_output=glimpse_output)
+            inputs, outputs = step_tensors(canvit, geometry, glimpse_output=glimpse_output, readouts=readout_specs)
             manifest = finish_manifest(
                 staging, {"graph": GRAPH_FILE, "initial_state": INITIAL_STATE_FILE},
                 ("onnx", "onnxscript", "onnxruntime"),
@@ -102,5 +109,5 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
                 model=loaded.record, architecture=architecture_record(canvit), geometry=geometry.record(),
                 inputs=inputs, outputs=outputs, state=state_pairs(inputs),
                 initial_state=write_initial_state(canvit, staging), preprocessing=preprocessing_record(geometry),
-                precision=precision_record(step_dtypes, audit.violations))
+                precision=precision_record(step_dtypes, audit.violations), readouts=readout_records)
     return manifest.at(out)

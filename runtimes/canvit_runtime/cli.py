@@ -50,7 +50,8 @@ def main() -> None:
 @click.option("--runtime", default="onnxruntime", show_default=True,
               help="onnxruntime, openvino, tensorrt or coreml (macOS).")
 @click.option("--policy", default="c2f", show_default=True,
-              help="Viewpoints: full, c2f, f-iid, r-iid, or a viewpoints JSON file.")
+              help="Viewpoints: full, c2f, f-iid, r-iid, eg-c2f (needs a segmentation readout), or a viewpoints JSON "
+                   "file.")
 @click.option("--glimpses", type=int, default=21, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
 @click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
@@ -58,12 +59,15 @@ def main() -> None:
               help="Write the final canvas [B, R + G*G, Dc] float32 here (.npy).")
 @click.option("--cls-out", type=click.Path(path_type=Path), default=None,
               help="Write the final recurrent CLS [B, 1, Db] float32 here (.npy).")
+@click.option("--pictures", type=click.Path(path_type=Path), default=None,
+              help="Folder for viewpoints.png (+ segmentation.png, entropy.png with a segmentation readout).")
 @one_line_errors
-def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out) -> None:
-    """Roll the artifact out on a photo: preprocess, loop the glimpses, print the step latency."""
+def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out, pictures) -> None:
+    """Roll the artifact out on a photo: preprocess, loop the glimpses, print the step latency and the readouts."""
     import canvit_runtime
-    from canvit_runtime.policies import make_policy
+    from canvit_runtime.pictures import draw_rollout, top_classes
     from canvit_runtime.preprocess import scene_batch
+    from canvit_runtime.rollout import rollout
 
     if glimpses < 1:
         raise ValueError(f"--glimpses {glimpses}: must be >= 1")
@@ -72,17 +76,19 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
             raise ValueError(f"{path}: outputs are written as .npy; name the file *.npy")
         if path is not None and not path.parent.is_dir():
             raise ValueError(f"{path.parent}: no such folder for {path.name}")
+    if pictures is not None and pictures.exists() and not pictures.is_dir():
+        raise ValueError(f"--pictures {pictures} is a file: pass a folder (created if missing)")
     session = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
     manifest = session.manifest
     scene = scene_batch(image, scene_px=manifest.scene_px, batch=manifest.batch)
-    viewpoints = make_policy(policy, batch=manifest.batch, glimpses=glimpses, seed=seed)
-    times = []
-    result = None
-    for viewpoint in viewpoints:
-        start = time.perf_counter()
-        result = session.step(scene, viewpoint.centers, viewpoint.scales)
-        times.append((time.perf_counter() - start) * 1e3)
-    assert result is not None
+    times: list[float] = []
+    clock = [time.perf_counter()]
+
+    def timed(t: int, viewpoint: Any, result: Any) -> None:
+        times.append((time.perf_counter() - clock[0]) * 1e3)
+        clock[0] = time.perf_counter()
+
+    viewpoints, result = rollout(session, scene, policy, glimpses=glimpses, seed=seed, on_step=timed)
     canvas, cls = result.canvas, result.recurrent_cls
     if not (np.isfinite(canvas).all() and np.isfinite(cls).all()):
         raise ValueError("the state holds NaN or inf after the rollout: run `canvit-export parity` on this artifact")
@@ -92,12 +98,20 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
         np.save(cls_out, cls)
     steady = times[1:] or times
     emulated = f", {session.emulated} emulated" if session.emulated else ""
-    click.echo(f"{len(times)} glimpses of {image.name} on {session.name} ({manifest.precision.name}{emulated}): "
-               f"median step {np.median(steady):.1f} ms (first {times[0]:.1f} ms), "
+    click.echo(f"{len(times)} glimpses of {image.name} on {session.name} ({manifest.precision.name}{emulated}), "
+               f"{policy}: median step {np.median(steady):.1f} ms (first {times[0]:.1f} ms), "
                f"{1e3 * manifest.batch / np.median(steady):.1f} glimpses/s")
     click.echo(f"canvas {list(canvas.shape)} |canvas| {np.linalg.norm(canvas):.4g}" +
                (f" -> {canvas_out}" if canvas_out else "") + f"; recurrent CLS {list(cls.shape)}" +
                (f" -> {cls_out}" if cls_out else ""))
+    classification = manifest.readout("classification")
+    if classification is not None:
+        top = top_classes(result.extras["class_logits"][0], classification.class_names)
+        click.echo("top-5 classes: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
+    if pictures is not None:
+        triples = [(float(v.centers[0, 0]), float(v.centers[0, 1]), float(v.scales[0])) for v in viewpoints]
+        written = draw_rollout(manifest, scene, triples, result.extras, pictures)
+        click.echo("pictures: " + ", ".join(str(p) for p in written))
 
 
 @main.command()

@@ -49,7 +49,8 @@ class CoreMLRunner(Runner):
             self._host["canvas"] = np.asarray(out["canvas_next"], np.float32)
         self._host["recurrent_cls"] = np.asarray(out["recurrent_cls_next"], np.float32)
         self._first = False
-        return {}
+        state_outputs = {output for _, output in self.manifest.state_pairs}
+        return {t.name: np.asarray(out[t.name], np.float32) for t in self.manifest.outputs if t.name not in state_outputs}
 
     def _read_state(self, name: str) -> np.ndarray:
         if name == "canvas" and self.stateful:

@@ -289,6 +289,37 @@ ArtifactRecord = Annotated[OnnxArtifact | OpenVinoArtifact | TensorRtArtifact | 
                            Field(discriminator="target")]
 
 
+class HeadSource(_Record):
+    """Where a readout head's weights came from: `random` (seeded, trained-like: canvit_export.readouts), `model` (the
+    exported checkpoint's own head), `checkpoint` (a save_pretrained folder) or `hub` (a Hub id); its fingerprint."""
+
+    kind: Literal["random", "model", "checkpoint", "hub"]
+    seed: int | None = None
+    location: str | None = None
+    sha256: dict[str, str] | None = None
+    weights_fingerprint: str
+
+
+ReadoutName = Literal["segmentation", "classification", "features"]
+READOUT_OUTPUTS: dict[str, tuple[str, ...]] = {"segmentation": ("seg_logits", "seg_entropy"),
+                                               "classification": ("class_logits",),
+                                               "features": ("teacher_patches",)}
+"""The outputs each readout adds to the step graph, computed on the new state (README, "Readouts")."""
+
+
+class ReadoutRecord(_Record):
+    """A readout head the step computes on the new state: its outputs (role readout), the source of its weights,
+    the canvit-pytorch function that defines it, and for the classifiers their class names (and a colour per class,
+    RGB 0-255, for segmentation overlays)."""
+
+    name: ReadoutName
+    outputs: list[str]
+    source: HeadSource
+    computed_by: str
+    class_names: list[str] | None = None
+    palette: list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]] | None = None
+
+
 class FileRecord(_Record):
     """One file (or folder, for an .mlpackage) of the artifact: relative path, size in bytes, SHA-256 (sha256_file)."""
 
@@ -317,6 +348,7 @@ class Manifest(_Record):
     preprocessing: Preprocessing
     viewpoint: ViewpointRule = ViewpointRule()
     precision: PrecisionRecord
+    readouts: list[ReadoutRecord] = []
     files: dict[FileKey, FileRecord]
     tools: dict[str, str]
 
@@ -373,6 +405,7 @@ class Manifest(_Record):
         stateful = getattr(self.artifact, "stateful", False)
         if not stateful and not all(n in io for p in self.state for n in (p.input, p.output)):
             raise ValueError("a stateless artifact's graph must take and return every state tensor")
+        self._check_readouts(io)
         missing = [k for k in ("initial_state", *TARGET_FILES[self.artifact.target]) if k not in self.files]
         if missing:
             raise ValueError(f"files lacks {missing} for a {self.artifact.target} artifact")
@@ -383,7 +416,44 @@ class Manifest(_Record):
                              f"{self.precision.stream_dtype}")
         return self
 
+    def _check_readouts(self, io: dict[str, TensorSpec]) -> None:
+        """Each readout's outputs exist with role readout and the shapes of the geometry; class names and palette
+        match the class count; no readout output is left undeclared."""
+        g = self.geometry
+        declared = [name for r in self.readouts for name in r.outputs]
+        if len(set(r.name for r in self.readouts)) != len(self.readouts):
+            raise ValueError("readouts repeat a name")
+        undeclared = sorted(t.name for t in self.outputs if t.role == "readout" and t.name not in declared)
+        if undeclared:
+            raise ValueError(f"outputs {undeclared} have role readout but no readout declares them")
+        for r in self.readouts:
+            if tuple(r.outputs) != READOUT_OUTPUTS[r.name]:
+                raise ValueError(f"readout {r.name} outputs {list(READOUT_OUTPUTS[r.name])}, not {r.outputs}")
+            for name in r.outputs:
+                if name not in io or io[name].role != "readout":
+                    raise ValueError(f"readout {r.name}'s output {name!r} is not an output with role readout")
+            shape = io[r.outputs[0]].shape
+            if r.name == "segmentation":
+                want = [[g.batch, shape[1], g.canvas_grid, g.canvas_grid], [g.batch, g.canvas_grid, g.canvas_grid]]
+                classes = shape[1]
+            elif r.name == "classification":
+                want, classes = [[g.batch, shape[-1]]], shape[-1]
+            else:
+                want, classes = [[g.batch, g.canvas_grid**2, shape[-1]]], None
+            for name, expected in zip(r.outputs, want, strict=True):
+                if io[name].shape != expected:
+                    raise ValueError(f"readout output {name!r} has shape {io[name].shape}, the geometry says {expected}")
+            for field in ("class_names", "palette"):
+                values = getattr(r, field)
+                if values is not None and len(values) != classes:
+                    raise ValueError(f"readout {r.name} has {len(values)} {field.replace('_', ' ')} for {classes} "
+                                     f"classes")
+
     # --- convenience ------------------------------------------------------------------------------------------
+    def readout(self, name: str) -> ReadoutRecord | None:
+        """The readout record `name` (segmentation, classification, features), or None when not exported."""
+        return next((r for r in self.readouts if r.name == name), None)
+
     @property
     def directory(self) -> Path:
         return self._directory

@@ -156,6 +156,83 @@ def to_json(viewpoints: list[Viewpoints]) -> dict[str, object]:
                             for b in range(len(v.scales))] for v in viewpoints]}
 
 
+def quadtree_level_row_major(level: int) -> list[tuple[float, float, float]]:
+    """Level l's 2^l x 2^l tiles in row-major order (canvit-pytorch policies.quadtree.quadtree_level), the order in
+    which EG-C2F breaks ties: [(row, col, scale)]."""
+    n = 2**level
+    scale = 1.0 / n
+    return [((2 * r + 1) * scale - 1.0, (2 * c + 1) * scale - 1.0, scale) for r in range(n) for c in range(n)]
+
+
+def levels_covering(glimpses: int) -> int:
+    """How many quadtree levels (1, 4, 16, ... tiles) it takes to reach `glimpses` viewpoints."""
+    levels, total = 0, 0
+    while total < glimpses:
+        total += 4**levels
+        levels += 1
+    return levels
+
+
+class EntropyGuidedC2F:
+    """EG-C2F (paper App. F.1; canvit-pytorch policies.entropy.EntropyGuidedC2F, in numpy): C2F's quadtree levels in
+    order; within a level, the unvisited tile whose canvas cells have the highest mean predictive entropy, the first
+    in row-major order on ties. Deterministic; adaptive: each viewpoint depends on the segmentation entropy of the
+    state before that glimpse, which is the `seg_entropy` readout [B, G, G] (nats) of the previous step.
+
+        policy = EntropyGuidedC2F(batch=1, glimpses=21, canvas_grid=32)
+        entropy = None
+        for t in range(21):
+            v = policy.viewpoint(t, entropy)          # glimpse 0 is the full scene and needs no entropy
+            entropy = session.step(scene, v.centers, v.scales).extras["seg_entropy"]
+
+    Raises ValueError for a canvas grid that is not a power of two (tiles must align with canvas cells) and for a
+    missing or misshapen entropy map.
+    """
+
+    def __init__(self, *, batch: int, glimpses: int, canvas_grid: int) -> None:
+        if canvas_grid < 1 or canvas_grid & (canvas_grid - 1):
+            raise ValueError(f"EG-C2F needs a power-of-two canvas grid (its quadtree tiles align with canvas cells); "
+                             f"this artifact's is {canvas_grid}: re-export with --canvas 16, 32 or 64")
+        self.batch, self.canvas_grid = batch, canvas_grid
+        self.levels = [np.array(quadtree_level_row_major(level), np.float32) for level in range(levels_covering(glimpses))]
+        self.level_start = [sum(len(tiles) for tiles in self.levels[:i]) for i in range(len(self.levels))]
+        cells = ((np.arange(canvas_grid, dtype=np.float32) + 0.5) / canvas_grid * 2 - 1).astype(np.float32)
+        self.masks = []  # per level: [n_tiles, G, G] bool, the canvas cells each tile covers
+        for tiles in self.levels:
+            in_rows = np.abs(cells[None, :] - tiles[:, 0:1]) <= tiles[:, 2:3]
+            in_cols = np.abs(cells[None, :] - tiles[:, 1:2]) <= tiles[:, 2:3]
+            self.masks.append(in_rows[:, :, None] & in_cols[:, None, :])
+        self.visited: np.ndarray | None = None  # [B, n_tiles] of the level being visited
+        self.chosen: list[np.ndarray] = []  # the tile index chosen at each glimpse, [B]
+
+    def viewpoint(self, t: int, entropy: np.ndarray | None) -> Viewpoints:
+        """The viewpoints of glimpse t (0-based, in order) given the entropy of the state before it."""
+        level = max(i for i, start in enumerate(self.level_start) if t >= start)
+        tiles = self.levels[level]
+        if level == 0:
+            self.chosen.append(np.zeros(self.batch, np.int64))
+            return _same_for_batch(float(tiles[0, 0]), float(tiles[0, 1]), float(tiles[0, 2]), self.batch)
+        shape = (self.batch, self.canvas_grid, self.canvas_grid)
+        if entropy is None or tuple(np.shape(entropy)) != shape:
+            raise ValueError(f"EG-C2F at glimpse {t} needs the seg_entropy readout {list(shape)} of the previous "
+                             f"step, got {None if entropy is None else list(np.shape(entropy))}")
+        if t == self.level_start[level]:
+            self.visited = np.zeros((self.batch, len(tiles)), bool)
+        assert self.visited is not None
+        masks = self.masks[level].astype(np.float32)
+        cells_per_tile = np.maximum(masks.sum(axis=(1, 2)), 1.0)
+        mean = (np.asarray(entropy, np.float32)[:, None] * masks[None]).sum(axis=(2, 3)) / cells_per_tile[None]
+        chosen = np.where(self.visited, -np.inf, mean).argmax(axis=1)
+        self.visited[np.arange(self.batch), chosen] = True
+        self.chosen.append(chosen)
+        selected = tiles[chosen]
+        return Viewpoints(centers=np.ascontiguousarray(selected[:, :2]), scales=np.ascontiguousarray(selected[:, 2]))
+
+
+ADAPTIVE_POLICIES = ("eg-c2f",)
+"""Policies that choose each viewpoint from the step's readouts (canvit_runtime.rollout drives them)."""
+
+
 POLICIES: dict[str, Callable[..., list[Viewpoints]]] = {
     "full": lambda *, batch, glimpses, seed: full_scene(batch=batch, glimpses=glimpses),
     "c2f": coarse_to_fine,
@@ -169,6 +246,9 @@ def make_policy(name: str, *, batch: int, glimpses: int, seed: int = 0) -> list[
     name, read from that JSON file. Raises ValueError on an unknown name that is no file."""
     if name in POLICIES:
         return POLICIES[name](batch=batch, glimpses=glimpses, seed=seed)
+    if name in ADAPTIVE_POLICIES:
+        raise ValueError(f"policy {name!r} chooses each viewpoint from the step's readouts: run it with "
+                         f"canvit_runtime.rollout.rollout (or --policy {name} on a command)")
     if Path(name).is_file():
         return from_json(name, batch=batch, glimpses=glimpses)
     raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)} or a path to a viewpoints JSON file")
