@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mutate_manifest
 
 import canvit_runtime
 from canvit_runtime.manifest import ManifestError, load_manifest
 from canvit_runtime.policies import make_policy, to_json
 from canvit_runtime.preprocess import scene_batch
+from conftest import mutate_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENCV_HEADER = Path("/usr/include/opencv4/opencv2/videoio.hpp")
@@ -24,9 +24,31 @@ HEADERS = [Path("/usr/include/nlohmann/json.hpp"), Path("/usr/include/stb/stb_im
            Path("/usr/include/valijson/validator.hpp")]
 
 
+def onnxruntime_release(folder: Path) -> Path | None:
+    """An ONNX Runtime "release" folder (include/, lib/) for the C++ backend, where one can be put together: the C++
+    headers of ../shared/third_party/onnxruntime/include (or $CANVIT_ONNXRUNTIME_INCLUDE) with the library of the
+    venv's onnxruntime wheel (newer than the headers' ORT_API_VERSION: compatible). None otherwise."""
+    import os
+
+    headers = Path(os.environ.get("CANVIT_ONNXRUNTIME_INCLUDE", ROOT.parent / "shared/third_party/onnxruntime/include"))
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    libraries = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.1.*"))
+    if not (headers / "onnxruntime_cxx_api.h").exists() or not libraries:
+        return None
+    (folder / "lib").mkdir()
+    (folder / "include").symlink_to(headers.resolve())
+    for name in ("libonnxruntime.so", "libonnxruntime.so.1"):  # the link name and the soname the wheel lacks
+        (folder / "lib" / name).symlink_to(libraries[-1])
+    return folder
+
+
 @pytest.fixture(scope="session")
 def build(tmp_path_factory) -> Path:
-    """The CMake build folder: canvit_demo, and canvit_tests where GoogleTest is installed."""
+    """The CMake build folder: canvit_demo (OpenVINO, and ONNX Runtime where onnxruntime_release finds it), and
+    canvit_tests where GoogleTest is installed."""
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("cmake or a C++ compiler is missing (apt-get install cmake g++)")
     if missing := [str(h) for h in HEADERS if not h.exists()]:
@@ -36,8 +58,10 @@ def build(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("cpp_build")
     openvino_dir = Path(openvino.__file__).parent / "cmake"
-    for command in (["cmake", "-S", str(ROOT / "cpp_demo"), "-B", str(folder), f"-DOpenVINO_DIR={openvino_dir}"],
-                    ["cmake", "--build", str(folder), "-j2"]):
+    configure = ["cmake", "-S", str(ROOT / "cpp_demo"), "-B", str(folder), f"-DOpenVINO_DIR={openvino_dir}"]
+    if (onnxruntime_root := onnxruntime_release(tmp_path_factory.mktemp("onnxruntime"))) is not None:
+        configure.append(f"-DONNXRUNTIME_ROOT={onnxruntime_root}")
+    for command in (configure, ["cmake", "--build", str(folder), "-j2"]):
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return folder
@@ -340,3 +364,224 @@ def test_cpp_policies_run(demo, ir, tmp_path) -> None:
     header = json.loads((tmp_path / "canvas.f32.json").read_text())
     assert header["shape"] == [1, 272, 1024] and header["dtype"] == "float32"
     assert (tmp_path / "canvas.f32").stat().st_size == 272 * 1024 * 4
+
+
+# --- readouts, EG-C2F and pictures (issue "Readouts and active vision on the device") ---------------------------------
+
+READOUTS = "segmentation,classification"
+
+
+@pytest.fixture(scope="module")
+def readout_artifacts(export_artifact, tmp_path_factory) -> dict[str, Path]:
+    """The same seeded ViT-S canvas-16 step with segmentation and classification readouts: ONNX, stateful IR (its
+    graph outputs are exactly the readouts) and stateless IR."""
+    from canvit_export.export.openvino import export_openvino
+
+    onnx = export_artifact("vits16", canvas=16, readout=READOUTS)
+    folder = tmp_path_factory.mktemp("cpp_readouts")
+    export_openvino(onnx, folder / "stateful", precision="fp32", quiet=True)
+    export_openvino(onnx, folder / "stateless", precision="fp32", stateful=False, quiet=True)
+    return {"onnx": onnx, "stateful-ir": folder / "stateful", "stateless-ir": folder / "stateless"}
+
+
+@pytest.fixture(scope="module")
+def scene_npy(photo, tmp_path_factory) -> Path:
+    """chelsea, preprocessed by canvit_core (the scene both languages read exactly): [3, 512, 512] float32."""
+    path = tmp_path_factory.mktemp("cpp_scene") / "scene.npy"
+    np.save(path, scene_batch(photo, scene_px=512, batch=1)[0])
+    return path
+
+
+def one_error_line(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(("artifact_kind", "backend"), [("stateful-ir", "openvino"), ("stateless-ir", "openvino"),
+                                                      ("onnx", "openvino"), ("onnx", "onnxruntime")])
+def test_cpp_eg_c2f_equals_python(demo, readout_artifacts, scene_npy, tmp_path, artifact_kind, backend) -> None:
+    """EG-C2F in C++ (entropy read back every glimpse) visits exactly the viewpoints of canvit_runtime's rollout on
+    the same artifact, scene and runtime, and its final readouts equal Python's: the same seg_logits argmax map,
+    logits and entropy within float noise."""
+    from canvit_runtime.rollout import rollout
+
+    if backend not in compiled_backends(demo):
+        pytest.skip(f"canvit_demo was built without {backend} (see onnxruntime_release)")
+    artifact = readout_artifacts[artifact_kind]
+    result = run(demo, "--artifact", str(artifact), "--image", str(scene_npy), "--policy", "eg-c2f", "--glimpses", "21",
+                 "--backend", backend, "--log", str(tmp_path / "log.json"), "--readouts-out", str(tmp_path / "readouts"))
+    assert result.returncode == 0, result.stderr
+    assert "policy eg-c2f" in result.stdout and "eg-c2f entropy+choice" in result.stdout, result.stdout
+    session = canvit_runtime.open(artifact, runtime=backend)
+    viewpoints, last = rollout(session, np.load(scene_npy)[None], "eg-c2f", glimpses=21)
+    cpp = json.loads((tmp_path / "log.json").read_text())
+    assert cpp["viewpoints"] == to_json(viewpoints)["viewpoints"]
+    assert cpp["readouts"] == ["segmentation", "classification"] and len(cpp["policy_ms"]) == 21
+    # Adaptive: the sixteenths are not visited in row-major order (the order all-equal entropies would give).
+    level2 = [tuple(v[0][:2]) for v in cpp["viewpoints"][5:21]]
+    assert level2 != sorted(level2) and len(set(level2)) == 16
+    for name in ("seg_logits", "seg_entropy", "class_logits"):
+        ours, python = np.load(tmp_path / "readouts" / f"{name}.npy"), last.extras[name]
+        assert ours.shape == python.shape and ours.dtype == np.float32, name
+        rel = np.linalg.norm(ours.astype(np.float64) - python) / np.linalg.norm(python)
+        assert rel <= 1e-5, (name, rel)
+    labels = np.load(tmp_path / "readouts" / "seg_logits.npy").argmax(1)
+    assert np.array_equal(labels, last.extras["seg_logits"].argmax(1))
+
+
+def test_cpp_pictures_and_top_classes(demo, readout_artifacts, scene_npy, tmp_path) -> None:
+    """--pictures writes viewpoints.png (S x S), segmentation.png (S + 230 legend px wide) and entropy.png (S + 44 px
+    high, the scale bar) laid out as canvit_runtime.pictures draws them (most pixels identical: all but the text),
+    and legend.txt lists the classes of Python's final argmax map by area; the top-5 line is Python's."""
+    from PIL import Image
+
+    from canvit_runtime.pictures import draw_rollout, top_classes
+    from canvit_runtime.rollout import rollout
+
+    artifact = readout_artifacts["stateful-ir"]
+    result = run(demo, "--artifact", str(artifact), "--image", str(scene_npy), "--policy", "eg-c2f", "--glimpses", "21",
+                 "--pictures", str(tmp_path / "cpp"))
+    assert result.returncode == 0, result.stderr
+    session = canvit_runtime.open(artifact, runtime="openvino")
+    manifest = session.manifest
+    scene = np.load(scene_npy)[None]
+    viewpoints, last = rollout(session, scene, "eg-c2f", glimpses=21)
+    top = top_classes(last.extras["class_logits"][0], manifest.readout("classification").class_names)
+    assert "top-5 classes: " + ", ".join(f"{name} {p:.1%}" for name, p in top) in result.stdout, result.stdout
+    triples = [(float(v.centers[0, 0]), float(v.centers[0, 1]), float(v.scales[0])) for v in viewpoints]
+    draw_rollout(manifest, scene, triples, last.extras, tmp_path / "python")
+    sizes = {"viewpoints": (512, 512), "segmentation": (512 + 230, 512), "entropy": (512, 512 + 44)}
+    for name, size in sizes.items():
+        ours = Image.open(tmp_path / "cpp" / f"{name}.png")
+        assert ours.format == "PNG" and ours.mode == "RGB" and ours.size == size, (name, ours.size)
+        python = np.asarray(Image.open(tmp_path / "python" / f"{name}.png"))
+        same = (np.asarray(ours) == python).all(axis=-1).mean()
+        assert same >= 0.9, (name, same)
+    labels = last.extras["seg_logits"][0].argmax(0)
+    counts = np.bincount(labels.ravel(), minlength=150)
+    expected = [(int(c), manifest.readout("segmentation").class_names[c], int(counts[c]))
+                for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    rows = [line.split("\t") for line in (tmp_path / "cpp" / "legend.txt").read_text().splitlines()
+            if not line.startswith("#")]
+    assert [(int(r[0]), r[1], int(r[2])) for r in rows] == expected
+    assert f"pictures: {tmp_path / 'cpp' / 'viewpoints.png'}" in result.stdout
+
+
+def test_cpp_pictures_without_segmentation(demo, ir, scene_npy, tmp_path) -> None:
+    """An artifact without readouts: viewpoints.png only, no top-5 line, as canvit-runtime run does."""
+    from PIL import Image
+
+    result = run(demo, "--artifact", str(ir), "--image", str(scene_npy), "--policy", "c2f", "--glimpses", "5",
+                 "--pictures", str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["viewpoints.png"]
+    assert Image.open(tmp_path / "p" / "viewpoints.png").size == (512, 512)
+    assert "top-5" not in result.stdout
+
+
+def test_cpp_overlay_video(demo, readout_artifacts, scene_npy, tmp_path) -> None:
+    """--overlay-video writes one 512 x 512 frame per glimpse (Motion JPEG AVI), which canvit_demo reads back."""
+    if not OPENCV_HEADER.exists():
+        pytest.skip("OpenCV is not installed (apt-get install libopencv-dev): canvit_demo has no --overlay-video")
+    artifact = readout_artifacts["stateful-ir"]
+    result = run(demo, "--artifact", str(artifact), "--image", str(scene_npy), "--policy", "eg-c2f", "--glimpses", "6",
+                 "--overlay-video", str(tmp_path / "overlay.avi"))
+    assert result.returncode == 0, result.stderr
+    again = run(demo, "--artifact", str(artifact), "--video", str(tmp_path / "overlay.avi"), "--glimpses", "10")
+    assert again.returncode == 0, again.stderr
+    assert "6 frames of video file" in again.stdout and "the video ended after 6 frames" in again.stdout, again.stdout
+
+
+def canvas_12(manifest: dict) -> dict:
+    """A self-consistent manifest for a canvas 12 x 12 (not a power of two) beside the canvas-16 model."""
+    manifest["geometry"]["canvas_grid"] = 12
+    for pair in manifest["state"]:
+        if pair["input"] == "canvas":
+            pair["shape"][1] = 16 + 144
+    for tensor in manifest["inputs"] + manifest["outputs"]:
+        if tensor["name"] in ("canvas", "canvas_next"):
+            tensor["shape"][1] = 16 + 144
+        elif tensor["name"] in ("seg_logits", "seg_entropy"):
+            tensor["shape"][-2:] = [12, 12]
+    return manifest
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("no segmentation", "--policy eg-c2f reads the segmentation entropy, and {dir} has no segmentation readout: "
+                        "re-export with --readout segmentation"),
+    ("canvas 12", "--policy eg-c2f needs a power-of-two canvas grid (its quadtree tiles align with canvas cells); this "
+                  "artifact's is 12: re-export with --canvas 16, 32 or 64"),
+    ("no readouts out", "--readouts-out: {dir} has no readouts; re-export it with --readout"),
+    ("pictures file", "--pictures {tmp}/file.png is a file: pass a folder (created if missing)"),
+    ("overlay name", "overlay.gif: name the overlay video *.avi (Motion JPEG) or *.mp4"),
+])
+def test_cpp_readout_refusals(demo, ir, readout_artifacts, scene_npy, tmp_path, case, needle) -> None:
+    """What EG-C2F and the readout outputs cannot run on is refused with one line naming the fix, before any glimpse;
+    canvit_runtime refuses the same EG-C2F cases."""
+    from canvit_runtime.policies import EntropyGuidedC2F
+    from canvit_runtime.rollout import rollout
+
+    artifact = tmp_path / "a"
+    shutil.copytree(ir if case in ("no segmentation", "no readouts out") else readout_artifacts["stateful-ir"], artifact)
+    args = ["--artifact", str(artifact), "--image", str(scene_npy), "--glimpses", "3", "--policy", "eg-c2f"]
+    if case == "canvas 12":
+        manifest = canvas_12(json.loads((artifact / "manifest.json").read_text()))
+        (artifact / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        load_manifest(artifact)  # self-consistent: Python reads it, and refuses EG-C2F on it
+        with pytest.raises(ValueError, match="power-of-two canvas grid"):
+            EntropyGuidedC2F(batch=1, glimpses=3, canvas_grid=12)
+    elif case == "no segmentation":
+        with pytest.raises(ValueError, match="has no segmentation readout: re-export with --readout segmentation"):
+            rollout(canvit_runtime.open(artifact, runtime="openvino"), np.load(scene_npy)[None], "eg-c2f", glimpses=3)
+    elif case == "no readouts out":
+        args[-1] = "c2f"
+        args += ["--readouts-out", str(tmp_path / "r")]
+    elif case == "pictures file":
+        (tmp_path / "file.png").write_bytes(b"")
+        args += ["--pictures", str(tmp_path / "file.png")]
+    elif case == "overlay name":
+        if not OPENCV_HEADER.exists():
+            pytest.skip("OpenCV is not installed: --overlay-video is refused as not compiled in")
+        args += ["--overlay-video", str(tmp_path / "overlay.gif")]
+    result = run(demo, *args)
+    one_error_line(result, needle.format(dir=artifact, tmp=tmp_path))
+    assert "glimpses on" not in result.stdout
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("class names", "readout segmentation has 149 class names for 150 classes"),
+    ("palette", "readout segmentation has 3 palette for 150 classes"),
+    ("undeclared", "outputs ['class_logits'] have role readout but no readout declares them"),
+    ("outputs", "readout segmentation outputs ['seg_logits', 'seg_entropy'], not ['seg_entropy', 'seg_logits']"),
+    ("repeat", "readouts repeat a name"),
+    ("shape", "readout output 'seg_entropy' has shape [1, 8, 8], the geometry says [1, 16, 16]"),
+    ("role", "readout classification's output 'class_logits' is not an output with role readout"),
+])
+def test_cpp_checks_readouts_as_python(demo, readout_artifacts, tmp_path, case, needle) -> None:
+    """A manifest whose readouts disagree with themselves or the geometry is refused by the C++ demo and by
+    canvit_runtime with the same one-line message (Manifest._check_readouts)."""
+    artifact = tmp_path / "a"
+    shutil.copytree(readout_artifacts["stateful-ir"], artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    segmentation = next(r for r in manifest["readouts"] if r["name"] == "segmentation")
+    outputs = {t["name"]: t for t in manifest["outputs"]}
+    if case == "class names":
+        segmentation["class_names"] = segmentation["class_names"][:-1]
+    elif case == "palette":
+        segmentation["palette"] = segmentation["palette"][:3]
+    elif case == "undeclared":
+        manifest["readouts"] = [segmentation]
+    elif case == "outputs":
+        segmentation["outputs"] = ["seg_entropy", "seg_logits"]
+    elif case == "repeat":
+        manifest["readouts"].append(segmentation)
+    elif case == "shape":
+        outputs["seg_entropy"]["shape"] = [1, 8, 8]
+    elif case == "role":
+        outputs["class_logits"]["role"] = "extra"
+    (artifact / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    one_error_line(run(demo, "--artifact", str(artifact), "--check"), needle + "; re-export the artifact")
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(artifact)
+    assert needle in str(refused.value) and "\n" not in str(refused.value)

@@ -1,4 +1,6 @@
 // The backend factory and the check every backend runs on its model's I/O against the manifest.
+#include <algorithm>
+
 #include "backends.hpp"
 
 namespace canvit {
@@ -13,6 +15,13 @@ void check_model_tensor(const Manifest& m, const std::string& where, const std::
         throw Error(where + ": shape mismatch: tensor '" + name + "' is " + shape_str(shape) + " " + dtype +
                     " in the model but " + shape_str(spec.shape) + " " + spec.dtype +
                     " in the manifest; the model and manifest.json come from different exports, re-export the artifact");
+}
+
+void check_readout_output(const Manifest& m, const std::string& name) {
+    if (std::find(m.readout_outputs.begin(), m.readout_outputs.end(), name) == m.readout_outputs.end())
+        throw Error(m.dir.string() + " has no readout output '" + name + "'" +
+                    (m.readout_outputs.empty() ? std::string(" (it was exported without readouts)") : "") +
+                    "; re-export it with --readout segmentation, classification or features");
 }
 
 std::vector<std::string> compiled_backends() {

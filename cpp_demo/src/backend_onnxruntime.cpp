@@ -2,7 +2,8 @@
 // with --device CUDA (an ONNX Runtime built with the CUDA execution provider, e.g. the Jetson Zoo wheel's libraries).
 // Every input and output is bound once, in the constructor, to host buffers the backend owns (Ort::IoBinding): the
 // state lives in two buffers per state tensor, and two bindings (one per buffer assignment) alternate between
-// glimpses, so a glimpse copies only its viewpoint and allocates nothing.
+// glimpses, so a glimpse copies only its viewpoint and allocates nothing. Readouts are written into host buffers of
+// their own (bound once), which read_output copies.
 #include <onnxruntime_cxx_api.h>
 
 #include <cstring>
@@ -95,6 +96,10 @@ class OnnxRuntimeBackend : public Backend {
         parity_ ^= 1;  // the outputs just written are the next glimpse's state inputs
     }
     std::vector<float> read_state(const std::string& name) override { return state_.at(name)[parity_]; }
+    std::vector<float> read_output(const std::string& name) override {  // bound to a host buffer: a copy of it
+        check_readout_output(m_, name);
+        return extras_.at(name);
+    }
     std::string description() const override { return "onnxruntime/" + device_; }
 
    private:

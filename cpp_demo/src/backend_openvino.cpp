@@ -1,7 +1,8 @@
 // OpenVINO backend: a stateful IR keeps canvas and recurrent CLS in its state variables (ReadValue/Assign, read back
 // only on request); a stateless IR or an ONNX artifact takes and returns them every glimpse, in two host buffers
-// per state that swap between glimpses (no copy). Inference precision hint f32: OpenVINO then runs the graph's own
-// types (bf16 IRs carry their bf16 matmuls; the canvas path stays f32; README "canvit-export openvino").
+// per state that swap between glimpses (no copy). Readouts (a stateful IR's only graph outputs) stay in the
+// request's output tensors, copied out by read_output. Inference precision hint f32: OpenVINO then runs the graph's
+// own types (bf16 IRs carry their bf16 matmuls; the canvas path stays f32; README "canvit-export openvino").
 #include <openvino/op/util/variable.hpp>
 #include <openvino/openvino.hpp>
 
@@ -90,6 +91,11 @@ class OpenVinoBackend : public Backend {
     }
     std::vector<float> read_state(const std::string& name) override {
         const ov::Tensor t = m_.stateful ? states_.at(name).get_state() : buffers_.at(name)[parity_];
+        return {t.data<const float>(), t.data<const float>() + t.get_size()};
+    }
+    std::vector<float> read_output(const std::string& name) override {  // the request's own output tensor, on the host
+        check_readout_output(m_, name);
+        const ov::Tensor t = request_.get_tensor(name);
         return {t.data<const float>(), t.data<const float>() + t.get_size()};
     }
     std::string description() const override { return "openvino/" + device_; }

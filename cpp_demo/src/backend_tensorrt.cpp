@@ -5,7 +5,8 @@
 // (by an earlier run, or by trtexec from the same step.onnx) or saves the one it builds.
 // The canvas and recurrent CLS stay in device memory, in two buffers each that swap between glimpses, so no
 // canvas crosses PCIe per glimpse; with cuda_graph each buffer assignment's enqueueV3 is captured once as a CUDA
-// graph and replayed. read_state copies a state to the host only when asked.
+// graph and replayed. read_state copies a state to the host only when asked, read_output a readout (EG-C2F:
+// seg_entropy, [B, G, G], every glimpse).
 #include <NvInfer.h>
 #include <NvOnnxParser.h>
 #include <cuda_runtime_api.h>
@@ -131,6 +132,12 @@ class TensorRtBackend : public Backend {
     std::vector<float> read_state(const std::string& name) override {
         std::vector<float> host(m_.tensor(name).numel());
         cuda_check(cudaMemcpy(host.data(), addresses(parity_).at(name), host.size() * sizeof(float), cudaMemcpyDeviceToHost), "read_state");
+        return host;
+    }
+    std::vector<float> read_output(const std::string& name) override {  // one device buffer of its own per readout
+        check_readout_output(m_, name);
+        std::vector<float> host(m_.tensor(name).numel());
+        cuda_check(cudaMemcpy(host.data(), buffers_.at(name), host.size() * sizeof(float), cudaMemcpyDeviceToHost), "read_output");
         return host;
     }
     std::string description() const override {

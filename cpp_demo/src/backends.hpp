@@ -5,6 +5,9 @@
 
 namespace canvit {
 
+// Throws Error unless `name` is one of the manifest's readout outputs (Backend::read_output's argument).
+void check_readout_output(const Manifest& m, const std::string& name);
+
 #ifdef CANVIT_WITH_OPENVINO
 std::unique_ptr<Backend> make_openvino_backend(const Manifest& m, const BackendOptions& options);
 #endif

@@ -31,18 +31,33 @@ usage: canvit_demo --artifact DIR (--image PHOTO|SCENE.npy | --video SOURCE) [op
   --engine PATH            TensorRT on an ONNX artifact: load the engine saved at PATH (by an earlier run or by
                            trtexec), or build a strongly typed one on this GPU and save it there
   --no-cuda-graph          TensorRT: enqueue every glimpse instead of replaying a captured CUDA graph
-  --policy NAME            viewpoints: c2f (default), full, f-iid, r-iid, or a viewpoints JSON file
-                           ({"viewpoints": [[row, col, scale], ...]}, as canvit_runtime.policies.to_json writes)
+  --policy NAME            viewpoints: c2f (default), full, f-iid, r-iid, eg-c2f, or a viewpoints JSON file
+                           ({"viewpoints": [[row, col, scale], ...]}, as canvit_runtime.policies.to_json writes).
+                           eg-c2f (entropy-guided C2F, paper App. F.1): C2F's quadtree levels in order, each level's
+                           unvisited tile of highest mean segmentation entropy next (the previous glimpse's
+                           seg_entropy readout); needs a segmentation readout and a power-of-two canvas grid
   --glimpses N             glimpses to run (default 21)
   --seed N                 seed of c2f, f-iid and r-iid (default 0)
   --canvas-out PATH        the final canvas [B, 16 + G*G, Dc] float32: PATH.npy, or raw float32 + PATH.json header
   --scene-out PATH.npy     the preprocessed scene of the first frame [B, 3, S, S] float32
   --pca-png PATH           PNG of the final canvas's first three principal components (batch item 0)
+  --readouts-out DIR       the final step's readouts, one DIR/<name>.npy each (seg_logits [B, C, G, G],
+                           seg_entropy [B, G, G], class_logits [B, n], teacher_patches [B, G*G, Dt]; float32)
+  --pictures DIR           viewpoints.png (the scene, with --video its last frame, each glimpse's box numbered in
+                           visiting order) and, with a segmentation readout, segmentation.png (the final argmax map
+                           blended on the scene, the boxes, a legend of the classes present by area: S + 230 px
+                           wide), entropy.png (0 to ln C nats, with its scale) and legend.txt (the legend's
+                           classes, one per line); text drawn with OpenCV's Hershey font, or with stb_easy_font's
+                           bitmap font in a build without OpenCV
+  --overlay-video PATH     one frame per glimpse (10 fps): the scene with that glimpse's segmentation blended on
+                           it and the boxes of the glimpses on that scene; PATH.avi (Motion JPEG) or PATH.mp4
+                           (needs OpenCV)
   --log PATH               JSON log: configuration, viewpoints and per-glimpse latency
   --check                  validate the artifact (manifest.json against its JSON Schema and itself, every file's
                            SHA-256), print what it holds and exit
   --version                the backends compiled into this build
 
+With a classification readout, the top-5 classes of the final step (softmax of class_logits, scene 0) are printed.
 Errors print one line 'error: ...' and exit 2.
 )";
 
@@ -87,6 +102,60 @@ std::string one_line(std::string text) {
     return text;
 }
 
+// The viewpoints of each glimpse: a fixed sequence (make_policy), or EG-C2F, adaptive: it reads the previous step's
+// seg_entropy readout. Refuses eg-c2f, in one line, on an artifact without a segmentation readout (first) or with a
+// canvas grid that is not a power of two, as canvit_runtime.rollout.rollout does.
+class Policy {
+   public:
+    Policy(const std::string& name, const Manifest& m, int glimpses, uint32_t seed) {
+        if (name != "eg-c2f") {
+            fixed_ = make_policy(name, m.batch, glimpses, seed);
+            return;
+        }
+        if (!m.readout("segmentation"))
+            throw Error("--policy eg-c2f reads the segmentation entropy, and " + m.dir.string() +
+                        " has no segmentation readout: re-export with --readout segmentation");
+        eg_ = std::make_unique<EntropyGuidedC2F>(m.batch, glimpses, m.canvas_grid);
+    }
+    bool adaptive() const { return eg_ != nullptr; }
+    // Glimpse t's viewpoints (t = 0, 1, ... in order); entropy: the previous step's seg_entropy (EG-C2F only).
+    Viewpoints at(int t, const std::vector<float>& entropy) { return eg_ ? eg_->viewpoint(t, entropy) : fixed_.at(size_t(t)); }
+
+   private:
+    std::vector<Viewpoints> fixed_;
+    std::unique_ptr<EntropyGuidedC2F> eg_;
+};
+
+// The output options checked before the run, so that a wrong one fails before any glimpse.
+void check_output_options(const std::map<std::string, std::string>& args, const Manifest& m) {
+    for (const char* key : {"--pictures", "--readouts-out"})
+        if (args.count(key) && std::filesystem::exists(args.at(key)) && !std::filesystem::is_directory(args.at(key)))
+            throw Error(std::string(key) + " " + args.at(key) + " is a file: pass a folder (created if missing)");
+    if (args.count("--readouts-out") && m.readout_outputs.empty())
+        throw Error("--readouts-out: " + m.dir.string() + " has no readouts; re-export it with --readout segmentation, "
+                    "classification or features");
+}
+
+// DIR/<name>.npy for each readout output of the final step, in its manifest shape.
+void write_readouts(const std::filesystem::path& dir, const std::map<std::string, std::vector<float>>& readouts, const Manifest& m) {
+    std::error_code error;
+    std::filesystem::create_directories(dir, error);
+    if (!std::filesystem::is_directory(dir)) throw Error("--readouts-out " + dir.string() + ": cannot create this folder; pass a writable folder");
+    for (const auto& [name, values] : readouts) write_npy(dir / (name + ".npy"), values, m.tensor(name).shape);
+}
+
+// "top-5 classes: tabby 41.2%, ...": softmax of scene 0's class_logits [B, n], as canvit-runtime run prints them.
+void print_top_classes(const std::vector<float>& logits, const Manifest& m, const Readout& classification) {
+    const int classes = int(m.tensor("class_logits").shape.back());
+    std::string line = "top-5 classes:";
+    for (const auto& [name, p] : top_classes(logits, classes, classification.class_names, 5, 0)) {
+        char share[32];
+        std::snprintf(share, sizeof share, " %.1f%%", 100.0 * p);
+        line += (line.back() == ':' ? " " : ", ") + name + share;
+    }
+    std::printf("%s\n", line.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,7 +165,8 @@ int main(int argc, char** argv) {
     const std::vector<std::string> flags{"--no-cuda-graph", "--check"};
     const std::vector<std::string> known{"--artifact", "--image", "--video", "--glimpses-per-frame", "--backend", "--device",
                                          "--threads", "--engine", "--policy", "--glimpses", "--seed", "--canvas-out",
-                                         "--scene-out", "--pca-png", "--log"};
+                                         "--scene-out", "--pca-png", "--log", "--readouts-out", "--pictures",
+                                         "--overlay-video"};
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string key = argv[i];
@@ -130,15 +200,21 @@ int main(int argc, char** argv) {
         const int threads = parse_int(args, "--threads", 0), seed = parse_int(args, "--seed", 0);
 
         const Manifest m = load_manifest(args["--artifact"]);
-        const std::vector<Viewpoints> viewpoints = make_policy(args["--policy"], m.batch, glimpses, uint32_t(seed));
+        Policy policy(args["--policy"], m, glimpses, uint32_t(seed));
+        check_output_options(args, m);
         std::unique_ptr<FrameSource> video;
         std::vector<float> scene;
         if (args.count("--video")) video = open_video(args["--video"]);
         else scene = load_scene(args["--image"], m);
         BackendOptions options{args["--device"], threads, !args.count("--no-cuda-graph"), args.count("--engine") ? args["--engine"] : ""};
         auto backend = make_backend(args["--backend"], m, options);
+        std::unique_ptr<FrameSink> overlay;  // opened before the run: a bad path fails before any glimpse
+        if (args.count("--overlay-video")) overlay = open_video_writer(args["--overlay-video"], m.scene_px, m.scene_px, 10.0);
 
-        std::vector<double> step_ms, frame_ms;
+        std::vector<double> step_ms, frame_ms, policy_ms;
+        std::vector<Viewpoints> used;           // the viewpoints of every glimpse run
+        std::vector<float> entropy;              // EG-C2F: the last step's seg_entropy [B, G, G]
+        std::vector<std::array<float, 3>> boxes;  // the overlay: scene 0's viewpoints since its scene last changed
         int frames = 0;
         bool ended = false;
         backend->reset();
@@ -155,14 +231,28 @@ int main(int argc, char** argv) {
                 frame_ms.push_back(ms_since(start));
                 ++frames;
             }
-            if (t == 0 || (video && t % per_frame == 0)) backend->set_scene(scene);
+            if (t == 0 || (video && t % per_frame == 0)) backend->set_scene(scene), boxes.clear();
             if (t == 0 && args.count("--scene-out")) write_npy(args["--scene-out"], scene, {m.batch, 3, m.scene_px, m.scene_px});
+            const auto choose = std::chrono::steady_clock::now();
+            const Viewpoints v = policy.at(t, entropy);
+            const double choose_ms = ms_since(choose);
             const auto start = std::chrono::steady_clock::now();
-            backend->step(viewpoints[t]);
+            backend->step(v);
             step_ms.push_back(ms_since(start));
+            if (policy.adaptive()) {  // the entropy the next glimpse is chosen from: B * G * G floats to the host
+                const auto read = std::chrono::steady_clock::now();
+                entropy = backend->read_output("seg_entropy");
+                policy_ms.push_back(choose_ms + ms_since(read));
+            }
+            used.push_back(v);
+            if (overlay) {
+                boxes.push_back({v.centers[0], v.centers[1], v.scales[0]});
+                const bool segmented = m.readout("segmentation") != nullptr;
+                overlay->write(overlay_frame(m, scene, segmented ? backend->read_output("seg_logits") : std::vector<float>{}, boxes));
+            }
         }
         const int ran = int(step_ms.size());
-        const Latency step = summarize(step_ms), frame = summarize(frame_ms);
+        const Latency step = summarize(step_ms), frame = summarize(frame_ms), choice = summarize(policy_ms);
         std::printf("canvit_demo: %d glimpses on %s, precision %s, batch %d, canvas %dx%d, policy %s%s\n", ran,
                     backend->description().c_str(), m.precision.c_str(), m.batch, m.canvas_grid, m.canvas_grid, args["--policy"].c_str(),
                     video ? (", " + std::to_string(frames) + " frames of " + video->description()).c_str() : "");
@@ -170,6 +260,19 @@ int main(int argc, char** argv) {
         std::printf("%-24s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
         std::printf("%-24s %10.2f %10.2f %10.2f %12.2f\n", "step", step.min, step.median, step.p90, 1000.0 * m.batch / step.median);
         if (video) std::printf("%-24s %10.2f %10.2f %10.2f\n", "frame decode+preprocess", frame.min, frame.median, frame.p90);
+        if (policy.adaptive()) std::printf("%-24s %10.3f %10.3f %10.3f\n", "eg-c2f entropy+choice", choice.min, choice.median, choice.p90);
+        std::map<std::string, std::vector<float>> readouts;  // the final step's, read once
+        if (args.count("--readouts-out") || args.count("--pictures") || m.readout("classification"))
+            for (const auto& name : m.readout_outputs) readouts[name] = backend->read_output(name);
+        if (const Readout* classification = m.readout("classification"))
+            print_top_classes(readouts.at("class_logits"), m, *classification);
+        if (args.count("--readouts-out")) write_readouts(args["--readouts-out"], readouts, m);
+        if (args.count("--pictures")) {
+            const auto written = write_pictures(args["--pictures"], m, scene, used, readouts);
+            std::printf("pictures:");
+            for (const auto& path : written) std::printf(" %s", path.string().c_str());
+            std::printf("\n");
+        }
         if (args.count("--canvas-out") || args.count("--pca-png")) {
             const std::vector<float> canvas = backend->read_state("canvas");
             if (args.count("--canvas-out")) write_tensor(args["--canvas-out"], canvas, m.tensor("canvas").shape, "canvas");
@@ -177,17 +280,19 @@ int main(int argc, char** argv) {
         }
         if (args.count("--log")) {
             nlohmann::json vps = nlohmann::json::array();
-            for (int t = 0; t < ran; ++t) {
+            for (const auto& v : used) {
                 nlohmann::json triples = nlohmann::json::array();
-                for (int b = 0; b < m.batch; ++b)
-                    triples.push_back({viewpoints[t].centers[2 * b], viewpoints[t].centers[2 * b + 1], viewpoints[t].scales[b]});
+                for (int b = 0; b < m.batch; ++b) triples.push_back({v.centers[2 * b], v.centers[2 * b + 1], v.scales[b]});
                 vps.push_back(triples);
             }
+            nlohmann::json readout_names = nlohmann::json::array();
+            for (const auto& r : m.readouts) readout_names.push_back(r.name);
             nlohmann::json log{{"artifact", args["--artifact"]}, {"target", m.target}, {"precision", m.precision},
                                {"backend", backend->description()}, {"policy", args["--policy"]},
                                {"seed", seed}, {"glimpses", ran}, {"batch", m.batch}, {"canvas_grid", m.canvas_grid},
-                               {"viewpoints", vps}, {"step_ms", step_ms}, {"min_ms", step.min}, {"median_ms", step.median},
-                               {"p90_ms", step.p90}, {"glimpses_per_s", 1000.0 * m.batch / step.median}};
+                               {"readouts", readout_names}, {"viewpoints", vps}, {"step_ms", step_ms}, {"min_ms", step.min},
+                               {"median_ms", step.median}, {"p90_ms", step.p90}, {"glimpses_per_s", 1000.0 * m.batch / step.median}};
+            if (policy.adaptive()) log["policy_ms"] = policy_ms;
             if (video)
                 log["video"] = {{"source", video->description()}, {"frames", frames}, {"glimpses_per_frame", per_frame},
                                 {"frame_ms", frame_ms}, {"ended_early", ended}};

@@ -57,8 +57,25 @@ const TensorSpec& Manifest::tensor(const std::string& name) const {
 using Shape = std::vector<int64_t>;
 using Fail = std::function<void(const std::string&)>;  // throws Error "<manifest.json>: <what>; re-export the artifact"
 
+const Readout* Manifest::readout(const std::string& name) const {
+    for (const auto& r : readouts)
+        if (r.name == name) return &r;
+    return nullptr;
+}
+
 static TensorSpec parse_tensor(const json& j) {
-    return TensorSpec{j.at("name"), j.at("dtype"), j.at("role"), j.at("shape").get<Shape>()};
+    const std::string unit = j.contains("unit") && j.at("unit").is_string() ? j.at("unit").get<std::string>() : "";
+    return TensorSpec{j.at("name"), j.at("dtype"), j.at("role"), j.at("shape").get<Shape>(), unit};
+}
+
+// A readout record: name, outputs, class names and palette (each may be absent or null).
+static Readout parse_readout(const json& j) {
+    Readout r{j.at("name"), j.at("outputs").get<std::vector<std::string>>(), {}, {}};
+    if (j.contains("class_names") && !j.at("class_names").is_null()) r.class_names = j.at("class_names").get<std::vector<std::string>>();
+    if (j.contains("palette") && !j.at("palette").is_null())
+        for (const auto& rgb : j.at("palette"))
+            r.palette.push_back({rgb.at(0).get<unsigned char>(), rgb.at(1).get<unsigned char>(), rgb.at(2).get<unsigned char>()});
+    return r;
 }
 
 // The fields the demo uses; the schema has checked that they are there, with their types.
@@ -81,6 +98,10 @@ static Manifest read_fields(const json& j, const fs::path& dir) {
     }
     for (const auto& t : j.at("inputs")) m.inputs.push_back(parse_tensor(t));
     for (const auto& t : j.at("outputs")) m.outputs.push_back(parse_tensor(t));
+    for (const auto& t : m.outputs)
+        if (t.role == "readout") m.readout_outputs.push_back(t.name);
+    if (j.contains("readouts"))
+        for (const auto& r : j.at("readouts")) m.readouts.push_back(parse_readout(r));
     for (const auto& s : j.at("state")) {
         m.state_pairs.emplace_back(s.at("input"), s.at("output"));
         if (s.contains("variable")) m.variables[s.at("input")] = s.at("variable");
@@ -160,7 +181,68 @@ static void check_shapes(Manifest& m, const json& j, const Fail& fail) {
             if (it != m.specs.end() && it->second.role != "state")
                 fail("tensor '" + name + "' is a state pair's but has role '" + it->second.role + "'");
             if (it == m.specs.end() && !m.stateful) fail("a stateless artifact's graph must take and return every state tensor");
-            if (it == m.specs.end()) m.specs[name] = TensorSpec{name, "float32", "state", shape};  // in a variable
+            if (it == m.specs.end()) m.specs[name] = TensorSpec{name, "float32", "state", shape, ""};  // in a variable
+        }
+    }
+}
+
+// ['a', 'b']: a list of names as Python prints it, so that both languages word an error alike.
+static std::string py_list(const std::vector<std::string>& names) {
+    std::string out = "[";
+    for (size_t i = 0; i < names.size(); ++i) out += (i ? ", '" : "'") + names[i] + "'";
+    return out + "]";
+}
+
+// The readouts, as Manifest._check_readouts (same rules, same order): names unique; every output with role readout
+// declared by a readout; each readout's outputs exactly segmentation: seg_logits [B, C, G, G] + seg_entropy
+// [B, G, G], classification: class_logits [B, n], features: teacher_patches [B, G*G, Dt], outputs with role readout;
+// class names and palette, when given, one per class (C or n; features has no classes).
+static void check_readouts(const Manifest& m, const json& j, const Fail& fail) {
+    const std::map<std::string, std::vector<std::string>> expected{
+        {"segmentation", {"seg_logits", "seg_entropy"}}, {"classification", {"class_logits"}}, {"features", {"teacher_patches"}}};
+    std::vector<std::string> names, declared, undeclared;
+    for (const auto& r : m.readouts) {
+        if (std::find(names.begin(), names.end(), r.name) != names.end()) fail("readouts repeat a name");
+        names.push_back(r.name);
+        declared.insert(declared.end(), r.outputs.begin(), r.outputs.end());
+    }
+    for (const auto& name : m.readout_outputs)
+        if (std::find(declared.begin(), declared.end(), name) == declared.end()) undeclared.push_back(name);
+    std::sort(undeclared.begin(), undeclared.end());
+    if (!undeclared.empty()) fail("outputs " + py_list(undeclared) + " have role readout but no readout declares them");
+    const int64_t B = m.batch, G = m.canvas_grid;
+    size_t index = 0;
+    for (const auto& r : m.readouts) {
+        if (r.outputs != expected.at(r.name))
+            fail("readout " + r.name + " outputs " + py_list(expected.at(r.name)) + ", not " + py_list(r.outputs));
+        for (const auto& name : r.outputs) {
+            const auto it = m.specs.find(name);
+            if (it == m.specs.end() || it->second.role != "readout")
+                fail("readout " + r.name + "'s output '" + name + "' is not an output with role readout");
+        }
+        const Shape& first = m.specs.at(r.outputs[0]).shape;
+        const int64_t last = first.empty() ? 0 : first.back();
+        int64_t classes = -1;  // features: none
+        std::vector<Shape> want;
+        if (r.name == "segmentation") {
+            classes = first.size() > 1 ? first[1] : 0;
+            want = {{B, classes, G, G}, {B, G, G}};
+        } else if (r.name == "classification") {
+            classes = last;
+            want = {{B, last}};
+        } else {
+            want = {{B, G * G, last}};
+        }
+        for (size_t i = 0; i < r.outputs.size(); ++i)
+            if (m.specs.at(r.outputs[i]).shape != want[i])
+                fail("readout output '" + r.outputs[i] + "' has shape " + shape_str(m.specs.at(r.outputs[i]).shape) +
+                     ", the geometry says " + shape_str(want[i]));
+        const json& record = j.at("readouts").at(index++);
+        for (const auto& [key, field] : {std::pair{"class_names", "class names"}, {"palette", "palette"}}) {
+            const bool given = record.contains(key) && !record.at(key).is_null();  // [] is given, and wrong
+            if (given && int64_t(record.at(key).size()) != classes)
+                fail("readout " + r.name + " has " + std::to_string(record.at(key).size()) + " " + field + " for " +
+                     (classes < 0 ? std::string("no") : std::to_string(classes)) + " classes");
         }
     }
 }
@@ -190,7 +272,8 @@ static void check_files_and_precision(const Manifest& m, const json& j, const Fa
 }
 
 // The checks a JSON Schema cannot state, as canvit_runtime.manifest.Manifest._consistent makes them (same rules,
-// same order): tensors, state pairs, initial state parts, shapes, files and precision. Returns the parts' shapes.
+// same order): tensors, state pairs, initial state parts, shapes, readouts, files and precision. Returns the parts'
+// shapes.
 static std::map<std::string, Shape> check_consistency(Manifest& m, const json& j, const fs::path& path) {
     const Fail fail = [&](const std::string& what) { throw Error(path.string() + ": " + what + "; re-export the artifact"); };
     check_tensors(m, fail);
@@ -198,6 +281,7 @@ static std::map<std::string, Shape> check_consistency(Manifest& m, const json& j
     if (m.state_pairs != expected) fail("state must be the pairs canvas -> canvas_next, recurrent_cls -> recurrent_cls_next");
     auto parts = initial_state_parts(j, fail);
     check_shapes(m, j, fail);
+    check_readouts(m, j, fail);
     check_files_and_precision(m, j, fail);
     return parts;
 }

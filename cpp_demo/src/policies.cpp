@@ -141,14 +141,126 @@ std::vector<Viewpoints> make_policy(const std::string& name, int batch, int glim
         }
         return viewpoints;
     }
+    if (name == "eg-c2f")
+        throw Error("policy 'eg-c2f' chooses each viewpoint from the step's seg_entropy readout: drive it with "
+                    "EntropyGuidedC2F (canvit_demo --policy eg-c2f does)");
     if (!std::filesystem::is_regular_file(name))
-        throw Error("unknown policy '" + name + "': use c2f, full, f-iid, r-iid or a viewpoints JSON file");
+        throw Error("unknown policy '" + name + "': use c2f, eg-c2f, full, f-iid, r-iid or a viewpoints JSON file");
     std::vector<Viewpoints> viewpoints = viewpoints_from_json(name, batch);
     if (int(viewpoints.size()) < glimpses)
         throw Error(name + ": holds " + std::to_string(viewpoints.size()) + " viewpoints, " + std::to_string(glimpses) +
                     " glimpses asked for; pass --glimpses " + std::to_string(viewpoints.size()) + " or a longer file");
     viewpoints.resize(glimpses);
     return viewpoints;
+}
+
+// Level l's 2^l x 2^l tiles in row-major order (canvit_runtime.policies.quadtree_level_row_major): centers
+// (2i + 1) / 2^l - 1 computed in double, then float32, as numpy's np.array(..., np.float32) of Python floats.
+static std::vector<EntropyGuidedC2F::Tile> row_major_tiles(int level) {
+    const int n = 1 << level;
+    const double scale = 1.0 / n;
+    std::vector<EntropyGuidedC2F::Tile> tiles;
+    for (int r = 0; r < n; ++r)
+        for (int c = 0; c < n; ++c) tiles.push_back({float((2 * r + 1) * scale - 1.0), float((2 * c + 1) * scale - 1.0), float(scale)});
+    return tiles;
+}
+
+EntropyGuidedC2F::EntropyGuidedC2F(int batch, int glimpses, int canvas_grid) : batch_(batch), grid_(canvas_grid) {
+    if (canvas_grid < 1 || (canvas_grid & (canvas_grid - 1)) != 0)
+        throw Error("--policy eg-c2f needs a power-of-two canvas grid (its quadtree tiles align with canvas cells); this "
+                    "artifact's is " + std::to_string(canvas_grid) + ": re-export with --canvas 16, 32 or 64");
+    // Cell centers in [-1, 1], float32 as numpy computes them: (i + 0.5) / G * 2 - 1.
+    std::vector<float> centers(static_cast<size_t>(canvas_grid));
+    for (int i = 0; i < canvas_grid; ++i) centers[size_t(i)] = (float(i) + 0.5f) / float(canvas_grid) * 2.0f - 1.0f;
+    for (int level = 0, total = 0; total < glimpses; total += 1 << (2 * level), ++level) {  // levels_covering(glimpses)
+        level_start_.push_back(total);
+        levels_.push_back(row_major_tiles(level));
+        std::vector<std::vector<int>> covered;
+        for (const Tile& tile : levels_.back()) {
+            std::vector<int> cells;
+            for (int i = 0; i < canvas_grid; ++i)
+                for (int j = 0; j < canvas_grid; ++j)
+                    if (std::fabs(centers[size_t(i)] - tile.row) <= tile.scale && std::fabs(centers[size_t(j)] - tile.col) <= tile.scale)
+                        cells.push_back(i * canvas_grid + j);
+            covered.push_back(std::move(cells));
+        }
+        cells_.push_back(std::move(covered));
+    }
+}
+
+int EntropyGuidedC2F::level_of(int t) const {
+    int level = 0;
+    while (level + 1 < int(level_start_.size()) && t >= level_start_[size_t(level) + 1]) ++level;
+    return level;
+}
+
+std::vector<int> EntropyGuidedC2F::cells(int level, int tile) const { return cells_.at(size_t(level)).at(size_t(tile)); }
+
+// numpy's float32 sum (pairwise_sum of numpy/_core/src/umath/loops_utils.h.src), rounding for rounding: fewer than 8
+// values in order; up to 128 in 8 running sums combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the
+// rest in order; more: split in two halves (the first a multiple of 8) summed so. Near-tied tile means then order
+// exactly as canvit_runtime's do.
+static float pairwise_sum(const float* a, size_t n) {
+    if (n < 8) {
+        float sum = 0.0f;
+        for (size_t i = 0; i < n; ++i) sum += a[i];
+        return sum;
+    }
+    if (n <= 128) {
+        float r[8];
+        std::copy(a, a + 8, r);
+        size_t i = 8;
+        for (; i < n - n % 8; i += 8)
+            for (size_t j = 0; j < 8; ++j) r[j] += a[i + j];
+        float sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) sum += a[i];
+        return sum;
+    }
+    const size_t half = n / 2 - (n / 2) % 8;
+    return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
+}
+
+std::vector<float> EntropyGuidedC2F::tile_means(int level, const std::vector<float>& entropy, int b) const {
+    const size_t n = size_t(grid_) * grid_;
+    const float* map = entropy.data() + size_t(b) * n;
+    std::vector<float> masked(n), means;
+    for (const auto& cells : cells_.at(size_t(level))) {
+        std::fill(masked.begin(), masked.end(), 0.0f);  // entropy * mask over the whole grid, as numpy sums it
+        for (int cell : cells) masked[size_t(cell)] = map[cell];
+        means.push_back(pairwise_sum(masked.data(), n) / float(std::max<size_t>(cells.size(), 1)));
+    }
+    return means;
+}
+
+Viewpoints EntropyGuidedC2F::viewpoint(int t, const std::vector<float>& entropy) {
+    const int level = level_of(t);
+    const auto& tiles = levels_.at(size_t(level));
+    if (t >= level_start_.back() + int(tiles.size()))
+        throw Error("EG-C2F was set up for fewer glimpses than glimpse " + std::to_string(t) + "; construct it with more");
+    Viewpoints v;
+    std::vector<int> chosen(size_t(batch_), 0);
+    if (level > 0) {
+        const size_t want = size_t(batch_) * grid_ * grid_;
+        if (entropy.size() != want)
+            throw Error("EG-C2F at glimpse " + std::to_string(t) + " needs the seg_entropy readout [" + std::to_string(batch_) +
+                        ", " + std::to_string(grid_) + ", " + std::to_string(grid_) + "] of the previous step, got " +
+                        std::to_string(entropy.size()) + " values");
+        if (t == level_start_[size_t(level)]) visited_.assign(size_t(batch_), std::vector<char>(tiles.size(), 0));
+        for (int b = 0; b < batch_; ++b) {
+            const std::vector<float> means = tile_means(level, entropy, b);
+            int best = -1;  // the highest mean among unvisited tiles, the first in row-major order on ties
+            for (int i = 0; i < int(tiles.size()); ++i)
+                if (!visited_[size_t(b)][size_t(i)] && (best < 0 || means[size_t(i)] > means[size_t(best)])) best = i;
+            visited_[size_t(b)][size_t(best)] = 1;
+            chosen[size_t(b)] = best;
+        }
+    }
+    for (int b = 0; b < batch_; ++b) {
+        const Tile& tile = tiles[size_t(chosen[size_t(b)])];
+        v.centers.push_back(tile.row), v.centers.push_back(tile.col), v.scales.push_back(tile.scale);
+    }
+    chosen_.push_back(std::move(chosen));
+    return v;
 }
 
 }  // namespace canvit

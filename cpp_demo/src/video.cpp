@@ -1,4 +1,5 @@
-// Frames from OpenCV's videoio: video files (FFmpeg), image sequences, V4L2 cameras, GStreamer pipelines.
+// Frames from OpenCV's videoio: video files (FFmpeg), image sequences, V4L2 cameras, GStreamer pipelines; and frames
+// to a video file (the overlay video).
 #include <algorithm>
 #include <cctype>
 
@@ -63,13 +64,47 @@ class VideoSource : public FrameSource {
     cv::Mat bgr_, rgb_;
 };
 
+class VideoSink : public FrameSink {
+   public:
+    VideoSink(const std::filesystem::path& path, int width, int height, double fps) : width_(width), height_(height) {
+        const std::string extension = path.extension().string();
+        if (extension != ".avi" && extension != ".mp4")
+            throw Error(path.string() + ": name the overlay video *.avi (Motion JPEG) or *.mp4 (MPEG-4, with FFmpeg)");
+        const bool avi = extension == ".avi";
+        writer_.open(path.string(), avi ? cv::CAP_OPENCV_MJPEG : cv::CAP_ANY,
+                     avi ? cv::VideoWriter::fourcc('M', 'J', 'P', 'G') : cv::VideoWriter::fourcc('m', 'p', '4', 'v'), fps,
+                     cv::Size(width, height));
+        if (!writer_.isOpened())
+            throw Error(path.string() + ": OpenCV cannot write this video (" + (avi ? "check the folder is writable" :
+                        "no MPEG-4 encoder here: name it *.avi") + ")");
+    }
+    void write(const RgbImage& frame) override {
+        if (frame.width != width_ || frame.height != height_) throw Error("overlay frame of another size than the video's");
+        const cv::Mat rgb(frame.height, frame.width, CV_8UC3, const_cast<unsigned char*>(frame.pixels.data()));
+        cv::cvtColor(rgb, bgr_, cv::COLOR_RGB2BGR);
+        writer_.write(bgr_);
+    }
+
+   private:
+    int width_, height_;
+    cv::VideoWriter writer_;
+    cv::Mat bgr_;
+};
+
 }  // namespace
 
 std::unique_ptr<FrameSource> open_video(const std::string& spec) { return std::make_unique<VideoSource>(spec); }
+std::unique_ptr<FrameSink> open_video_writer(const std::filesystem::path& path, int width, int height, double fps) {
+    return std::make_unique<VideoSink>(path, width, height, fps);
+}
 #else
 std::unique_ptr<FrameSource> open_video(const std::string& spec) {
     throw Error("--video " + spec + ": this canvit_demo was built without OpenCV; apt-get install libopencv-dev "
                 "(on a Jetson it comes with JetPack) and rebuild");
+}
+std::unique_ptr<FrameSink> open_video_writer(const std::filesystem::path& path, int, int, double) {
+    throw Error("--overlay-video " + path.string() + ": this canvit_demo was built without OpenCV; apt-get install "
+                "libopencv-dev (on a Jetson it comes with JetPack) and rebuild");
 }
 #endif
 

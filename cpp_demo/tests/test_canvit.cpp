@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <numeric>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -145,6 +146,181 @@ TEST(Policies, NamesAndFiles) {
     EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "invalid.json", 1); }).find("glimpse 1"), std::string::npos);
     write_text(dir / "broken.json", "[[0, 0,");
     EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "broken.json", 1); }).find("not valid JSON"), std::string::npos);
+    fs::remove_all(dir);
+}
+
+// (row, col, scale) of scene b's viewpoint.
+std::array<float, 3> triple(const Viewpoints& v, int b = 0) { return {v.centers[2 * b], v.centers[2 * b + 1], v.scales[b]}; }
+using Triple = std::array<float, 3>;
+
+// A G x G entropy map from its rows, top to bottom: [G*G].
+std::vector<float> entropy_map(const std::vector<std::vector<float>>& rows) {
+    std::vector<float> map;
+    for (const auto& row : rows) map.insert(map.end(), row.begin(), row.end());
+    return map;
+}
+
+TEST(EntropyGuidedC2F, TilesAreRowMajorAndCoverTheirCanvasCells) {
+    const EntropyGuidedC2F eg(1, 21, 4);  // levels 0, 1, 2: 1 + 4 + 16 glimpses
+    EXPECT_EQ(eg.cells(0, 0).size(), 16u);
+    // Level 1 on a 4 x 4 canvas (cell centers -0.75, -0.25, 0.25, 0.75): each quadrant covers its 2 x 2 cells.
+    EXPECT_EQ(eg.cells(1, 0), (std::vector<int>{0, 1, 4, 5}));
+    EXPECT_EQ(eg.cells(1, 1), (std::vector<int>{2, 3, 6, 7}));
+    EXPECT_EQ(eg.cells(1, 2), (std::vector<int>{8, 9, 12, 13}));
+    EXPECT_EQ(eg.cells(1, 3), (std::vector<int>{10, 11, 14, 15}));
+    for (int tile = 0; tile < 16; ++tile) EXPECT_EQ(eg.cells(2, tile), std::vector<int>{tile}) << tile;  // one cell each
+    // Row-major, not C2F's Z-order: level 2's third tile is the top row's third, (-0.75, 0.25).
+    const auto& t = eg.tiles(2)[2];
+    EXPECT_EQ((Triple{t.row, t.col, t.scale}), (Triple{-0.75f, 0.25f, 0.25f}));
+    EXPECT_EQ(eg.level_of(0), 0);
+    EXPECT_EQ(eg.level_of(4), 1);
+    EXPECT_EQ(eg.level_of(5), 2);
+    EXPECT_EQ(eg.level_of(20), 2);
+    // A 16 x 16 canvas: every level up to the cell size partitions the cells, each tile an equal block.
+    const EntropyGuidedC2F fine(1, 85, 16);  // levels 0 .. 3
+    for (int level = 1; level <= 3; ++level) {
+        std::vector<int> seen;
+        for (int tile = 0; tile < (1 << (2 * level)); ++tile) {
+            const auto cells = fine.cells(level, tile);
+            EXPECT_EQ(cells.size(), size_t(256 >> (2 * level))) << level << " " << tile;
+            seen.insert(seen.end(), cells.begin(), cells.end());
+        }
+        std::sort(seen.begin(), seen.end());
+        std::vector<int> all(256);
+        std::iota(all.begin(), all.end(), 0);
+        EXPECT_EQ(seen, all) << "level " << level;
+    }
+    // Tiles finer than the cells: on a 2 x 2 canvas (centers +-0.5), level 3's tiles (scale 1/8) cover no cell
+    // center, and their mean is 0 (canvit_runtime divides by max(cells, 1)).
+    const EntropyGuidedC2F coarse(1, 22, 2);
+    EXPECT_TRUE(coarse.cells(3, 0).empty());
+    EXPECT_EQ(coarse.tile_means(3, {1, 2, 3, 4}, 0)[0], 0.0f);
+    EXPECT_EQ(coarse.tile_means(1, {1, 2, 3, 4}, 0), (std::vector<float>{1, 2, 3, 4}));
+}
+
+TEST(EntropyGuidedC2F, TileMeansRoundAsNumpysSum) {
+    // 256 cells 1 + (i mod 97) / 100 (float32): numpy's pairwise float32 sum gives the mean 1.4376173 (bits
+    // 0x3FB803D8), one ulp above the correctly rounded 1.4376172, and a plain running sum gives another; the C++
+    // tile means round as numpy's, so near-tied tiles order as in canvit_runtime.
+    std::vector<float> map(256);
+    for (int i = 0; i < 256; ++i) map[size_t(i)] = 1.0f + float(i % 97) / 100.0f;
+    const float mean = EntropyGuidedC2F(1, 1, 16).tile_means(0, map, 0)[0];
+    EXPECT_EQ(mean, 1.4376173f);
+    EXPECT_NE(mean, 1.4376172f);
+}
+
+TEST(EntropyGuidedC2F, HandMadeEntropyMap) {
+    // Quadrant means TL 0, TR 1, BL 3, BR 2; inside each quadrant its cells tie.
+    const std::vector<float> map = entropy_map({{0, 0, 1, 1}, {0, 0, 1, 1}, {3, 3, 2, 2}, {3, 3, 2, 2}});
+    EntropyGuidedC2F eg(1, 21, 4);
+    std::vector<Triple> got;
+    for (int t = 0; t < 21; ++t) got.push_back(triple(eg.viewpoint(t, t == 0 ? std::vector<float>{} : map)));
+    const float q = 0.5f, s = 0.25f;
+    // Level 0: the scene. Level 1: quadrants by mean, highest first: BL (3), BR (2), TR (1), TL (0).
+    const std::vector<Triple> level01{{0, 0, 1}, {q, -q, q}, {q, q, q}, {-q, q, q}, {-q, -q, q}};
+    EXPECT_EQ(std::vector<Triple>(got.begin(), got.begin() + 5), level01);
+    // Level 2 (visited reset): the 3s, then the 2s, 1s and 0s, each group in row-major order (ties: first index).
+    std::vector<Triple> level2;
+    for (int cell : {8, 9, 12, 13, 10, 11, 14, 15, 2, 3, 6, 7, 0, 1, 4, 5})
+        level2.push_back({(2 * (cell / 4) + 1) * s - 1, (2 * (cell % 4) + 1) * s - 1, s});
+    EXPECT_EQ(std::vector<Triple>(got.begin() + 5, got.end()), level2);
+    EXPECT_EQ(eg.chosen()[1], std::vector<int>{2});  // the tile indices, per glimpse and scene
+    EXPECT_EQ(eg.chosen()[5], std::vector<int>{8});
+}
+
+TEST(EntropyGuidedC2F, AdaptsToEachStepsEntropyAndTiesGoFirst) {
+    const std::vector<float> flat(16, 1.0f);
+    EntropyGuidedC2F eg(1, 21, 4);
+    std::vector<Triple> got;
+    for (int t = 0; t < 21; ++t) got.push_back(triple(eg.viewpoint(t, flat)));
+    // All tie: row-major order, level by level.
+    EXPECT_EQ(got[1], (Triple{-0.5f, -0.5f, 0.5f}));
+    EXPECT_EQ(got[2], (Triple{-0.5f, 0.5f, 0.5f}));
+    EXPECT_EQ(got[3], (Triple{0.5f, -0.5f, 0.5f}));
+    EXPECT_EQ(got[7], (Triple{-0.75f, 0.25f, 0.25f}));  // Z-order would visit (-0.25, -0.75) third
+    // The map changes between glimpses: each choice follows the latest one, among the tiles not yet visited.
+    EntropyGuidedC2F live(1, 5, 4);
+    live.viewpoint(0, {});
+    EXPECT_EQ(triple(live.viewpoint(1, entropy_map({{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 9, 9}, {0, 0, 9, 9}}))), (Triple{0.5f, 0.5f, 0.5f}));
+    EXPECT_EQ(triple(live.viewpoint(2, entropy_map({{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 9, 9}, {0, 0, 9, 9}}))), (Triple{-0.5f, -0.5f, 0.5f}));
+    EXPECT_EQ(triple(live.viewpoint(3, entropy_map({{0, 0, 0, 0}, {0, 0, 0, 0}, {5, 0, 0, 0}, {0, 0, 0, 0}}))), (Triple{0.5f, -0.5f, 0.5f}));
+    // A batch: each scene its own map, its own choice.
+    EntropyGuidedC2F batch(2, 5, 4);
+    batch.viewpoint(0, {});
+    std::vector<float> two = entropy_map({{9, 9, 0, 0}, {9, 9, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}});
+    const auto second = entropy_map({{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 7}});
+    two.insert(two.end(), second.begin(), second.end());
+    const Viewpoints v = batch.viewpoint(1, two);
+    EXPECT_EQ(triple(v, 0), (Triple{-0.5f, -0.5f, 0.5f}));
+    EXPECT_EQ(triple(v, 1), (Triple{0.5f, 0.5f, 0.5f}));
+    EXPECT_NO_THROW(check_viewpoints(v, 2));
+}
+
+TEST(EntropyGuidedC2F, RefusesWhatItCannotRun) {
+    EXPECT_NE(error_of([] { EntropyGuidedC2F(1, 21, 12); }).find("needs a power-of-two canvas grid"), std::string::npos);
+    EXPECT_NE(error_of([] { EntropyGuidedC2F(1, 21, 12); }).find("re-export with --canvas 16, 32 or 64"), std::string::npos);
+    EXPECT_NO_THROW(EntropyGuidedC2F(1, 21, 32));
+    EntropyGuidedC2F eg(1, 5, 4);
+    eg.viewpoint(0, {});
+    EXPECT_NE(error_of([&] { eg.viewpoint(1, {}); }).find("needs the seg_entropy readout [1, 4, 4]"), std::string::npos);
+    EXPECT_NE(error_of([] { make_policy("eg-c2f", 1, 3, 0); }).find("chooses each viewpoint from the step's seg_entropy"),
+              std::string::npos);
+}
+
+TEST(Pictures, LabelsLegendAndTopClasses) {
+    // logits [B=1, C=3, cells=4]: cell 0 class 2, cell 1 a tie of 0 and 1 (the first wins), cells 2, 3 class 1.
+    const std::vector<float> logits{0, 5, 0, 0, 0, 5, 1, 1, 1, 0, 0, 0};
+    EXPECT_EQ(argmax_map(logits, 3, 4, 0), (std::vector<int>{2, 0, 1, 1}));
+    const auto legend = legend_entries({2, 0, 1, 1}, 3);  // by area, then the lower class on ties
+    ASSERT_EQ(legend.size(), 3u);
+    EXPECT_EQ(legend[0].label, 1);
+    EXPECT_EQ(legend[0].cells, 2);
+    EXPECT_DOUBLE_EQ(legend[0].share, 50.0);
+    EXPECT_EQ(legend[1].label, 0);
+    EXPECT_EQ(legend[2].label, 2);
+    // Softmax of [0, ln 3, ln 2, ln 3] = [1, 3, 2, 3] / 9: classes 1 and 3 tie (the lower first), then 2.
+    const std::vector<float> class_logits{0, std::log(3.0f), std::log(2.0f), std::log(3.0f)};
+    const auto top = top_classes(class_logits, 4, {"a", "b", "c", "d"}, 3, 0);
+    ASSERT_EQ(top.size(), 3u);
+    EXPECT_EQ(top[0].first, "b");
+    EXPECT_NEAR(top[0].second, 3.0 / 9, 1e-6);
+    EXPECT_EQ(top[1].first, "d");
+    EXPECT_EQ(top[2].first, "c");
+    EXPECT_NEAR(top[2].second, 2.0 / 9, 1e-6);
+    EXPECT_EQ(top_classes(class_logits, 4, {}, 1, 0)[0].first, "class 1");
+}
+
+TEST(Pictures, LayoutColoursAndBoxes) {
+    const int S = 64, G = 4;
+    const RgbImage grey{S, S, std::vector<unsigned char>(S * S * 3, 100)};
+    const std::vector<std::array<unsigned char, 3>> palette{{200, 0, 0}, {0, 200, 0}};
+    std::vector<int> labels(G * G, 0);
+    labels[G * G - 1] = 1;  // the bottom-right cell
+    const std::vector<Triple> boxes{{0, 0, 1}, {-0.5f, -0.5f, 0.5f}};
+    const RgbImage seg = segmentation_picture(grey, labels, G, {"wall", "tree"}, palette, boxes);
+    EXPECT_EQ(seg.width, S + 230);
+    EXPECT_EQ(seg.height, S);
+    const auto at = [](const RgbImage& image, int x, int y) {
+        const unsigned char* p = &image.pixels[(size_t(y) * image.width + x) * 3];
+        return std::array<int, 3>{p[0], p[1], p[2]};
+    };
+    EXPECT_EQ(at(seg, 40, 30), (std::array<int, 3>{155, 45, 45}));  // 0.45 * 100 + 0.55 * palette
+    EXPECT_EQ(at(seg, 56, 56), (std::array<int, 3>{45, 155, 45}));
+    EXPECT_EQ(at(seg, 1, 40), (std::array<int, 3>{255, 255, 255}));  // the scene's box: white, 2 px inside its edge
+    EXPECT_EQ(at(seg, 3, 40), (std::array<int, 3>{155, 45, 45}));
+    EXPECT_EQ(at(seg, 24, 2), (std::array<int, 3>{255, 220, 0}));  // the top-left quadrant's top edge: yellow
+    EXPECT_EQ(at(seg, S + 100, S - 2), (std::array<int, 3>{24, 24, 24}));  // the legend panel
+    const std::vector<float> entropy{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, std::log(150.0f)};
+    const RgbImage map = entropy_picture(entropy, G, 150, S, {});
+    EXPECT_EQ(map.width, S);
+    EXPECT_EQ(map.height, S + 44);
+    EXPECT_EQ(at(map, 20, 20), (std::array<int, 3>{13, 8, 135}));    // 0 nats: the ramp's low end
+    EXPECT_EQ(at(map, 60, 60), (std::array<int, 3>{240, 249, 33}));  // ln C nats: its high end
+    EXPECT_EQ(at(map, 10, S + 8), (std::array<int, 3>{13, 8, 135}));  // the scale bar, left to right
+    const fs::path dir = temp_dir("pictures");
+    write_png(dir / "seg.png", seg);
+    EXPECT_EQ(read_image(dir / "seg.png").width, S + 230);
+    EXPECT_NE(error_of([&] { write_png(dir / "missing" / "x.png", seg); }).find("cannot write the PNG"), std::string::npos);
     fs::remove_all(dir);
 }
 
