@@ -2,7 +2,8 @@
 
 The canvas and recurrent CLS live in two device buffers each (ping-pong): a glimpse reads one and writes the other,
 then they swap, so no canvas crosses PCIe between glimpses; `StepResult.canvas` copies it to the host only when
-read. With cuda_graph=True the step is captured once per buffer assignment (two CUDA graphs) and replayed.
+read. With cuda_graph=True the step is captured once per buffer assignment (two CUDA graphs) and replayed; a capture
+that fails falls back to plain enqueues.
 Needs `tensorrt` and `cuda-python` (cuda.bindings.runtime; older releases: cuda.cudart).
 """
 
@@ -96,21 +97,46 @@ class TensorRtRunner(Runner):
         cuda_call(self.cudart.cudaStreamSynchronize(self.stream))
 
     def _enqueue(self) -> None:
+        """Run the step on the stream for the current buffer assignment. With cuda_graph, the first glimpse of each
+        assignment runs as a plain launch (TensorRT wants one before capture) and is then captured, not run again,
+        as a CUDA graph that later glimpses of that assignment replay. A capture that fails (e.g. a TensorRT build
+        or plugin that cannot be captured) turns the graphs off for this runner, with a warning, as the C++ demo
+        does."""
         for name, address in self._addresses(self._parity).items():
             self.context.set_tensor_address(name, address)
-        if not self.cuda_graph:
-            if not self.context.execute_async_v3(self.stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed")
+        if self.cuda_graph and self._parity in self._graphs:
+            cuda_call(self.cudart.cudaGraphLaunch(self._graphs[self._parity], self.stream))
             return
-        if self._parity not in self._graphs:
-            cudart = self.cudart
-            self.context.execute_async_v3(self.stream)  # TensorRT needs one launch before capture
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        if self.cuda_graph:
+            self._capture()
+
+    def _capture(self) -> None:
+        """Capture the current assignment's step as a CUDA graph (recorded, not executed) and keep its executable."""
+        cudart = self.cudart
+        try:
             cuda_call(cudart.cudaStreamBeginCapture(self.stream,
                                                     cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            self.context.execute_async_v3(self.stream)
-            graph = cuda_call(cudart.cudaStreamEndCapture(self.stream))
-            self._graphs[self._parity] = cuda_call(cudart.cudaGraphInstantiate(graph, 0))
-        cuda_call(self.cudart.cudaGraphLaunch(self._graphs[self._parity], self.stream))
+            launched = self.context.execute_async_v3(self.stream)
+            graph = cuda_call(cudart.cudaStreamEndCapture(self.stream))  # ends the capture even after a failure
+            if not launched:
+                raise RuntimeError("execute_async_v3 failed during capture")
+            try:
+                self._graphs[self._parity] = cuda_call(cudart.cudaGraphInstantiate(graph, 0))
+            finally:
+                cudart.cudaGraphDestroy(graph)  # the executable keeps what it needs
+        except RuntimeError as error:
+            import warnings
+
+            warnings.warn(f"CUDA graph capture failed ({error}); running the step with plain enqueues", stacklevel=3)
+            self.cuda_graph = False
+            self._destroy_graphs()
+
+    def _destroy_graphs(self) -> None:
+        for executable in self._graphs.values():
+            self.cudart.cudaGraphExecDestroy(executable)
+        self._graphs.clear()
 
     def _step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, array in inputs.items():
@@ -137,8 +163,13 @@ class TensorRtRunner(Runner):
         return host
 
     def __del__(self) -> None:
+        """Free what the runner holds on the GPU: graph executables, device buffers, the stream."""
         cudart = getattr(self, "cudart", None)
         if cudart is None:
             return
+        if getattr(self, "_graphs", None):
+            self._destroy_graphs()
         for address in getattr(self, "_buffers", {}).values():
             cudart.cudaFree(address)
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)
