@@ -1,9 +1,15 @@
 // ONNX Runtime backend (C++ API, onnxruntime_cxx_api.h): runs an ONNX artifact's step.onnx on the CPU, or on CUDA
 // with --device CUDA (an ONNX Runtime built with the CUDA execution provider, e.g. the Jetson Zoo wheel's libraries).
-// Every input and output is bound once, in the constructor, to host buffers the backend owns (Ort::IoBinding): the
-// state lives in two buffers per state tensor, and two bindings (one per buffer assignment) alternate between
-// glimpses, so a glimpse copies only its viewpoint and allocates nothing. Readouts are written into host buffers of
-// their own (bound once), which read_output copies.
+// Every input and output is bound once, in the constructor, to host (CPU) buffers the backend owns (Ort::IoBinding):
+// the state lives in two buffers per state tensor, and two bindings (one per buffer assignment) alternate between
+// glimpses, so a glimpse allocates nothing. Readouts are written into host buffers of their own (bound once), which
+// read_output copies.
+// On the CPU nothing is copied per glimpse beyond the viewpoint. With --device CUDA the bound buffers are still host
+// memory, so ONNX Runtime copies every bound input (scene, canvas, recurrent CLS, viewpoint) to the GPU and every
+// output (the next canvas and CLS, the readouts) back to the host on each glimpse: the whole state crosses PCIe
+// twice per glimpse (on a Jetson, whose memory is shared, a copy within the same DRAM). Keeping the state on the
+// GPU needs bindings to device memory (Ort::MemoryInfo("Cuda", OrtDeviceAllocator, device, OrtMemTypeDefault) and
+// the CUDA allocator), which this build machine (no GPU) cannot test; the TensorRT backend keeps it on the GPU.
 #include <onnxruntime_cxx_api.h>
 
 #include <cstring>

@@ -7,6 +7,10 @@
 // canvas crosses PCIe per glimpse; with cuda_graph each buffer assignment's enqueueV3 is captured once as a CUDA
 // graph and replayed. read_state copies a state to the host only when asked, read_output a readout (EG-C2F:
 // seg_entropy, [B, G, G], every glimpse).
+// Every host<->device copy runs with cudaMemcpyAsync on the step's stream (created cudaStreamNonBlocking, so it does
+// not wait on the legacy default stream) and that stream is synchronized before the host buffer can be reused or
+// freed. Device memory, the pinned viewpoint buffer, the stream and the graphs have RAII owners, so a constructor
+// that throws half-way frees what it had allocated.
 #include <NvInfer.h>
 #include <NvOnnxParser.h>
 #include <cuda_runtime_api.h>
@@ -14,7 +18,11 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <type_traits>
+#include <vector>
 
 #include "backends.hpp"
 
@@ -28,6 +36,36 @@ namespace {
 void cuda_check(cudaError_t status, const char* what) {
     if (status != cudaSuccess) throw Error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(status));
 }
+
+// Owners of CUDA resources: each frees its own handle, so nothing leaks when the constructor throws half-way.
+struct DeviceBuffer {
+    void* ptr = nullptr;
+    explicit DeviceBuffer(size_t bytes) { cuda_check(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() {
+        if (ptr) cudaFree(ptr);
+    }
+};
+struct PinnedHost {
+    float* ptr = nullptr;
+    explicit PinnedHost(size_t count) {
+        cuda_check(cudaMallocHost(reinterpret_cast<void**>(&ptr), count * sizeof(float)), "cudaMallocHost");
+    }
+    PinnedHost(const PinnedHost&) = delete;
+    PinnedHost& operator=(const PinnedHost&) = delete;
+    ~PinnedHost() {
+        if (ptr) cudaFreeHost(ptr);
+    }
+};
+struct StreamDeleter {
+    void operator()(cudaStream_t stream) const { cudaStreamDestroy(stream); }
+};
+struct GraphExecDeleter {
+    void operator()(cudaGraphExec_t exec) const { cudaGraphExecDestroy(exec); }
+};
+using StreamOwner = std::unique_ptr<std::remove_pointer_t<cudaStream_t>, StreamDeleter>;
+using GraphExecOwner = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDeleter>;
 
 class Logger : public nvinfer1::ILogger {
     void log(Severity severity, const char* message) noexcept override {
@@ -76,6 +114,7 @@ class TensorRtBackend : public Backend {
                         "(canvit-export trt) or ONNX artifacts (built into an engine on this device)");
         }
         runtime_.reset(nvinfer1::createInferRuntime(logger_));
+        if (!runtime_) throw Error("TensorRT cannot create a runtime (createInferRuntime returned null; see the tensorrt: lines above)");
         engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
         if (!engine_)
             throw Error(where + ": TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) +
@@ -88,29 +127,32 @@ class TensorRtBackend : public Backend {
             const nvinfer1::Dims dims = engine_->getTensorShape(name.c_str());
             check_model_tensor(m, where, name, std::vector<int64_t>(dims.d, dims.d + dims.nbDims),
                                dtype_name(engine_->getTensorDataType(name.c_str())));
-            void* buffer = nullptr;
-            cuda_check(cudaMalloc(&buffer, m.tensor(name).numel() * sizeof(float)), "cudaMalloc");
-            buffers_[name] = buffer;
+            owned_.push_back(std::make_unique<DeviceBuffer>(m.tensor(name).numel() * sizeof(float)));
+            buffers_[name] = owned_.back()->ptr;
         }
         for (const std::string& name : {m.scene_input, m.centers_input, m.scales_input})
             if (!buffers_.count(name)) throw Error(where + ": the engine has no input '" + name + "'; rebuild it from this artifact");
-        cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-        cuda_check(cudaMallocHost(reinterpret_cast<void**>(&viewpoint_host_), 3 * size_t(m.batch) * sizeof(float)), "cudaMallocHost");
+        cudaStream_t stream = nullptr;
+        cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+        stream_owner_.reset(stream);
+        stream_ = stream;
+        viewpoint_host_owner_ = std::make_unique<PinnedHost>(3 * size_t(m.batch));
+        viewpoint_host_ = viewpoint_host_owner_->ptr;
     }
     ~TensorRtBackend() override {
-        for (auto& graph : graphs_) if (graph) cudaGraphExecDestroy(graph);
-        for (auto& [name, buffer] : buffers_) cudaFree(buffer);
-        if (viewpoint_host_) cudaFreeHost(viewpoint_host_);
-        if (stream_) cudaStreamDestroy(stream_);
+        if (stream_) cudaStreamSynchronize(stream_);  // no copy or launch in flight while the owners free
     }
     void reset() override {
         parity_ = 0;
         for (const auto& [name, values] : m_.initial_state)
-            cuda_check(cudaMemcpy(buffers_.at(name), values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice), "reset");
+            cuda_check(cudaMemcpyAsync(buffers_.at(name), values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice, stream_), "reset");
+        cuda_check(cudaStreamSynchronize(stream_), "reset");
     }
     void set_scene(const std::vector<float>& scene) override {  // once per scene, not per glimpse
         if (scene.size() != m_.tensor(m_.scene_input).numel()) throw Error("scene of the wrong size");
-        cuda_check(cudaMemcpy(buffers_.at(m_.scene_input), scene.data(), scene.size() * sizeof(float), cudaMemcpyHostToDevice), "scene upload");
+        cuda_check(cudaMemcpyAsync(buffers_.at(m_.scene_input), scene.data(), scene.size() * sizeof(float), cudaMemcpyHostToDevice, stream_),
+                   "scene upload");
+        cuda_check(cudaStreamSynchronize(stream_), "scene upload");  // the caller's vector may be freed on return
     }
     void step(const Viewpoints& v) override {
         const size_t B = size_t(m_.batch);
@@ -119,7 +161,7 @@ class TensorRtBackend : public Backend {
         cuda_check(cudaMemcpyAsync(buffers_.at(m_.centers_input), viewpoint_host_, 2 * B * sizeof(float), cudaMemcpyHostToDevice, stream_), "centers");
         cuda_check(cudaMemcpyAsync(buffers_.at(m_.scales_input), viewpoint_host_ + 2 * B, B * sizeof(float), cudaMemcpyHostToDevice, stream_), "scales");
         if (graphs_[parity_]) {
-            cuda_check(cudaGraphLaunch(graphs_[parity_], stream_), "cudaGraphLaunch");
+            cuda_check(cudaGraphLaunch(graphs_[parity_].get(), stream_), "cudaGraphLaunch");
         } else {
             for (const auto& [name, address] : addresses(parity_))
                 if (!context_->setTensorAddress(name.c_str(), address)) throw Error("TensorRT rejected the address of '" + name + "'");
@@ -131,13 +173,17 @@ class TensorRtBackend : public Backend {
     }
     std::vector<float> read_state(const std::string& name) override {
         std::vector<float> host(m_.tensor(name).numel());
-        cuda_check(cudaMemcpy(host.data(), addresses(parity_).at(name), host.size() * sizeof(float), cudaMemcpyDeviceToHost), "read_state");
+        cuda_check(cudaMemcpyAsync(host.data(), addresses(parity_).at(name), host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+                   "read_state");
+        cuda_check(cudaStreamSynchronize(stream_), "read_state");
         return host;
     }
     std::vector<float> read_output(const std::string& name) override {  // one device buffer of its own per readout
         check_readout_output(m_, name);
         std::vector<float> host(m_.tensor(name).numel());
-        cuda_check(cudaMemcpy(host.data(), buffers_.at(name), host.size() * sizeof(float), cudaMemcpyDeviceToHost), "read_output");
+        cuda_check(cudaMemcpyAsync(host.data(), buffers_.at(name), host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+                   "read_output");
+        cuda_check(cudaStreamSynchronize(stream_), "read_output");
         return host;
     }
     std::string description() const override {
@@ -170,7 +216,7 @@ class TensorRtBackend : public Backend {
             std::cerr << "note: this engine cannot be captured as a CUDA graph; running enqueueV3 every glimpse\n";
             return;
         }
-        graphs_[parity_] = exec;
+        graphs_[parity_].reset(exec);
     }
     std::vector<char> onnx_plan(const std::filesystem::path& cache, std::string* where) {
         const std::string graph_sha = m_.file_sha256.at("graph");
@@ -191,19 +237,23 @@ class TensorRtBackend : public Backend {
         std::cerr << "building a strongly typed TensorRT engine from " << *where << " on " << gpu_
                   << " (minutes on a Jetson; pass --engine PATH to keep it)\n";
         std::unique_ptr<nvinfer1::IBuilder> builder(nvinfer1::createInferBuilder(logger_));
+        if (!builder) throw Error("TensorRT cannot create a builder (createInferBuilder returned null)");
 #if NV_TENSORRT_MAJOR >= 11
         const uint32_t flags = 0;  // 11.x: every network is strongly typed
 #else
         const uint32_t flags = 1U << static_cast<uint32_t>(nvinfer1::NetworkDefinitionCreationFlag::kSTRONGLY_TYPED);
 #endif
         std::unique_ptr<nvinfer1::INetworkDefinition> network(builder->createNetworkV2(flags));
+        if (!network) throw Error("TensorRT cannot create a network definition (createNetworkV2 returned null)");
         std::unique_ptr<nvonnxparser::IParser> parser(nvonnxparser::createParser(*network, logger_));
+        if (!parser) throw Error("TensorRT cannot create an ONNX parser (createParser returned null)");
         if (!parser->parseFromFile(where->c_str(), int(nvinfer1::ILogger::Severity::kWARNING))) {
             std::string errors;
             for (int i = 0; i < parser->getNbErrors(); ++i) errors += std::string(i ? "; " : "") + parser->getError(i)->desc();
             throw Error(*where + ": TensorRT's ONNX parser rejected it (" + errors + ")");
         }
         std::unique_ptr<nvinfer1::IBuilderConfig> config(builder->createBuilderConfig());
+        if (!config) throw Error("TensorRT cannot create a builder config (createBuilderConfig returned null)");
         config->setMemoryPoolLimit(nvinfer1::MemoryPoolType::kWORKSPACE, size_t(4) << 30);
         std::unique_ptr<nvinfer1::IHostMemory> plan(builder->buildSerializedNetwork(*network, *config));
         if (!plan) throw Error(*where + ": TensorRT could not build an engine (see the tensorrt: lines above)");
@@ -227,13 +277,18 @@ class TensorRtBackend : public Backend {
     int device_ = 0, parity_ = 0;
     std::string gpu_;
     Logger logger_;
+    // Destroyed in reverse order: graphs, then the stream, then the context (before its engine and runtime), and
+    // the device buffers last (the graphs and the context refer to them).
+    std::vector<std::unique_ptr<DeviceBuffer>> owned_;
+    std::map<std::string, void*> buffers_;  // views of owned_, by tensor name
+    std::unique_ptr<PinnedHost> viewpoint_host_owner_;
     std::unique_ptr<nvinfer1::IRuntime> runtime_;
     std::unique_ptr<nvinfer1::ICudaEngine> engine_;
     std::unique_ptr<nvinfer1::IExecutionContext> context_;
-    std::map<std::string, void*> buffers_;
-    cudaStream_t stream_ = nullptr;
-    cudaGraphExec_t graphs_[2] = {nullptr, nullptr};
-    float* viewpoint_host_ = nullptr;
+    StreamOwner stream_owner_;
+    cudaStream_t stream_ = nullptr;  // stream_owner_'s handle
+    float* viewpoint_host_ = nullptr;  // viewpoint_host_owner_'s memory
+    GraphExecOwner graphs_[2];
 };
 
 }  // namespace
