@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from canvit_pytorch.probes import SegmentationProbe
 from torch import Tensor, nn
 
 from canvit_export.errors import ExportError
+from canvit_export.source import HUB_ID, files_sha256, weights_fingerprint
 from canvit_runtime.manifest import HeadSource, ReadoutRecord, TensorSpec
 
 READOUTS = ("segmentation", "classification", "features")
@@ -47,12 +48,14 @@ PROBE_FIX = ("pass --probe ID|DIR (a SegmentationProbe on the canvas, written by
 
 @dataclass
 class Heads:
-    """The heads of an export, float32, eval mode, each None when not asked for; `records` for the manifest."""
+    """The heads of an export, float32, eval mode, each None when not asked for, and where each came from (by readout
+    name, for the manifest). `classifier` and `pretraining` are whole canvit-pytorch models whose heads are used;
+    ReadoutModule binds the heads to the step's own CanViT."""
 
     probe: SegmentationProbe | None = None
     classifier: CanViTForImageClassification | None = None
     pretraining: CanViTForPretraining | None = None
-    sources: dict[str, HeadSource] | None = None
+    sources: dict[str, HeadSource] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -66,12 +69,6 @@ def parse_readouts(text: str | None) -> list[str]:
     if unknown := [n for n in names if n not in READOUTS]:
         raise ExportError(f"--readout {unknown[0]}: choose from {', '.join(READOUTS)} (comma-separated)")
     return [n for n in READOUTS if n in names]
-
-
-def head_fingerprint(module: nn.Module) -> str:
-    from canvit_export.source import weights_fingerprint
-
-    return weights_fingerprint(module)
 
 
 def _generator(seed: int, salt: int) -> torch.Generator:
@@ -136,8 +133,6 @@ def bind_pretraining(canvit: CanViT, source: CanViTForPretraining) -> CanViTForP
 
 def load_probe(location: str, canvas_dim: int) -> tuple[SegmentationProbe, HeadSource]:
     """SegmentationProbe.from_pretrained on a Hub id or a save_pretrained folder; ExportError naming the fix."""
-    from canvit_export.source import HUB_ID, files_sha256
-
     path = Path(location)
     if not path.exists() and not HUB_ID.match(location):
         raise ExportError(f"--probe {location}: no such folder, and not a Hub id (org/name): {PROBE_FIX}")
@@ -156,7 +151,7 @@ def load_probe(location: str, canvas_dim: int) -> tuple[SegmentationProbe, HeadS
     kind = "checkpoint" if path.exists() else "hub"
     where = str(path.resolve()) if path.exists() else location
     sha = files_sha256(path) if path.exists() else None
-    source = HeadSource(kind=kind, location=where, weights_fingerprint=head_fingerprint(probe), sha256=sha)
+    source = HeadSource(kind=kind, location=where, weights_fingerprint=weights_fingerprint(probe), sha256=sha)
     return probe.float().eval(), source
 
 
@@ -165,27 +160,26 @@ def load_heads(loaded: Any, readouts: list[str], *, probe: str | None, seed: int
     random heads when the weights are random. Raises ExportError naming what is missing."""
     canvit: CanViT = loaded.canvit
     random = loaded.record["kind"] == "random"
-    heads = Heads(sources={})
-    assert heads.sources is not None
+    heads = Heads()
     if "segmentation" in readouts:
         if probe is not None:
             heads.probe, heads.sources["segmentation"] = load_probe(probe, canvit.canvas_dim)
         elif random:
             heads.probe = random_probe(canvit, seed=seed)
             heads.sources["segmentation"] = HeadSource(kind="random", seed=seed,
-                                                       weights_fingerprint=head_fingerprint(heads.probe))
+                                                       weights_fingerprint=weights_fingerprint(heads.probe))
         else:
             raise ExportError(f"--readout segmentation needs a probe: {PROBE_FIX}")
     elif probe is not None:
         raise ExportError("--probe is the segmentation readout's: add --readout segmentation")
     if "classification" in readouts:
         if isinstance(loaded.model, CanViTForImageClassification):
-            heads.classifier = bind_classifier(canvit, loaded.model)
+            heads.classifier = loaded.model
             heads.sources["classification"] = HeadSource(kind="model",
-                                                         weights_fingerprint=head_fingerprint(heads.classifier.readout))
+                                                         weights_fingerprint=weights_fingerprint(heads.classifier.readout))
         elif random:
             heads.classifier = random_classifier(canvit, seed=seed)
-            heads.sources["classification"] = HeadSource(kind="random", seed=seed, weights_fingerprint=head_fingerprint(
+            heads.sources["classification"] = HeadSource(kind="random", seed=seed, weights_fingerprint=weights_fingerprint(
                 heads.classifier.readout))
         else:
             raise ExportError("--readout classification needs a classification checkpoint (canvit-pytorch "
@@ -195,8 +189,8 @@ def load_heads(loaded: Any, readouts: list[str], *, probe: str | None, seed: int
         if not isinstance(loaded.model, CanViTForPretraining):
             raise ExportError("--readout features needs a pretraining checkpoint (CanViTForPretraining: the teacher "
                               "heads) as --model, or --random-weights")
-        heads.pretraining = bind_pretraining(canvit, loaded.model)
-        heads.sources["features"] = HeadSource(kind="model", weights_fingerprint=head_fingerprint(
+        heads.pretraining = loaded.model
+        heads.sources["features"] = HeadSource(kind="model", weights_fingerprint=weights_fingerprint(
             heads.pretraining.teacher_patch_readout))
     return heads
 
@@ -228,7 +222,7 @@ def readout_tensors(heads: Heads, *, batch: int, canvas_grid: int) -> tuple[list
     """The readout outputs of the step graph (role readout, float32, units) and their manifest records."""
     specs: list[TensorSpec] = []
     records: list[ReadoutRecord] = []
-    sources = heads.sources or {}
+    sources = heads.sources
     B, G = batch, canvas_grid
     if heads.probe is not None:
         C = heads.probe.num_classes
@@ -282,7 +276,7 @@ class ReadoutModule(nn.Module):
 def heads_from_records(loaded: Any, records: list[ReadoutRecord]) -> Heads:
     """The heads a manifest's readouts name, rebuilt for the parity reference (same seeds, files or model), each
     checked against its recorded fingerprint. Raises ExportError when one cannot be had or differs."""
-    heads = Heads(sources={})
+    heads = Heads()
     for record in records:
         source = record.source
         if record.name == "segmentation":
@@ -300,7 +294,7 @@ def heads_from_records(loaded: Any, records: list[ReadoutRecord]) -> Heads:
                 heads.classifier = random_classifier(loaded.canvit, seed=source.seed,
                                                      n_classes=len(record.class_names or []) or IMAGENET_CLASSES)
             elif isinstance(loaded.model, CanViTForImageClassification):
-                heads.classifier = bind_classifier(loaded.canvit, loaded.model)
+                heads.classifier = loaded.model
             else:
                 raise ExportError("the manifest's classification head comes from a classification checkpoint, and "
                                   "the reference weights are not one: pass the exported weights with --model")
@@ -309,11 +303,10 @@ def heads_from_records(loaded: Any, records: list[ReadoutRecord]) -> Heads:
             if not isinstance(loaded.model, CanViTForPretraining):
                 raise ExportError("the manifest's feature head comes from a pretraining checkpoint, and the reference "
                                   "weights are not one: pass the exported weights with --model")
-            heads.pretraining = bind_pretraining(loaded.canvit, loaded.model)
+            heads.pretraining = loaded.model
             module = heads.pretraining.teacher_patch_readout
-        if head_fingerprint(module) != source.weights_fingerprint:
+        if weights_fingerprint(module) != source.weights_fingerprint:
             raise ExportError(f"the reference {record.name} head differs from the exported one (fingerprint mismatch): "
                               f"pass the exported weights with --model (and --probe)")
-        assert heads.sources is not None
         heads.sources[record.name] = source
     return heads

@@ -98,21 +98,23 @@ def segmentation_picture(image: Image.Image, logits: np.ndarray, palette: list[l
     return canvas
 
 
+def _ramp(x: np.ndarray) -> np.ndarray:
+    """Positions x in [0, len(ENTROPY_STOPS) - 1], any shape -> RGB float [..., 3], linear between the stops."""
+    low = np.minimum(np.floor(x).astype(int), len(ENTROPY_STOPS) - 2)
+    frac = (x - low)[..., None]
+    return (1 - frac) * ENTROPY_STOPS[low] + frac * ENTROPY_STOPS[low + 1]
+
+
 def entropy_picture(entropy: np.ndarray, num_classes: int, size: int,
                     viewpoints: list[tuple[float, float, float]]) -> Image.Image:
     """entropy [G, G] in nats, coloured from 0 to ln(num_classes) (the most uncertain: uniform over the classes),
     at size x size px with the boxes, above a scale bar."""
     top = math.log(num_classes)
-    x = np.clip(_upsample(entropy, size) / top, 0.0, 1.0) * (len(ENTROPY_STOPS) - 1)
-    low = np.minimum(np.floor(x).astype(int), len(ENTROPY_STOPS) - 2)
-    frac = (x - low)[..., None]
-    rgb = (1 - frac) * ENTROPY_STOPS[low] + frac * ENTROPY_STOPS[low + 1]
+    rgb = _ramp(np.clip(_upsample(entropy, size) / top, 0.0, 1.0) * (len(ENTROPY_STOPS) - 1))
     picture = draw_boxes(Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8)), viewpoints)
     canvas = Image.new("RGB", (size, size + 44), (24, 24, 24))
     canvas.paste(picture, (0, 0))
-    ramp = np.linspace(0, len(ENTROPY_STOPS) - 1, size - 20)
-    low_r = np.minimum(np.floor(ramp).astype(int), len(ENTROPY_STOPS) - 2)
-    bar = (1 - (ramp - low_r))[:, None] * ENTROPY_STOPS[low_r] + (ramp - low_r)[:, None] * ENTROPY_STOPS[low_r + 1]
+    bar = _ramp(np.linspace(0, len(ENTROPY_STOPS) - 1, size - 20))
     canvas.paste(Image.fromarray(np.repeat(bar[None].astype(np.uint8), 10, axis=0)), (10, size + 6))
     draw = ImageDraw.Draw(canvas)
     font = _font(13)

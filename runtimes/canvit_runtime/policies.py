@@ -197,11 +197,12 @@ class EntropyGuidedC2F:
         self.levels = [np.array(quadtree_level_row_major(level), np.float32) for level in range(levels_covering(glimpses))]
         self.level_start = [sum(len(tiles) for tiles in self.levels[:i]) for i in range(len(self.levels))]
         cells = ((np.arange(canvas_grid, dtype=np.float32) + 0.5) / canvas_grid * 2 - 1).astype(np.float32)
-        self.masks = []  # per level: [n_tiles, G, G] bool, the canvas cells each tile covers
+        self.masks = []  # per level: [n_tiles, G, G] float32, 1 on the canvas cells each tile covers
         for tiles in self.levels:
             in_rows = np.abs(cells[None, :] - tiles[:, 0:1]) <= tiles[:, 2:3]
             in_cols = np.abs(cells[None, :] - tiles[:, 1:2]) <= tiles[:, 2:3]
-            self.masks.append(in_rows[:, :, None] & in_cols[:, None, :])
+            self.masks.append((in_rows[:, :, None] & in_cols[:, None, :]).astype(np.float32))
+        self.cells_per_tile = [np.maximum(masks.sum(axis=(1, 2)), 1.0) for masks in self.masks]
         self.visited: np.ndarray | None = None  # [B, n_tiles] of the level being visited
         self.chosen: list[np.ndarray] = []  # the tile index chosen at each glimpse, [B]
 
@@ -219,8 +220,7 @@ class EntropyGuidedC2F:
         if t == self.level_start[level]:
             self.visited = np.zeros((self.batch, len(tiles)), bool)
         assert self.visited is not None
-        masks = self.masks[level].astype(np.float32)
-        cells_per_tile = np.maximum(masks.sum(axis=(1, 2)), 1.0)
+        masks, cells_per_tile = self.masks[level], self.cells_per_tile[level]
         mean = (np.asarray(entropy, np.float32)[:, None] * masks[None]).sum(axis=(2, 3)) / cells_per_tile[None]
         chosen = np.where(self.visited, -np.inf, mean).argmax(axis=1)
         self.visited[np.arange(self.batch), chosen] = True
