@@ -13,7 +13,8 @@ import click
 
 from canvit_export.errors import ExportError
 from canvit_runtime.cli import info as runtime_info
-from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact, TensorRtArtifact
+from canvit_runtime.cli import trt as runtime_trt
+from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact
 from canvit_runtime.precision import TARGET_PRECISIONS
 
 EXIT_BAD_INPUT = 2
@@ -157,33 +158,6 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
 
 
 @main.command()
-@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to build from.")
-@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["tensorrt"]), default=None,
-              help="Assert the artifact's precision (strongly typed engines keep the graph's types).")
-@click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine artifact folder [default: <artifact>-trt].")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command (e.g. for a Jetson).")
-@one_line_errors
-def trt(artifact, precision, workspace_gib, timing_cache, out, force, print_trtexec) -> None:
-    """Build a strongly typed TensorRT engine (TensorRT 10 with STRONGLY_TYPED, or 11) from an ONNX artifact."""
-    from canvit_export.export.tensorrt import export_tensorrt, trtexec_for
-    from canvit_export.progress import console
-
-    if print_trtexec:
-        click.echo(trtexec_for(artifact, out, precision=precision, workspace_gib=workspace_gib,
-                               timing_cache=timing_cache))
-        return
-    manifest = export_tensorrt(artifact, out, precision=precision, workspace_gib=workspace_gib,
-                               timing_cache=timing_cache, force=force)
-    facts = manifest.artifact
-    assert isinstance(facts, TensorRtArtifact)
-    console.print(f"wrote {manifest.directory}: TensorRT {facts.tensorrt} engine for {facts.gpu} (compute capability "
-                  f"{facts.compute_capability}), {manifest.files['engine'].bytes / 1e6:.1f} MB")
-
-
-@main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to convert.")
 @click.option("--precision", type=click.Choice(TARGET_PRECISIONS["openvino"]), default=None,
               help="The artifact's own precision (the default), or it with -int8w: matmul weights compressed to INT8 "
@@ -312,6 +286,7 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
 
 # `info` is canvit-runtime's own command: the same summary (or --json) on a workstation and on a device.
 main.add_command(runtime_info, name="info")
+main.add_command(runtime_trt, name="trt")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""The one exception the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception the CLI turns into a one-line message and a non-zero exit.
 
+It is canvit_runtime's (a ValueError), so that the artifact writing both distributions share raises one class.
+"""
 
-class ExportError(Exception):
-    """Bad input or an unmet requirement; the message names the fix in one line."""
+from canvit_runtime.artifact import ExportError
+
+__all__ = ["ExportError"]

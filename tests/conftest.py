@@ -101,3 +101,21 @@ def mutate_manifest(data: dict, how: str) -> dict:
     else:
         raise ValueError(how)
     return data
+
+
+def trtexec_log(command: str, *, gpu: str = "Orin", compute_capability: str = "8.7", version: str = "10.3.0",
+                result: str = "PASSED") -> str:
+    """A trtexec build log laid out line for line as trtexec writes it (TensorRT's samples/common: logging.h
+    reportTestResult `&&&& RUNNING|PASSED TensorRT.trtexec [TensorRT v<NV_TENSORRT_VERSION>] # <argv joined by
+    spaces>`; sampleDevice.cpp setCudaDevice; trtexec.cpp `TensorRT version: x.y.z`), for `command` as run on a
+    device. Only the lines that matter here: not a build's whole output."""
+    major, minor, patch = (int(p) for p in version.split("."))
+    name = f"TensorRT.trtexec [TensorRT v{major * 10000 + minor * 100 + patch}]"
+    info = "[11/23/2026-10:00:00] [I] "
+    lines = [f"&&&& RUNNING {name} # {command}", f"{info}=== Device Information ===", f"{info}Available Devices: ",
+             f'{info}  Device 0: "{gpu}" UUID: GPU-01234567-89ab-cdef-0123-456789abcdef', f"{info}Selected Device: {gpu}",
+             f"{info}Selected Device ID: 0", f"{info}Selected Device UUID: GPU-01234567-89ab-cdef-0123-456789abcdef",
+             f"{info}Compute Capability: {compute_capability}", f"{info}SMs: 16", info, f"{info}TensorRT version: {version}",
+             f"{info}[TRT] [MemUsageChange] Init CUDA: CPU +2, GPU +0, now: CPU 31, GPU 3840 (MiB)",
+             f"{info}Engine built in 412.3 sec.", f"&&&& {result} {name} # {command}"]
+    return "\n".join(lines) + "\n"

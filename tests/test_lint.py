@@ -13,7 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("tool", [["ruff", "check", "--output-format", "concise", "."], ["mypy"]])
+@pytest.mark.parametrize("tool", [
+    ["ruff", "check", "--output-format", "concise", "."],
+    ["mypy"],
+    # canvit-runtime installs on Python 3.10 (JetPack 6): its standard-library use must exist there (datetime.UTC,
+    # for one, is 3.11+). tests/test_runtime_package.py runs it on a real 3.10 as well.
+    ["mypy", "--python-version", "3.10", "-p", "canvit_runtime"],
+], ids=["ruff", "mypy", "mypy-runtime-py310"])
 def test_clean(tool: list[str]) -> None:
     executable = BIN / tool[0]
     if not executable.exists():

@@ -1,6 +1,8 @@
 """canvit-runtime as a device installs it: its wheel, built from runtimes/, installed into a fresh venv with only the
 onnxruntime extra, under Python 3.12 and 3.10 (JetPack 6's). It runs an artifact there without torch, and gives the
-same canvas as the runtime in canvit-export's own environment."""
+same canvas as the runtime in canvit-export's own environment; and the Jetson route's engine steps work there
+(README, "On a Jetson"): building an engine refuses cleanly without TensorRT, `--print-trtexec` prints the build,
+and an engine trtexec built is adopted with its manifest."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 import canvit_runtime
 from canvit_runtime.policies import make_policy, to_json
 from canvit_runtime.preprocess import scene_batch
+from conftest import trtexec_log
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "canvit-pytorch", "canvit-core", "canvit-export", "matplotlib", "scikit-image")
@@ -102,3 +105,23 @@ def test_fresh_venv_runs_an_artifact_without_torch(wheel: Path, export_artifact,
     bad = run(venv / "bin/canvit-runtime", "run", "--artifact", tmp_path / "nowhere", "--image", tmp_path / "photo.png")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()], bad.stderr
     assert bad.stderr.startswith("error: ") and "no such artifact folder" in bad.stderr
+
+    # The Jetson route's engine steps, in this venv (no TensorRT: JetPack's comes from python3-libnvinfer).
+    fp16 = export_artifact("vits16", canvas=16, precision="fp16")
+    cli = venv / "bin/canvit-runtime"
+    build = run(cli, "trt", "--artifact", fp16, "--precision", "fp16", "--out", tmp_path / "engine")
+    assert build.returncode == 2 and build.stderr.startswith("error: TensorRT is not installed"), build.stderr
+    assert build.stderr.strip().splitlines() == [build.stderr.strip()] and not (tmp_path / "engine").exists()
+    printed = run(cli, "trt", "--artifact", fp16, "--print-trtexec", "--out", tmp_path / "engine")
+    assert printed.returncode == 0 and printed.stdout.startswith("trtexec --onnx="), printed.stderr
+    (tmp_path / "engine.bin").write_bytes(b"placeholder for the engine trtexec writes on the device")
+    (tmp_path / "build.log").write_text(trtexec_log(printed.stdout.strip().replace("step.engine", "engine.bin")))
+    adopt = run(cli, "trt", "--artifact", fp16, "--adopt-engine", tmp_path / "engine.bin", "--trtexec-log",
+                tmp_path / "build.log", "--out", tmp_path / "engine")
+    assert adopt.returncode == 0, adopt.stderr
+    assert "TensorRT 10.3.0 engine for Orin (compute capability 8.7)" in adopt.stdout, adopt.stdout
+    info = run(cli, "info", tmp_path / "engine")
+    assert info.returncode == 0 and "built by trtexec" in info.stdout and "SHA-256 verified" in info.stdout, info.stdout
+    refused = run(cli, "run", "--artifact", tmp_path / "engine", "--image", tmp_path / "photo.png", "--runtime",
+                  "tensorrt")
+    assert refused.returncode == 2 and "runtime 'tensorrt' is not available" in refused.stderr, refused.stderr

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from canvit_export.cli import main
+from conftest import trtexec_log
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt cannot be imported here (no NVIDIA GPU; "
@@ -70,6 +71,93 @@ def test_tensorrt_runtime_refuses_an_onnx_artifact(export_artifact) -> None:
         canvit_runtime.open(export_artifact("vits16", canvas=16, precision="fp16"), runtime="tensorrt")
 
 
+def jetson_build(artifact: Path, tmp_path: Path, **log_options: str) -> tuple[Path, Path]:
+    """What a Jetson user does: run the printed trtexec command there (paths as on the device) and keep its log.
+    No TensorRT runs here, so the engine file holds placeholder bytes: adoption copies and fingerprints it, and only
+    a runner with TensorRT can load (and then checks) it."""
+    code, command = run("trt", "--artifact", str(artifact), "--print-trtexec", "--out", "/home/nvidia/canvit/engine")
+    assert code == 0, command
+    on_device = command.strip().replace("trtexec ", "/usr/src/tensorrt/bin/trtexec ", 1).replace(
+        str(artifact), "/home/nvidia/canvit/artifact")
+    engine, log = tmp_path / "step.engine", tmp_path / "build.log"
+    engine.write_bytes(b"placeholder for trtexec's engine: not loadable")
+    log.write_text(trtexec_log(on_device, **log_options))
+    return engine, log
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="checks adoption from trtexec's log without TensorRT; tensorrt is installed")
+def test_adopt_engine_from_a_trtexec_log(export_artifact, tmp_path: Path) -> None:
+    import canvit_runtime
+    from canvit_runtime.manifest import TensorRtArtifact, load_manifest, sha256_file
+
+    artifact = export_artifact("vits16", canvas=16, precision="fp16")
+    engine, log = jetson_build(artifact, tmp_path)
+    out = tmp_path / "adopted"
+    code, output = run("trt", "--artifact", str(artifact), "--precision", "fp16", "--adopt-engine", str(engine),
+                       "--trtexec-log", str(log), "--out", str(out))
+    assert code == 0, output
+    assert "TensorRT 10.3.0 engine for Orin (compute capability 8.7)" in output and "trtexec's log" in output
+    manifest = load_manifest(out)  # verifies every file's SHA-256
+    facts = manifest.artifact
+    assert isinstance(facts, TensorRtArtifact)
+    assert (facts.builder, facts.checked_with, facts.gpu, facts.compute_capability, facts.tensorrt) == (
+        "trtexec", "trtexec-log", "Orin", "8.7", "10.3.0")
+    assert facts.workspace_gib == 4.0 and facts.trtexec_command.startswith("/usr/src/tensorrt/bin/trtexec --onnx=")
+    assert facts.source.graph_sha256 == load_manifest(artifact).files["graph"].sha256
+    assert manifest.files["engine"].sha256 == sha256_file(engine)
+    assert (manifest.inputs, manifest.outputs, manifest.precision) == (
+        load_manifest(artifact).inputs, load_manifest(artifact).outputs, load_manifest(artifact).precision)
+    assert (out / "initial_state.bin").read_bytes() == (artifact / "initial_state.bin").read_bytes()
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700), "the artifact folder must not keep mkdtemp's 0700"
+    code, output = run("info", str(out))
+    assert code == 0 and "built by trtexec, facts from its log (I/O checked at load)" in output, output
+    with pytest.raises(canvit_runtime.RuntimeUnavailable, match="runtime 'tensorrt' is not available"):
+        canvit_runtime.open(out, runtime="tensorrt")
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ("no-log", "pass --trtexec-log LOG"),
+    ("failed", "trtexec reports the build FAILED"),
+    ("other-engine", "trtexec's --saveEngine was /home/nvidia/canvit/engine/step.engine, not a other.engine"),
+    ("not-strongly-typed", "was not built --stronglyTyped"),
+    ("cut-short", "no `&&&& PASSED TensorRT.trtexec` line"),
+    ("no-gpu-line", "trtexec's log has no gpu line"),
+    ("missing-engine", "no such file; build it with the command"),
+    ("log-without-engine", "--trtexec-log describes an engine to adopt"),
+    ("with-print", "--print-trtexec and --adopt-engine exclude each other"),
+    ("precision", "is a fp16 graph"),
+])
+@pytest.mark.skipif(HAS_TENSORRT, reason="checks adoption from trtexec's log without TensorRT; tensorrt is installed")
+def test_adopt_engine_refusals(export_artifact, tmp_path: Path, change: str, needle: str) -> None:
+    artifact = export_artifact("vits16", canvas=16, precision="fp16")
+    engine, log = jetson_build(artifact, tmp_path, result="FAILED" if change == "failed" else "PASSED")
+    text = log.read_text()
+    if change == "other-engine":
+        engine = engine.rename(tmp_path / "other.engine")
+    if change == "not-strongly-typed":
+        log.write_text(text.replace(" --stronglyTyped", ""))
+    if change == "cut-short":
+        log.write_text(text.rsplit("&&&& PASSED", 1)[0])
+    if change == "no-gpu-line":
+        log.write_text("".join(line for line in text.splitlines(True) if "Selected Device:" not in line))
+    args = ["trt", "--artifact", str(artifact), "--adopt-engine", str(engine), "--trtexec-log", str(log),
+            "--out", str(tmp_path / "out")]
+    if change == "no-log":
+        args = args[:5] + args[7:]
+    if change == "missing-engine":
+        args[4] = str(tmp_path / "missing.engine")
+    if change == "log-without-engine":
+        args = args[:3] + args[5:]
+    if change == "with-print":
+        args.append("--print-trtexec")
+    if change == "precision":
+        args += ["--precision", "bf16"]
+    code, output = run(*args)
+    assert code == 2 and needle in output, output
+    assert output.strip().splitlines() == [output.strip()], "one line"
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*")), "nothing half-written"
+
+
 @needs_tensorrt
 def test_engine_parity_with_device_state(export_artifact, photo, tmp_path: Path) -> None:
     """The engine against PyTorch over 21 C2F glimpses; then the CUDA-graph replay against plain enqueues, glimpse by
@@ -85,6 +173,10 @@ def test_engine_parity_with_device_state(export_artifact, photo, tmp_path: Path)
     if code != 0 and "no usable CUDA GPU" in output:
         pytest.skip(f"tensorrt imports but no GPU is usable: {output.strip()}")
     assert code == 0, output
+    adopted = tmp_path / "adopted"  # the same engine adopted as trtexec's would be: checked by TensorRT here
+    code, output = run("trt", "--artifact", str(export_artifact("vits16", canvas=16, precision="fp16")),
+                       "--adopt-engine", str(engine_dir / "step.engine"), "--out", str(adopted))
+    assert code == 0 and "I/O checked by TensorRT" in output, output
     report = parity_command(artifact=engine_dir, runtime="tensorrt", loaded=None, image=photo, policy="c2f",
                             glimpses=21, seed=0, threads=None, report_path=tmp_path / "r.json")
     assert report["passed"], report["failures"]

@@ -1,30 +1,28 @@
-"""What every export target shares: the atomic artifact folder, the manifest, checksums and tool versions.
+"""What every export target shares: geometry, the initial state, the architecture and tensor records.
 
-An artifact is a folder: the compiled step, initial_state.bin and manifest.json (README, "The manifest"). It is
-written into a hidden temporary sibling folder and renamed into place only when complete, so a failed export
-leaves nothing behind; an existing folder is replaced only with force.
+The torch-free half (the atomic artifact folder, the manifest writer, tool versions, the source artifact) lives in
+canvit_runtime.artifact, which canvit-runtime's on-device TensorRT engine build uses too; it is re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import platform
-import shlex
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from canvit_pytorch import CanViT
-from pydantic import ValidationError
 
 from canvit_export.errors import ExportError
+from canvit_runtime.artifact import (
+    INITIAL_STATE_FILE,
+    copy_initial_state,
+    derived_fields,
+    finish_manifest,
+    load_source_artifact,
+    source_record,
+    staged_artifact,
+    tool_versions,
+)
 from canvit_runtime.manifest import (
     ROLE_CENTERS,
     ROLE_EXTRA,
@@ -35,17 +33,15 @@ from canvit_runtime.manifest import (
     InitialState,
     InitialStatePart,
     Manifest,
-    ManifestError,
     Preprocessing,
-    SourceArtifact,
     StatePair,
     TensorSpec,
-    file_record,
-    load_manifest,
 )
 from canvit_runtime.manifest import Geometry as GeometryRecord
 
-INITIAL_STATE_FILE = "initial_state.bin"
+__all__ = ["INITIAL_STATE_FILE", "Geometry", "architecture_record", "copy_initial_state", "default_out_dir",
+           "derived_fields", "finish_manifest", "load_source_artifact", "preprocessing_record", "source_record",
+           "staged_artifact", "state_pairs", "step_tensors", "tool_versions", "write_initial_state"]
 
 
 @dataclass(frozen=True)
@@ -81,31 +77,6 @@ def default_out_dir(backbone: str, geometry: Geometry, precision: str, target: s
     """models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>[-<target>]."""
     name = f"canvit-{backbone}-c{geometry.canvas_grid}-g{geometry.glimpse_px}-s{geometry.scene_px}-b{geometry.batch}"
     return Path("models") / f"{name}-{precision}{'' if target == 'onnx' else '-' + target}"
-
-
-@contextlib.contextmanager
-def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success rename it to `out`, on any error delete it.
-
-    Raises ExportError before any work when `out` exists and force is false.
-    """
-    out = Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(trash / out.name)
-            staging.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_initial_state(canvit: CanViT, directory: Path) -> InitialState:
@@ -166,67 +137,5 @@ def state_pairs(inputs: list[TensorSpec]) -> list[StatePair]:
             StatePair(input="recurrent_cls", output="recurrent_cls_next", shape=shapes["recurrent_cls"])]
 
 
-def tool_versions(*packages: str) -> dict[str, str]:
-    """Installed versions of the named distributions, plus Python's."""
-    versions = {"python": platform.python_version()}
-    for name in ("canvit-export", "canvit-runtime", "canvit-pytorch", "torch", *packages):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    return versions
-
-
-def command_line() -> str | None:
-    """The canvit-export command line being run, for the manifest's `command` (None outside the CLI)."""
-    return shlex.join(["canvit-export", *sys.argv[1:]]) if Path(sys.argv[0]).name == "canvit-export" else None
-
-
-def finish_manifest(directory: Path, files: dict[str, str], packages: tuple[str, ...], **fields: Any) -> Manifest:
-    """Validate the manifest of the artifact being written in `directory` (the typed fields, plus each file's size
-    and SHA-256 from files: key -> name, tool versions, the time and the command line) and write manifest.json.
-
-    Raises ExportError when the fields do not make a valid manifest (a bug of the exporter: nothing is written).
-    """
-    try:
-        manifest = Manifest(created=datetime.now(UTC).isoformat(timespec="seconds"), command=command_line(),
-                            files={key: file_record(directory, name) for key, name in files.items()},
-                            tools=tool_versions(*packages), **fields)
-    except ValidationError as error:
-        raise ExportError(f"the exporter built an invalid manifest ({error.errors()[0]['loc']}: "
-                          f"{error.errors()[0]['msg']}); please report this") from error
-    manifest.write(directory)
-    return manifest
-
-
 def preprocessing_record(geometry: Geometry) -> Preprocessing:
     return Preprocessing(scene_px=geometry.scene_px)
-
-
-def derived_fields(source: Manifest) -> dict[str, Any]:
-    """The fields an artifact compiled from the ONNX artifact `source` (TensorRT engine, OpenVINO IR) keeps: model,
-    architecture, geometry, tensors, state, initial state, preprocessing, viewpoint rule, precision and readouts."""
-    keep = ("model", "architecture", "geometry", "inputs", "outputs", "state", "initial_state", "preprocessing",
-            "viewpoint", "precision", "readouts")
-    return {key: getattr(source, key) for key in keep}
-
-
-def source_record(source: Manifest) -> SourceArtifact:
-    """Where a derived artifact came from: the ONNX artifact's folder, graph SHA-256 and precision."""
-    return SourceArtifact(path=str(source.directory.resolve()), graph_sha256=source.files["graph"].sha256,
-                          precision=source.precision.name)
-
-
-def copy_initial_state(source: Manifest, directory: Path) -> None:
-    """Copy the source artifact's initial_state.bin into directory."""
-    shutil.copyfile(source.file("initial_state"), directory / INITIAL_STATE_FILE)
-
-
-def load_source_artifact(path: Path, *, target: str) -> Manifest:
-    """The ONNX artifact another target compiles from; ExportError if it is missing, altered or not ONNX."""
-    try:
-        manifest = load_manifest(path)
-    except ManifestError as error:
-        raise ExportError(str(error)) from error
-    if manifest.target != "onnx":
-        raise ExportError(f"{path} is a {manifest.target} artifact; {target} builds from an ONNX artifact "
-                          f"(canvit-export onnx --out DIR)")
-    return manifest

@@ -2,6 +2,7 @@
 
     canvit-runtime run --artifact DIR --image photo.jpg [--runtime onnxruntime|openvino|tensorrt|coreml]
     canvit-runtime info DIR [--json]
+    canvit-runtime trt --artifact DIR [--print-trtexec | --adopt-engine FILE [--trtexec-log LOG]]
     canvit-runtime schema [--out PATH | --check]
 """
 
@@ -18,6 +19,8 @@ from typing import Any
 
 import click
 import numpy as np
+
+from canvit_runtime.precision import TARGET_PRECISIONS
 
 EXIT_BAD_INPUT = 2
 
@@ -130,6 +133,50 @@ def info(artifact, no_verify, as_json) -> None:
         return
     for line in summary_lines(manifest, verified=not no_verify):
         click.echo(line)
+
+
+@main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to build from.")
+@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["tensorrt"]), default=None,
+              help="Assert the artifact's precision (strongly typed engines keep the graph's types).")
+@click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine artifact folder [default: <artifact>-trt].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command (e.g. for a Jetson).")
+@click.option("--adopt-engine", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Instead of building, adopt FILE, an engine trtexec built from the artifact's step.onnx: checked "
+                   "with TensorRT where it imports, else described by --trtexec-log.")
+@click.option("--trtexec-log", type=click.Path(path_type=Path), default=None, metavar="LOG",
+              help="With --adopt-engine: trtexec's build log (`trtexec ... 2>&1 | tee build.log`), the source of the GPU "
+                   "and TensorRT facts where TensorRT's Python bindings are missing.")
+@one_line_errors
+def trt(artifact, precision, workspace_gib, timing_cache, out, force, print_trtexec, adopt_engine, trtexec_log) -> None:
+    """Build a strongly typed TensorRT engine artifact (TensorRT 10 with STRONGLY_TYPED, or 11) from an ONNX artifact,
+    on the GPU it will run on; or print the trtexec command; or adopt an engine trtexec built."""
+    from canvit_runtime.engine import adopt_engine as adopt
+    from canvit_runtime.engine import build_tensorrt, trtexec_for
+    from canvit_runtime.manifest import TensorRtArtifact
+
+    if print_trtexec and adopt_engine is not None:
+        raise ValueError("--print-trtexec and --adopt-engine exclude each other: print the command, run it, then adopt")
+    if trtexec_log is not None and adopt_engine is None:
+        raise ValueError("--trtexec-log describes an engine to adopt: pass --adopt-engine FILE with it")
+    if print_trtexec:
+        click.echo(trtexec_for(artifact, out, precision=precision, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache))
+        return
+    if adopt_engine is not None:
+        manifest = adopt(artifact, adopt_engine, out, trtexec_log=trtexec_log, precision=precision, force=force)
+    else:
+        manifest = build_tensorrt(artifact, out, precision=precision, workspace_gib=workspace_gib,
+                                  timing_cache=timing_cache, force=force)
+    facts = manifest.artifact
+    assert isinstance(facts, TensorRtArtifact)
+    checked = ("I/O checked by TensorRT" if facts.checked_with == "tensorrt" else
+               "facts from trtexec's log; I/O checked when a runner loads it")
+    click.echo(f"wrote {manifest.directory}: TensorRT {facts.tensorrt} engine for {facts.gpu} (compute capability "
+               f"{facts.compute_capability}), {manifest.files['engine'].bytes / 1e6:.1f} MB, {checked}")
 
 
 @main.command()

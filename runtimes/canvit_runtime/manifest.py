@@ -259,9 +259,17 @@ class OpenVinoArtifact(_Record):
 
 
 class TensorRtArtifact(_Record):
+    """A strongly typed engine. `builder`: what built it (TensorRT's Python builder in canvit-export / canvit-runtime
+    `trt`, or trtexec, adopted with `trt --adopt-engine`). `checked_with`: "tensorrt" when the engine was deserialized
+    where the manifest was written and its I/O names and dtypes matched the manifest; "trtexec-log" when the GPU and
+    TensorRT facts were read from trtexec's build log (the I/O is then checked when a runner loads the engine)."""
+
     target: Literal["tensorrt"]
     strongly_typed: Literal[True] = True
-    workspace_gib: float
+    workspace_gib: float | None
+    builder: Literal["tensorrt-python", "trtexec"] = "tensorrt-python"
+    checked_with: Literal["tensorrt", "trtexec-log"] = "tensorrt"
+    trtexec_command: str | None = None
     gpu: str
     compute_capability: str
     tensorrt: str

@@ -32,8 +32,10 @@ def _target(manifest: Manifest) -> str:
         return (f"OpenVINO {a.openvino.split('-')[0]} IR, {'stateful' if a.stateful else 'stateless'}; compiled audit: "
                 f"{a.compiled_audit.checked} protected nodes in f32; from {a.source.path}")
     if isinstance(a, TensorRtArtifact):
-        return (f"TensorRT {a.tensorrt} engine for {a.gpu} (compute capability {a.compute_capability}); runs there "
-                f"only; from {a.source.path}")
+        how = ("built by TensorRT's Python builder" if a.builder == "tensorrt-python" else "built by trtexec") + (
+            ", I/O checked by TensorRT" if a.checked_with == "tensorrt" else ", facts from its log (I/O checked at load)")
+        return (f"TensorRT {a.tensorrt} engine for {a.gpu} (compute capability {a.compute_capability}), {how}; runs "
+                f"there only; from {a.source.path}")
     assert isinstance(a, CoreMLArtifact)
     return (f"Core ML ML program, min target {a.min_target}, {'stateful' if a.stateful else 'stateless'}; "
             f"{sum(a.op_counts.values())} MIL ops")

@@ -17,6 +17,8 @@ from canvit_runtime.base import Runner
 from canvit_runtime.manifest import Manifest, ManifestError, TensorRtArtifact
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+# Manifest dtypes -> TensorRT DataType member names (tensorrt.DataType.<name>).
+TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "bfloat16": "BF16"}
 
 
 def import_cudart() -> Any:
@@ -36,6 +38,18 @@ def cuda_call(result: Any) -> Any:
     if int(error) != 0:
         raise RuntimeError(f"CUDA error {error}")
     return values[0] if len(values) == 1 else tuple(values) if values else None
+
+
+def engine_io_mismatch(engine: Any, manifest: Manifest) -> str | None:
+    """Why a deserialized ICudaEngine does not fit the manifest (I/O names, then dtypes), or None when it does."""
+    io = {name: str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1]
+          for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))}
+    expected = {t.name: t.dtype for t in (*manifest.inputs, *manifest.outputs)}
+    if set(io) != set(expected):
+        return f"the engine's I/O {sorted(io)} differs from the manifest's {sorted(expected)}"
+    if wrong := [name for name, dtype in io.items() if TRT_DTYPES.get(expected[name]) != dtype]:
+        return f"the engine's tensor {wrong[0]} is {io[wrong[0]]}, the manifest says {expected[wrong[0]]}"
+    return None
 
 
 class TensorRtRunner(Runner):
@@ -59,6 +73,8 @@ class TensorRtRunner(Runner):
             raise ManifestError(f"{manifest.file('engine')}: TensorRT cannot load this engine here (built with "
                                 f"TensorRT {manifest.artifact.tensorrt} on {manifest.artifact.gpu}); rebuild it on "
                                 f"this device")
+        if problem := engine_io_mismatch(self.engine, manifest):  # adopted engines are checked here first
+            raise ManifestError(f"{manifest.file('engine')}: {problem}; rebuild it from the artifact's step.onnx")
         self.context = self.engine.create_execution_context()
         self.stream = cuda_call(cudart.cudaStreamCreate())
         self.cuda_graph = cuda_graph

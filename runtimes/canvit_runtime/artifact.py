@@ -1,0 +1,129 @@
+"""Writing an artifact without torch: the atomic folder, the manifest, checksums and tool versions.
+
+canvit-export's targets and canvit-runtime's TensorRT engine build (which runs on the device, e.g. a Jetson on
+Python 3.10) share these. An artifact is a folder: the compiled step, initial_state.bin and manifest.json (README,
+"The manifest"). It is written into a hidden temporary sibling folder and renamed into place only when complete, so a
+failed export leaves nothing behind; an existing folder is replaced only with force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from canvit_runtime.manifest import Manifest, ManifestError, SourceArtifact, file_record, load_manifest
+
+INITIAL_STATE_FILE = "initial_state.bin"
+COMMANDS = ("canvit-export", "canvit-runtime")
+
+
+class ExportError(ValueError):
+    """Bad input or an unmet requirement while writing an artifact; the message names the fix in one line."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success rename it to `out` (with the permissions of a folder made by
+    mkdir under the current umask, not mkdtemp's 0700), on any error delete it.
+
+    Raises ExportError before any work when `out` exists and force is false.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~_umask())
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(trash / out.name)
+            staging.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def tool_versions(*packages: str) -> dict[str, str]:
+    """Installed versions of the named distributions, plus Python's and canvit's own."""
+    versions = {"python": platform.python_version()}
+    for name in ("canvit-export", "canvit-runtime", "canvit-pytorch", "torch", *packages):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def command_line() -> str | None:
+    """The canvit-export / canvit-runtime command line being run, for the manifest's `command` (None otherwise)."""
+    program = Path(sys.argv[0]).name
+    return shlex.join([program, *sys.argv[1:]]) if program in COMMANDS else None
+
+
+def finish_manifest(directory: Path, files: dict[str, str], packages: tuple[str, ...], **fields: Any) -> Manifest:
+    """Validate the manifest of the artifact being written in `directory` (the typed fields, plus each file's size
+    and SHA-256 from files: key -> name, tool versions, the time and the command line) and write manifest.json.
+
+    Raises ExportError when the fields do not make a valid manifest (a bug of the exporter: nothing is written).
+    """
+    try:
+        manifest = Manifest(created=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command_line(),
+                            files={key: file_record(directory, name) for key, name in files.items()},
+                            tools=tool_versions(*packages), **fields)
+    except ValidationError as error:
+        raise ExportError(f"the exporter built an invalid manifest ({error.errors()[0]['loc']}: "
+                          f"{error.errors()[0]['msg']}); please report this") from error
+    manifest.write(directory)
+    return manifest
+
+
+def derived_fields(source: Manifest) -> dict[str, Any]:
+    """The fields an artifact compiled from the ONNX artifact `source` (TensorRT engine, OpenVINO IR) keeps: model,
+    architecture, geometry, tensors, state, initial state, preprocessing, viewpoint rule, precision and readouts."""
+    keep = ("model", "architecture", "geometry", "inputs", "outputs", "state", "initial_state", "preprocessing",
+            "viewpoint", "precision", "readouts")
+    return {key: getattr(source, key) for key in keep}
+
+
+def source_record(source: Manifest) -> SourceArtifact:
+    """Where a derived artifact came from: the ONNX artifact's folder, graph SHA-256 and precision."""
+    return SourceArtifact(path=str(source.directory.resolve()), graph_sha256=source.files["graph"].sha256,
+                          precision=source.precision.name)
+
+
+def copy_initial_state(source: Manifest, directory: Path) -> None:
+    """Copy the source artifact's initial_state.bin into directory."""
+    shutil.copyfile(source.file("initial_state"), directory / INITIAL_STATE_FILE)
+
+
+def load_source_artifact(path: Path, *, target: str) -> Manifest:
+    """The ONNX artifact another target compiles from; ExportError if it is missing, altered or not ONNX."""
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as error:
+        raise ExportError(str(error)) from error
+    if manifest.target != "onnx":
+        raise ExportError(f"{path} is a {manifest.target} artifact; {target} builds from an ONNX artifact "
+                          f"(canvit-export onnx --out DIR)")
+    return manifest
