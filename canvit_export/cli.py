@@ -101,6 +101,14 @@ def load_readouts(loaded: Any, readout: str | None, probe: str | None, seed: int
     return load_heads(loaded, names, probe=probe, seed=seed)
 
 
+def calibration_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--calibration DIR: for --precision int8, a recorded calibration set or a folder of images."""
+    return click.option(
+        "--calibration", type=click.Path(path_type=Path), default=None, metavar="DIR",
+        help="With --precision int8: a calibration set recorded by `canvit-export calibrate`, or a folder of images "
+             "to record one from [default: scikit-image's four photos].")(command)
+
+
 def refuse_existing(out: Path | None, force: bool) -> None:
     """Fail before loading anything when --out exists and --force is not given."""
     if out is not None and out.exists() and not force:
@@ -128,15 +136,16 @@ def main() -> None:
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--precision", type=click.Choice(TARGET_PRECISIONS["onnx"]), default="fp32", show_default=True,
               help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
-                   "(fp16-all: canvas in fp16 too, a control experiment).")
+                   "(fp16-all: canvas in fp16 too, a control experiment; int8: static Q/DQ, calibrated on rollouts).")
 @click.option("--glimpse-output", is_flag=True, help="Also output the sampled glimpse [B, 3, g, g].")
 @readout_options
+@calibration_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
 def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset, precision, glimpse_output, readout,
-         probe, out, force) -> None:
+         probe, calibration, out, force) -> None:
     """Export the glimpse step as DIR/step.onnx + DIR/manifest.json (+ initial_state.bin)."""
     from canvit_export.export.artifact import default_out_dir
     from canvit_export.export.onnx import export_onnx
@@ -148,7 +157,7 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx")
     start = time.perf_counter()
     manifest = export_onnx(loaded, geometry, out, opset=opset, force=force, glimpse_output=glimpse_output,
-                           precision=precision, heads=heads)
+                           precision=precision, heads=heads, calibration=calibration)
     assert isinstance(manifest.artifact, OnnxArtifact)
     console.print(f"wrote {out}: step.onnx {manifest.files['graph'].bytes / 1e6:.1f} MB, {manifest.artifact.nodes} "
                   f"nodes, opset {opset}, {precision}, {time.perf_counter() - start:.1f} s" +
@@ -161,20 +170,23 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to convert.")
 @click.option("--precision", type=click.Choice(TARGET_PRECISIONS["openvino"]), default=None,
               help="The artifact's own precision (the default), or it with -int8w: matmul weights compressed to INT8 "
-                   "with NNCF. The canvas path, RoPE, coordinates and VPE stay f32.")
+                   "with NNCF, or int8 (from an fp32 artifact): NNCF static INT8 calibrated on rollouts. The canvas "
+                   "path, RoPE, coordinates and VPE stay f32.")
 @click.option("--stateful/--no-stateful", default=True, show_default=True,
               help="Canvas and recurrent CLS as OpenVINO state variables, or as graph I/O.")
+@calibration_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="IR artifact folder [default: <artifact>-openvino-<precision>].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @one_line_errors
-def openvino(artifact, precision, stateful, out, force) -> None:
+def openvino(artifact, precision, stateful, calibration, out, force) -> None:
     """Convert an ONNX artifact to OpenVINO IR (step.xml/bin + manifest) at its own precision, stateful by default."""
     from canvit_export.export.openvino import export_openvino
     from canvit_export.progress import console
 
     refuse_existing(out, force)
-    manifest = export_openvino(artifact, out, precision=precision, stateful=stateful, force=force)
+    manifest = export_openvino(artifact, out, precision=precision, stateful=stateful, calibration=calibration,
+                               force=force)
     facts = manifest.artifact
     assert isinstance(facts, OpenVinoArtifact)
     console.print(f"wrote {manifest.directory}: OpenVINO IR ({manifest.precision.name}, "
@@ -285,6 +297,34 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
 
 
 # `info` is canvit-runtime's own command: the same summary (or --json) on a workstation and on a device.
+@main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True,
+              help="The fp32 ONNX artifact whose rollouts are recorded.")
+@click.option("--images", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Folder of photos [default: scikit-image's chelsea, astronaut, coffee, rocket].")
+@click.option("--policies", default="c2f,f-iid,eg-c2f", show_default=True,
+              help="Viewing policies to roll out (eg-c2f is skipped without a segmentation readout).")
+@click.option("--glimpses", type=int, default=8, show_default=True, help="Glimpses recorded per image and policy.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: its own].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Calibration set folder to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@one_line_errors
+def calibrate(artifact, images, policies, glimpses, seed, threads, out, force) -> None:
+    """Record an INT8 calibration set: the step's inputs (scene, canvas, recurrent CLS, viewpoint) at every glimpse of
+    rollouts of the fp32 graph on real photos, for `onnx|openvino --precision int8 --calibration DIR`."""
+    from canvit_export.calibration import record_calibration
+    from canvit_export.progress import console
+
+    refuse_existing(out, force)
+    chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
+    calibration = record_calibration(artifact, out, images=images, policies=chosen, glimpses=glimpses, seed=seed,
+                                     threads=threads, force=force)
+    index = calibration.index
+    console.print(f"wrote {out}: {calibration.count} samples ({len(index['images'])} images x "
+                  f"{', '.join(index['policies'])} x {index['glimpses']} glimpses), {calibration.bytes / 1e6:.1f} MB")
+
+
 main.add_command(runtime_info, name="info")
 main.add_command(runtime_trt, name="trt")
 

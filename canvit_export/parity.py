@@ -62,6 +62,16 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # top-1 agreed at every glimpse.
     "int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998, "readout_rel_l2": 5e-2,
               "seg_agreement": 0.85, "top1_agreement": 0.8},
+    # Static INT8 (activations and weights of the weight matmuls; canvas path float32), calibrated on rollouts.
+    # Measured on CanViT-B (canvas 32, seeded random weights and heads, astronaut, 21 C2F / 200 F-IID / 21 EG-C2F
+    # glimpses, 96 calibration samples): ONNX Runtime Q/DQ (S8S8 symmetric) worst canvas rel-L2 3.6e-2 / 4.4e-2 /
+    # 3.5e-2, cosine >= 0.99905, CLS 4.1e-2, logits 4.5e-2; NNCF on OpenVINO 1.8e-2 / 2.2e-2 / 1.7e-2, cosine
+    # >= 0.99975. The rel-L2 bounds are about 2.3x the worst, so a broken quantization (a quantized canvas stream,
+    # per-tensor weights, a bad calibration) fails. Argmax agreement is where random heads hurt: their classes are
+    # near-ties (see fp16), and a 4% logit error flips many cells: mean agreement measured 0.61-0.96 (ONNX Runtime
+    # F-IID the worst), top-1 0.71-1.0 (n=2 calibration photos, C2F). The agreement bounds sit below those.
+    "int8": {"canvas_rel_l2": 1e-1, "cls_rel_l2": 1e-1, "canvas_cosine": 0.998, "readout_rel_l2": 1e-1,
+             "seg_agreement": 0.5, "top1_agreement": 0.6},
 }
 READOUT_ERRORS = ("seg_logits", "class_logits", "teacher_patches")
 """The readouts whose rel-L2 is held to readout_rel_l2 (seg_entropy is a function of seg_logits)."""

@@ -8,7 +8,10 @@ The rule (paper App. D.3; DESIGN.md, Contracts): whatever the compute precision,
   (the coordinate region below), and every Sin, Cos, Log and GridSample input and output;
 - LayerNorm statistics of the canvas (LayerNormalization on a canvas-stream tensor: float32 input, stash_type 1);
 - the readouts: every tensor the heads compute from the new state (canvas_next, recurrent_cls_next) up to the
-  readout outputs (the probe's LayerNorm of the canvas, the entropy's logsumexp, the classifier, the feature head).
+  readout outputs (the probe's LayerNorm of the canvas, the entropy's logsumexp, the classifier, the feature head);
+- in Q/DQ (static INT8) graphs, none of the above is the input of a QuantizeLinear, but for the canvas LayerNorm
+  outputs: those may be quantized at an INT8 Canvas Read/Write projection's input, as they are cast to bf16/fp16
+  at a narrow one's (the LayerNorm itself, statistics included, runs in float32).
 
 `audit_onnx` walks the graph and lists every tensor that breaks the rule; an empty list is a pass.
 """
@@ -93,6 +96,10 @@ class AuditReport:
     protected: set[str] = field(default_factory=set)
     """Every tensor the rule keeps float32: the canvas stream, the coordinate region, Sin/Cos/Log/GridSample
     outputs and canvas LayerNorm outputs (what other compilers, e.g. OpenVINO, must keep in f32)."""
+    canvas_norm_outputs: set[str] = field(default_factory=set)
+    """Outputs of the canvas LayerNorms: computed in float32 (statistics included) and kept float32 in the graph,
+    but, like the Cast to bf16/fp16 that feeds a narrow Canvas Read/Write projection, they may be quantized at the
+    input of an INT8 matmul: they are not in `unquantizable`."""
     coordinate_tensors: int = 0
     readout_tensors: int = 0
     float32_op_tensors: int = 0
@@ -103,6 +110,12 @@ class AuditReport:
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def unquantizable(self) -> set[str]:
+        """The tensors no quantizer may read (QuantizeLinear, FakeQuantize): `protected` but the canvas LayerNorm
+        outputs, i.e. the canvas stream, coordinates, RoPE, VPE, Sin/Cos/Log/GridSample outputs and readouts."""
+        return self.protected - self.canvas_norm_outputs
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -183,6 +196,7 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
         for node in consumers[name]:
             if node.op_type == "LayerNormalization":
                 report.protected.update(node.output)
+                report.canvas_norm_outputs.update(node.output)
                 stash = next((a.i for a in node.attribute if a.name == "stash_type"), 1)
                 if stash != 1:
                     bad.append(f"LayerNormalization {node.name} on the canvas has stash_type {stash}, must be 1 (float32)")
@@ -233,4 +247,11 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
                 report.float32_op_tensors += 1
                 if types.get(name) in NARROW:
                     bad.append(f"{node.op_type} tensor {name} is {_dtype(types, name)}, must be float32")
+
+    # Q/DQ graphs (static INT8): a QuantizeLinear on an unquantizable tensor would round the canvas stream, the
+    # coordinates, RoPE, the VPE or a readout to 8 bits even though the tensors around it stay float32.
+    unquantizable = report.unquantizable
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in unquantizable:
+            bad.append(f"QuantizeLinear {node.name} quantizes protected tensor {node.input[0]}")
     return report

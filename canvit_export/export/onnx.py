@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -64,15 +65,29 @@ def precision_record(precision: Precision, audit_violations: list[str]) -> Preci
 
 def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: int = DEFAULT_OPSET, force: bool = False,
                 glimpse_output: bool = False, precision: str = "fp32", heads: Heads | None = None,
-                quiet: bool = False) -> Manifest:
+                calibration: Path | None = None, quiet: bool = False) -> Manifest:
     """Write out/step.onnx, out/initial_state.bin and out/manifest.json atomically; return the manifest.
 
     precision: fp32, fp16 or bf16 (matmuls/conv/attention narrow, canvas path float32), or fp16-all (the control
     variant with a float16 canvas, exported with its audit findings recorded instead of enforced). heads: the
     readouts (canvit_export.readouts.load_heads) the graph also outputs, computed on the new state in float32.
     Raises ExportError for bad sizes, opset or precision, an existing `out` without force, or a graph failing
-    its audit.
+    its audit. int8: the fp32 step is exported into a temporary folder, then quantized to a static INT8 Q/DQ graph
+    (canvit_export.export.int8.export_onnx_int8) calibrated on rollouts: `calibration` is a recorded calibration
+    set, a folder of images, or None for scikit-image's photos.
     """
+    if precision == "int8":
+        from canvit_export.export.int8 import export_onnx_int8
+
+        if out.exists() and not force:
+            raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".fp32", dir=out.parent) as work:
+            export_onnx(loaded, geometry, Path(work) / "fp32", opset=opset, glimpse_output=glimpse_output,
+                        precision="fp32", heads=heads, quiet=quiet)
+            return export_onnx_int8(Path(work) / "fp32", out, calibration=calibration, force=force, quiet=quiet)
+    if calibration is not None:
+        raise ExportError("--calibration calibrates static INT8: pass it with --precision int8")
     try:
         step_dtypes = step_precision(precision)
     except ValueError as error:

@@ -19,12 +19,14 @@ channel) with NNCF, leaving the protected ops (the VPE's Fourier features) untou
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from canvit_export.calibration import resolve_calibration
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
@@ -35,6 +37,7 @@ from canvit_export.export.artifact import (
     source_record,
     staged_artifact,
 )
+from canvit_export.export.int8 import int8_record, quantize_openvino
 from canvit_export.precision import audit_onnx
 from canvit_export.progress import Stages
 from canvit_runtime.manifest import ROLE_STATE, CompiledAudit, Manifest, OpenVinoArtifact
@@ -88,7 +91,9 @@ def choose_precision(source: Manifest, precision: str | None) -> str:
     weights (`<its precision>-int8w`). ExportError for another compute precision, naming the export to run first:
     converting never goes back to PyTorch."""
     own = source.precision.name
-    allowed = (own, with_int8_weights(own)) if own in ("fp32", "fp16", "bf16") else (own,)
+    allowed: tuple[str, ...] = (own, with_int8_weights(own)) if own in ("fp32", "fp16", "bf16") else (own,)
+    if own == "fp32":
+        allowed += ("int8",)  # static INT8 is quantized from the fp32 graph
     if precision is None:
         return own
     try:
@@ -96,7 +101,7 @@ def choose_precision(source: Manifest, precision: str | None) -> str:
     except ValueError as error:
         raise ExportError(str(error)) from error
     if precision not in allowed:
-        base = PRECISIONS[precision].base
+        base = "fp32" if precision == "int8" else PRECISIONS[precision].base
         raise ExportError(f"{source.directory} is a {own} graph and OpenVINO keeps the graph's types, so the IR can be "
                           f"{' or '.join(allowed)}; for {precision}, export the {base} graph first "
                           f"(`canvit-export onnx --precision {base} ...`) and convert that")
@@ -104,7 +109,7 @@ def choose_precision(source: Manifest, precision: str | None) -> str:
 
 
 def export_openvino(artifact: Path, out: Path | None, *, precision: str | None = None, stateful: bool = True,
-                    force: bool = False, quiet: bool = False) -> Manifest:
+                    calibration: Path | None = None, force: bool = False, quiet: bool = False) -> Manifest:
     """Write out/step.xml + step.bin (+ initial_state.bin, manifest.json) atomically; return the manifest.
 
     The IR runs the ONNX artifact's own types (fp32, or the fp16/bf16 mixed graph whose canvas path is float32);
@@ -118,16 +123,29 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
 
     source = load_source_artifact(artifact, target="OpenVINO")
     label = choose_precision(source, precision)
-    int8_weights = PRECISIONS[label].int8_weights
+    int8_weights, int8_static = PRECISIONS[label].int8_weights, PRECISIONS[label].int8_static
+    if calibration is not None and not int8_static:
+        raise ExportError("--calibration calibrates static INT8: pass it with --precision int8")
     out = out or artifact.with_name(f"{artifact.name}-openvino-{label}{'' if stateful else '-stateless'}")
-    stages = Stages(4 if int8_weights else 3, quiet=quiet)
-    with staged_artifact(out, force=force) as staging:
+    stages = Stages(4 if int8_weights else 5 if int8_static else 3, quiet=quiet)
+    with staged_artifact(out, force=force) as staging, tempfile.TemporaryDirectory(dir=staging.parent) as work:
+        calib = None
+        if int8_static:
+            with stages.stage("calibration set (the step's inputs over rollouts of the fp32 graph)"):
+                calib = resolve_calibration(source, calibration, Path(work), quiet=quiet)
         with stages.stage(f"converting the {source.precision.name} ONNX graph to OpenVINO"):
-            protected = audit_onnx(onnx.load(str(source.file("graph")))).protected
+            source_audit = audit_onnx(onnx.load(str(source.file("graph"))))
+            # Static INT8 may quantize the canvas LayerNorm outputs at a projection's input (as bf16 casts them):
+            # the compiled audit then holds the unquantizable tensors to f32, the others everything protected.
+            protected = source_audit.unquantizable if int8_static else source_audit.protected
             model = ov.convert_model(str(source.file("graph")))
         if int8_weights:
             with stages.stage("compressing weights to INT8 (NNCF)"):
                 model = compress_int8(model, protected_ops(model, protected))
+        int8_facts: dict[str, Any] = {}
+        if calib is not None:
+            with stages.stage(f"quantizing to static INT8 with NNCF ({calib.count} calibration samples)"):
+                model, int8_facts = quantize_openvino(model, calib, protected)
         with stages.stage("compiling on CPU and auditing the canvas path in the compiled model's runtime info"):
             # Audited before MakeStateful: OpenVINO's runtime model of a result-less stateful graph lists only its
             # inputs. MakeStateful swaps the state's Parameter/Result pairs for ReadValue/Assign and nothing else.
@@ -161,6 +179,8 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
             if int8_weights:
                 fields["precision"] = source.precision.model_copy(update={"name": label,
                                                                           "weights": "int8-asym-per-channel"})
+            if calib is not None:
+                fields["precision"] = int8_record(calib, int8_facts)
             manifest = finish_manifest(
                 staging, {"ir": IR_FILE, "weights": WEIGHTS_FILE, "initial_state": INITIAL_STATE_FILE},
                 ("openvino", "nncf"),

@@ -248,8 +248,8 @@ static void check_readouts(const Manifest& m, const json& j, const Fail& fail) {
 }
 
 // The target's files listed, and the precision word agreeing with its dtypes (canvit_runtime/precision.py:
-// fp32 fp16 bf16 fp16-all, each but fp16-all also with -int8w; matmuls in the base word's dtype, streams in
-// float32 but for fp16-all).
+// fp32 fp16 bf16 fp16-all, each but fp16-all also with -int8w, and int8 (static Q/DQ); matmuls in the base word's
+// dtype, streams in float32 but for fp16-all).
 static void check_files_and_precision(const Manifest& m, const json& j, const Fail& fail) {
     const std::map<std::string, std::vector<std::string>> target_files{
         {"onnx", {"graph"}}, {"openvino", {"ir", "weights"}}, {"tensorrt", {"engine"}}, {"coreml", {"package"}}};
@@ -262,7 +262,7 @@ static void check_files_and_precision(const Manifest& m, const json& j, const Fa
     const size_t cut = m.precision.size() - std::min(m.precision.size(), suffix.size());
     const std::string base = m.precision.substr(cut) == suffix ? m.precision.substr(0, cut) : m.precision;
     const std::map<std::string, std::string> matmul{
-        {"fp32", "float32"}, {"fp16", "float16"}, {"bf16", "bfloat16"}, {"fp16-all", "float16"}};
+        {"fp32", "float32"}, {"fp16", "float16"}, {"bf16", "bfloat16"}, {"fp16-all", "float16"}, {"int8", "int8"}};
     const std::string stream = base == "fp16-all" ? "float16" : "float32";
     const auto& p = j.at("precision");
     if (!matmul.count(base)) fail("precision '" + m.precision + "' is not a word of the precision vocabulary");

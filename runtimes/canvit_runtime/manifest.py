@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from canvit_runtime.precision import PRECISIONS, FloatDType, PrecisionName
+from canvit_runtime.precision import PRECISIONS, FloatDType, MatmulDType, PrecisionName
 
 FORMAT = "canvit-export-manifest"
 FORMAT_VERSION = 1
@@ -203,19 +203,37 @@ class ViewpointRule(_Record):
     sampling: str = "bilinear, align_corners=False, zero padding (canvit-pytorch sample_at_viewpoint)"
 
 
+class CalibrationRecord(_Record):
+    """How a static INT8 artifact was calibrated (canvit_export.calibration): the step's inputs recorded at every
+    glimpse of rollouts of the fp32 graph (`graph_sha256`) on `images` under `policies`, `glimpses` each."""
+
+    images: list[str]
+    policies: list[str]
+    glimpses: PositiveInt
+    samples: PositiveInt
+    graph_sha256: str
+    quantizer: str
+    quantizers: NonNegativeInt
+    """Quantizer nodes in the graph (QuantizeLinear for ONNX Q/DQ, FakeQuantize for OpenVINO)."""
+    excluded_ops: NonNegativeInt
+    """Ops kept in float32 because they produce or read a protected tensor (canvas path, RoPE, VPE, readouts)."""
+
+
 class PrecisionRecord(_Record):
     """The artifact's precision word (canvit_runtime.precision) and what it means here: matmul and residual-stream
     dtypes, weight storage, the state's storage, whether the float32 rule holds and how many audit findings the
     export recorded (non-zero only for fp16-all, whose findings are recorded instead of enforced)."""
 
     name: PrecisionName
-    matmul_dtype: FloatDType
+    matmul_dtype: MatmulDType
     stream_dtype: FloatDType
-    weights: Literal["float32", "float16", "bfloat16", "int8-asym-per-channel"]
+    weights: Literal["float32", "float16", "bfloat16", "int8-asym-per-channel", "int8-sym-per-channel"]
     state_storage: FloatDType = "float32"
     follows_float32_rule: bool
     audit_violations: NonNegativeInt = 0
     emulation: str | None = None
+    calibration: CalibrationRecord | None = None
+    """Static INT8 only: the rollout calibration set its scales came from, and the quantizer."""
 
     @property
     def int8_weights(self) -> bool:

@@ -14,6 +14,10 @@ App. D.3), except in `fp16-all`, the control variant that narrows the canvas too
 | fp32-int8w  | float32      | float32          | int8, per output channel | yes                    |
 | fp16-int8w  | float16      | float32          | int8, per output channel | yes                    |
 | bf16-int8w  | bfloat16     | float32          | int8, per output channel | yes                    |
+| int8        | int8 (static, calibrated activations) | float32 | int8, symmetric per output channel | yes |
+
+`int8` quantizes the weight matmuls' activations and weights (static: scales calibrated on rollouts, see
+canvit_export.calibration); every other op, the canvas path included, runs the fp32 graph's float32.
 
 This module imports nothing beyond the standard library.
 """
@@ -23,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-PrecisionName = Literal["fp32", "fp16", "bf16", "fp16-all", "fp32-int8w", "fp16-int8w", "bf16-int8w"]
+PrecisionName = Literal["fp32", "fp16", "bf16", "fp16-all", "fp32-int8w", "fp16-int8w", "bf16-int8w", "int8"]
 FloatDType = Literal["float32", "float16", "bfloat16"]
+MatmulDType = Literal["float32", "float16", "bfloat16", "int8"]
 INT8_WEIGHTS_SUFFIX = "-int8w"
 
 
@@ -34,14 +39,20 @@ class PrecisionInfo:
 
     name: str
     base: str
-    """The compute precision without weight compression: fp32, fp16, bf16 or fp16-all."""
-    matmul_dtype: FloatDType
+    """The compute precision without weight compression: fp32, fp16, bf16, fp16-all, or int8."""
+    matmul_dtype: MatmulDType
     stream_dtype: FloatDType
     int8_weights: bool
+    """Weight-only INT8 compression of a float graph (the -int8w words)."""
     follows_rule: bool
+    int8_static: bool = False
+    """Static INT8: activations and weights of the weight matmuls quantized with calibrated scales (`int8`)."""
 
 
 def _info(name: str) -> PrecisionInfo:
+    if name == "int8":
+        return PrecisionInfo(name=name, base=name, matmul_dtype="int8", stream_dtype="float32", int8_weights=False,
+                             follows_rule=True, int8_static=True)
     base = name.removesuffix(INT8_WEIGHTS_SUFFIX)
     matmul = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp16-all": "float16"}[base]
     return PrecisionInfo(name=name, base=base, matmul_dtype=matmul,  # type: ignore[arg-type]
@@ -54,9 +65,9 @@ PRECISIONS: dict[str, PrecisionInfo] = {name: _info(name) for name in get_args(P
 
 
 TARGET_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnx": ("fp32", "fp16", "bf16", "fp16-all"),  # the step module's own casts (and the fp16-all control)
-    "openvino": ("fp32", "fp16", "bf16", "fp32-int8w", "fp16-int8w", "bf16-int8w"),  # the ONNX graph's, +INT8 weights
-    "tensorrt": ("fp32", "fp16", "bf16"),  # strongly typed: the ONNX graph's types
+    "onnx": ("fp32", "fp16", "bf16", "fp16-all", "int8"),  # the step module's own casts (+ fp16-all), Q/DQ int8
+    "openvino": ("fp32", "fp16", "bf16", "fp32-int8w", "fp16-int8w", "bf16-int8w", "int8"),  # +INT8 weights, NNCF int8
+    "tensorrt": ("fp32", "fp16", "bf16", "int8"),  # strongly typed: the ONNX graph's types (int8: its Q/DQ)
     "coreml": ("fp16", "fp32"),
 }
 """Which words each target (and its command) takes."""

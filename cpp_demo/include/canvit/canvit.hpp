@@ -41,7 +41,7 @@ std::string shape_str(const std::vector<int64_t>& shape);  // "[1, 272, 1024]"
 struct Manifest {
     std::filesystem::path dir;
     std::string target;     // "onnx", "openvino", "tensorrt" or "coreml" (artifact.target; no backend here runs coreml)
-    std::string precision;  // precision.name: fp32, fp16, bf16, fp16-all, fp32-int8w, fp16-int8w or bf16-int8w
+    std::string precision;  // precision.name: fp32, fp16, bf16, fp16-all, fp32-int8w, fp16-int8w, bf16-int8w or int8
     bool stateful = false;
     int batch = 0, scene_px = 0, glimpse_px = 0, canvas_grid = 0, num_canvas_registers = 0;
     std::array<float, 3> mean{}, std{};

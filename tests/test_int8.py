@@ -1,0 +1,175 @@
+"""Static INT8 (issue 13): rollout calibration sets, NNCF (OpenVINO) and ONNX Runtime Q/DQ quantization with the
+canvas path kept float32, the Q/DQ audit, and the parity gates (21 C2F and 200 F-IID glimpses) on ViT-S."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import canvit_runtime
+from canvit_export.calibration import load_calibration, record_calibration
+from canvit_export.cli import main
+from canvit_export.errors import ExportError
+from canvit_export.parity import parity_command
+from canvit_export.precision import audit_onnx
+from canvit_runtime.manifest import load_manifest
+from canvit_runtime.preprocess import scene_batch
+
+READOUT = "segmentation,classification"
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def fp32(export_artifact) -> Path:
+    return export_artifact("vits16", canvas=16, readout=READOUT)
+
+
+@pytest.fixture(scope="module")
+def calibration(fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("calibration") / "set"
+    record_calibration(fp32, out, glimpses=4, quiet=True)  # 4 photos x (c2f, f-iid, eg-c2f) x 4 glimpses
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8(fp32: Path, calibration: Path, tmp_path_factory: pytest.TempPathFactory):
+    """int8(kind) -> the static INT8 artifact: "onnx" (ONNX Runtime Q/DQ) or "openvino" (NNCF, stateful IR)."""
+    from canvit_export.export.int8 import export_onnx_int8
+    from canvit_export.export.openvino import export_openvino
+
+    folder = tmp_path_factory.mktemp("int8")
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            out = folder / kind
+            if kind == "onnx":
+                export_onnx_int8(fp32, out, calibration=calibration, quiet=True)
+            else:
+                export_openvino(fp32, out, precision="int8", calibration=calibration, quiet=True)
+            made[kind] = out
+        return made[kind]
+
+    return make
+
+
+def test_calibration_set_holds_the_rollouts_states(fp32: Path, calibration: Path, photo) -> None:
+    calib = load_calibration(calibration, load_manifest(fp32))
+    index = json.loads((calibration / "calibration.json").read_text())
+    assert index["images"] == ["chelsea", "astronaut", "coffee", "rocket"]
+    assert index["policies"] == ["c2f", "f-iid", "eg-c2f"] and calib.count == 4 * 3 * 4
+    assert calib.bytes == sum(p.stat().st_size for p in calibration.glob("*.npy"))
+    samples = list(calib.samples())
+    assert {k: v.shape for k, v in samples[0].items()} == {t.name: tuple(t.shape) for t in load_manifest(fp32).inputs}
+    # Sample 0 is the first glimpse of chelsea under C2F: the learned initial state and the whole-scene viewpoint.
+    session = canvit_runtime.open(fp32, runtime="onnxruntime")
+    session.reset()
+    np.testing.assert_array_equal(samples[0]["canvas"], session.state("canvas"))
+    np.testing.assert_array_equal(samples[0]["scene"], scene_batch(photo, scene_px=512, batch=1))
+    # Sample 1 reads what glimpse 0 wrote: the recording carries the state as a rollout does.
+    written = session.step(samples[0]["scene"], samples[0]["centers"], samples[0]["scales"])
+    np.testing.assert_allclose(samples[1]["canvas"], written.canvas, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(samples[1]["canvas"], samples[0]["canvas"])
+    assert np.isfinite(np.stack([s["canvas"] for s in samples])).all()
+
+
+def test_calibration_refusals(fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="is a fp16 graph: calibration records the states of the fp32 step"):
+        record_calibration(export_artifact("vits16", canvas=16, precision="fp16"), tmp_path / "a", quiet=True)
+    with pytest.raises(ExportError, match="no images"):
+        record_calibration(fp32, tmp_path / "b", images=tmp_path, quiet=True)
+    with pytest.raises(ExportError, match="recorded for inputs"):
+        load_calibration(calibration, load_manifest(export_artifact("vits16", canvas=8)))
+    code, output = run("calibrate", "--artifact", str(fp32), "--out", str(calibration))
+    assert code == 2 and "already exists: pass --force" in output, output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_calibrate_command_reports_size(fp32: Path, tmp_path: Path, photo) -> None:
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(photo).save(tmp_path / "photos" / "mine.jpg")
+    code, output = run("calibrate", "--artifact", str(fp32), "--images", str(tmp_path / "photos"), "--policies",
+                       "c2f", "--glimpses", "3", "--out", str(tmp_path / "set"))
+    assert code == 0, output
+    assert "3 samples (1 images x c2f x 3 glimpses)" in output and " MB" in output, output
+
+
+@pytest.mark.parametrize(("kind", "runtime"), [("onnx", "onnxruntime"), ("openvino", "openvino"), ("onnx", "openvino")])
+@pytest.mark.parametrize(("policy", "glimpses"), [("c2f", 21), ("f-iid", 200)])
+def test_int8_parity_gates(int8, kind: str, runtime: str, policy: str, glimpses: int, photo, tmp_path: Path) -> None:
+    """The int8 tolerances (parity.TOLERANCES["int8"]) over 21 C2F and 200 F-IID glimpses, readouts included;
+    finite at every glimpse (a NaN fails every comparison)."""
+    report = parity_command(artifact=int8(kind), runtime=runtime, loaded=None, image=photo, policy=policy,
+                            glimpses=glimpses, seed=0, threads=None, report_path=tmp_path / "r.json")
+    assert report["passed"], report["failures"][:3]
+    assert report["precision"] == "int8"
+    assert report["worst"]["canvas_rel_l2"] > 1e-3, "the step really was quantized"
+
+
+def test_int8_artifacts_record_their_calibration_and_keep_the_canvas_float32(int8, fp32: Path) -> None:
+    for kind, quantizer in (("onnx", "onnxruntime"), ("openvino", "nncf")):
+        manifest = load_manifest(int8(kind))
+        p = manifest.precision
+        assert (p.name, p.matmul_dtype, p.stream_dtype, p.weights) == ("int8", "int8", "float32", "int8-sym-per-channel")
+        assert p.calibration is not None and p.calibration.samples == 48 and p.calibration.quantizer.startswith(quantizer)
+        assert p.calibration.graph_sha256 == load_manifest(fp32).files["graph"].sha256
+        assert p.calibration.quantizers > 20 and p.calibration.excluded_ops > 20
+    graph = onnx.load(str(int8("onnx") / "step.onnx"))
+    assert audit_onnx(graph).ok
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zero_points = [i for n in graph.graph.node if n.op_type == "QuantizeLinear" for i in n.input[2:3]]
+    initializers = {i.name: i for i in graph.graph.initializer}
+    assert all(onnx.numpy_helper.to_array(initializers[z]).max() == 0 for z in zero_points if z in initializers), \
+        "symmetric (zero point 0), as TensorRT's INT8 Q/DQ requires"
+    assert (int8("onnx") / "step.onnx").stat().st_size < 0.4 * (fp32 / "step.onnx").stat().st_size
+
+
+def test_qdq_audit_catches_a_quantized_canvas(int8) -> None:
+    """The audit must fail a Q/DQ graph that quantizes the canvas stream (here: the canvas input, re-read through a
+    QuantizeLinear/DequantizeLinear pair before the first Canvas Write adds to it)."""
+    graph = onnx.load(str(int8("onnx") / "step.onnx"))
+    scale = onnx.numpy_helper.from_array(np.array(0.05, np.float32), "canvas_scale")
+    graph.graph.initializer.append(scale)
+    graph.graph.node.insert(0, onnx.helper.make_node("QuantizeLinear", ["canvas", "canvas_scale"], ["canvas_q"],
+                                                     name="bad_q"))
+    graph.graph.node.insert(1, onnx.helper.make_node("DequantizeLinear", ["canvas_q", "canvas_scale"], ["canvas_dq"],
+                                                     name="bad_dq"))
+    report = audit_onnx(graph)
+    assert "QuantizeLinear bad_q quantizes protected tensor canvas" in report.violations
+
+
+def test_int8_cli(fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
+    code, output = run("openvino", "--artifact", str(export_artifact("vits16", canvas=16, precision="bf16")),
+                       "--precision", "int8", "--out", str(tmp_path / "x"))
+    assert code == 2 and "for int8, export the fp32 graph first" in output, output
+    code, output = run("openvino", "--artifact", str(fp32), "--calibration", str(calibration), "--out",
+                       str(tmp_path / "y"))
+    assert code == 2 and "--calibration calibrates static INT8: pass it with --precision int8" in output, output
+    code, output = run("openvino", "--artifact", str(fp32), "--precision", "int8", "--calibration",
+                       str(tmp_path / "nowhere"), "--out", str(tmp_path / "z"))
+    assert code == 2 and "no such folder" in output, output
+    assert not list(tmp_path.iterdir()), "nothing half-written"
+    code, output = run("onnx", "--random-weights", "--backbone", "vits16", "--canvas", "16", "--readout", READOUT,
+                       "--precision", "int8", "--calibration", str(calibration), "--out", str(tmp_path / "q"))
+    assert code == 0, output
+    assert "int8" in output and load_manifest(tmp_path / "q").precision.name == "int8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"], "the fp32 step it was quantized from is gone"
+
+
+def test_tensorrt_takes_the_qdq_graph(int8) -> None:
+    """TensorRT builds the Q/DQ graph strongly typed (its INT8 from the graph's Q/DQ); only the command is checked
+    here (no GPU): the build itself is untested on this machine."""
+    code, output = run("trt", "--artifact", str(int8("onnx")), "--precision", "int8", "--print-trtexec")
+    assert code == 0 and "--stronglyTyped" in output and "--int8" not in output, output
