@@ -37,8 +37,15 @@ from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
 
 COMPATIBLE = {"onnxruntime": {"onnx"}, "openvino": {"onnx", "openvino"}, "tensorrt": {"tensorrt"}}
+TARGET_NAMES = {"onnxruntime": "ONNX artifacts", "openvino": "ONNX and OpenVINO IR artifacts",
+                "tensorrt": "TensorRT engine artifacts"}
 COLUMNS = ("config", "runtime", "precision", "canvas", "batch", "median ms", "p10 ms", "p90 ms", "glimpses/s",
-           "vs eager", "peak RSS MB", "size MB", "worst rel-L2", "worst cosine", "GFLOPs/glimpse", "GFLOP/s")
+           "vs eager", "x floor", "peak RSS MB", "size MB", "worst rel-L2", "worst cosine", "GFLOPs/glimpse", "GFLOP/s")
+FLOOR_HINTS = {"fp32": "f32", "bf16": "bf16"}
+"""The floors measured: OpenVINO's MatMul rate at the step's shape under each inference precision hint."""
+FLOOR_OF = {"fp32": "fp32", "fp32-int8w": "fp32", "bf16": "bf16", "bf16-int8w": "bf16", "fp16": "bf16",
+            "fp16-int8w": "bf16", "fp16-all": "bf16"}
+"""Which floor a row's precision is held to (fp16 on a CPU without fp16 matmuls: the bf16 rate); int8: none yet."""
 
 
 @dataclass
@@ -118,8 +125,13 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
             candidates.append(Candidate(f"{artifact.name} [{runtime}]", runtime, manifest.precision.name, group,
                                         manifest, runner, manifest.size_bytes,
                                         ["runtime", str(artifact), runtime, thread_arg]))
+    if idle := [r for r in runtimes if not any(c.runtime == r for c in candidates)]:  # e.g. the default tensorrt
+        console.print(f"[yellow]note[/yellow]: no configuration on {', '.join(idle)} (it runs "
+                      f"{'; '.join(f'{r}: {TARGET_NAMES[r]}' for r in idle)}, and none of --artifacts is one, or its "
+                      f"package is missing)")
     if not candidates:
-        raise ExportError(f"no artifact runs on {', '.join(runtimes)}: pass --artifacts of matching targets")
+        raise ExportError(f"no artifact runs on {', '.join(runtimes)}: pass --artifacts of matching targets "
+                          f"(onnxruntime: ONNX; openvino: ONNX or OpenVINO IR; tensorrt: TensorRT engine)")
     for group, manifest in groups.items():
         with console.status(f"preparing the baselines of {manifest.directory.name}"):
             loaded = load_from_record(manifest.model)
@@ -182,20 +194,78 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
             status.update(f"benchmark: glimpse {t + 1}/{total} of {len(candidates)} configurations")
 
 
-def rows(candidates: list[Candidate], rss: dict[str, float | None]) -> list[dict[str, Any]]:
+def matmul_shape(manifest: Manifest) -> tuple[int, int, int]:
+    """(M, K, N) of the backbone MLP's first matmul in one glimpse: M = B x the glimpse's tokens (patches, CLS,
+    backbone registers), K = the backbone width, N = 4K."""
+    arch = manifest.architecture
+    tokens = (manifest.glimpse_px // arch.patch_px) ** 2 + 1 + arch.num_backbone_registers
+    return manifest.batch * tokens, arch.backbone_dim, 4 * arch.backbone_dim
+
+
+def matmul_rate(manifest: Manifest, hint: str, threads: int | None, repeats: int = 200) -> float:
+    """GFLOP/s of one OpenVINO MatMul at matmul_shape(manifest) (constant weights, as the step's) under the
+    inference precision hint `hint` (f32, bf16): the rate the step's matmuls could reach here, median of repeats."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    m, k, n = matmul_shape(manifest)
+    rng = np.random.default_rng(0)
+    x = ops.parameter([m, k], ov.Type.f32)
+    model = ov.Model([ops.matmul(x, ops.constant(rng.standard_normal((k, n)).astype(np.float32)), False, False)], [x])
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    data = rng.standard_normal((m, k)).astype(np.float32)
+    times = []
+    for i in range(repeats + 20):
+        start = time.perf_counter()
+        request.infer([data])
+        if i >= 20:
+            times.append(time.perf_counter() - start)
+    return 2 * m * k * n / float(np.median(times)) / 1e9
+
+
+def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[str, Any]]:
+    """Per group and floor precision: the step's GFLOPs at the matmul rate measured now (matmul_rate), i.e. the
+    latency if every FLOP ran as fast as the step's own matmul shape does here."""
+    out = []
+    for group, manifest in {c.group: c.manifest for c in candidates}.items():
+        gflops = glimpse_gflops(manifest)
+        m, k, n = matmul_shape(manifest)
+        for precision, hint in FLOOR_HINTS.items():
+            rate = matmul_rate(manifest, hint, threads)
+            ms = 1e3 * gflops / rate
+            out.append({
+                "config": f"floor ({manifest.directory.name}): {gflops:.1f} GFLOPs at {rate:.0f} GFLOP/s, the OpenVINO "
+                          f"{precision} MatMul rate at {m}x{k}x{n}", "runtime": "floor", "precision": precision,
+                "canvas": manifest.canvas_grid, "batch": manifest.batch, "median ms": ms, "p10 ms": ms, "p90 ms": ms,
+                "glimpses/s": 1e3 * manifest.batch / ms, "vs eager": None, "x floor": 1.0, "peak RSS MB": None,
+                "size MB": None, "worst rel-L2": None, "worst cosine": None, "GFLOPs/glimpse": gflops, "GFLOP/s": rate,
+                "group": group})
+    return out
+
+
+def rows(candidates: list[Candidate], rss: dict[str, float | None],
+         floors: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.runtime == "pytorch"}
+    floor_ms = {(f["group"], f["precision"]): f["median ms"] for f in floors or []}
     out = []
     for c in candidates:
         median = float(np.median(c.times_ms))
         gflops = glimpse_gflops(c.manifest)
+        floor = floor_ms.get((c.group, FLOOR_OF.get(c.precision, "")))
         out.append({
             "config": c.name, "runtime": c.runtime, "precision": c.precision, "canvas": c.manifest.canvas_grid,
             "batch": c.manifest.batch, "median ms": median, "p10 ms": float(np.percentile(c.times_ms, 10)),
             "p90 ms": float(np.percentile(c.times_ms, 90)), "glimpses/s": 1e3 * c.manifest.batch / median,
-            "vs eager": eager[c.group] / median, "peak RSS MB": rss.get(c.name), "size MB": c.size_bytes / 1e6,
+            "vs eager": eager[c.group] / median, "x floor": median / floor if floor else None,
+            "peak RSS MB": rss.get(c.name), "size MB": c.size_bytes / 1e6,
             "worst rel-L2": max(c.rel_l2) if c.rel_l2 else 0.0, "worst cosine": min(c.cosine) if c.cosine else 1.0,
             "GFLOPs/glimpse": gflops, "GFLOP/s": gflops / (median / 1e3),
         })
+    for f in floors or []:
+        out.append({key: value for key, value in f.items() if key != "group"})
     return out
 
 
@@ -207,7 +277,7 @@ def markdown(table: list[dict[str, Any]], facts: dict[str, Any], iters: int) -> 
             return f"{value:.1e}"
         if key == "worst cosine":
             return f"{value:.6f}"
-        if key == "vs eager":
+        if key in ("vs eager", "x floor"):
             return f"{value:.2f}x"
         return f"{value:.1f}" if isinstance(value, float) else str(value)
 
@@ -225,8 +295,13 @@ def chart(table: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, max(4, 0.35 * len(table) + 2)),
-                                       gridspec_kw={"width_ratios": [3, 2]})
+    canvases = {r["canvas"] for r in table}
+    if len(canvases) < 2:  # latency vs canvas needs two canvas sizes at least
+        fig, bars = plt.subplots(1, 1, figsize=(9, max(4, 0.35 * len(table) + 2)))
+        curves = None
+    else:
+        fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, max(4, 0.35 * len(table) + 2)),
+                                           gridspec_kw={"width_ratios": [3, 2]})
     names = [r["config"] for r in table]
     medians = np.array([r["median ms"] for r in table])
     errors = np.array([[r["median ms"] - r["p10 ms"] for r in table], [r["p90 ms"] - r["median ms"] for r in table]])
@@ -234,19 +309,35 @@ def chart(table: list[dict[str, Any]], path: Path) -> None:
     bars.set_yticks(range(len(table)), names, fontsize=8)
     bars.invert_yaxis()
     bars.set_xlabel("step latency, ms (median, p10-p90)")
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in table:
-        series.setdefault(f"{r['runtime']} {r['precision']}", []).append((r["canvas"], r["median ms"]))
-    for label, points in sorted(series.items()):
-        points.sort()
-        curves.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    curves.set_xlabel("canvas grid G (G x G tokens)")
-    curves.set_ylabel("median step latency, ms")
-    curves.legend(fontsize=7)
-    curves.grid(alpha=0.3)
+    if curves is not None:
+        # One line per configuration (runtime, precision, target, batch), its points the canvas sizes it ran at.
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in table:
+            label = f"{r['runtime']} {r['precision']} b{r['batch']}" + (" (baseline)" if r["size MB"] == 0 else "")
+            series.setdefault(label, []).append((r["canvas"], r["median ms"]))
+        for label, points in sorted(series.items()):
+            points.sort()
+            curves.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        curves.set_xlabel("canvas grid G (G x G tokens)")
+        curves.set_ylabel("median step latency, ms")
+        curves.legend(fontsize=7)
+        curves.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def check_out(out: Path) -> None:
+    """--out must be a folder that can be written (created if missing); ExportError naming the fix otherwise."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: bench writes bench.json, bench.md and bench.png into a folder")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"--out {out}: cannot create it ({error.strerror}); choose another --out") from error
 
 
 def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | None, iters: int, warmup: int,
@@ -254,19 +345,24 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
     """Run the benchmark and write out/bench.json, out/bench.md and out/bench.png; return the JSON."""
     if iters < 1 or warmup < 0:
         raise ExportError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
-    unknown = [r for r in runtimes if r not in COMPATIBLE]
-    if unknown:
-        raise ExportError(f"unknown runtime(s) {unknown}: choose from {', '.join(COMPATIBLE)}")
+    if not runtimes:
+        raise ExportError(f"--runtimes is empty: choose from {', '.join(COMPATIBLE)}")
+    if unknown := [r for r in runtimes if r not in COMPATIBLE]:
+        raise ExportError(f"unknown runtime{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from "
+                          f"{', '.join(COMPATIBLE)}")
+    check_out(out)  # before the work: a benchmark is not lost to a bad --out
     with tempfile.TemporaryDirectory(prefix="canvit-bench-") as tmp:
         workdir = Path(tmp)
         candidates = build_candidates(artifacts, runtimes, threads, workdir, peer)
         run_bench(candidates, default_image() if image is None else image, iters=iters, warmup=warmup)
+        with console.status("measuring the floors: OpenVINO's MatMul rate at the step's shape, f32 and bf16"):
+            floors = floor_rows(candidates, threads)
         rss = {}
         with console.status("measuring peak resident memory, one child process per configuration"):
             for c in candidates:
                 rss[c.name] = peak_rss_mb(c.child)
     facts = machine_facts(threads)
-    table = rows(candidates, rss)
+    table = rows(candidates, rss, floors)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": facts, "iters": iters, "warmup": warmup, "image": str(image or "skimage.data.astronaut()"),
               "policy": "c2f (21 glimpses, reset after each 21)", "columns": list(COLUMNS), "rows": table}

@@ -32,7 +32,7 @@ import canvit_runtime
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import load_source_artifact, staged_artifact
 from canvit_export.progress import console
-from canvit_runtime.manifest import Manifest
+from canvit_runtime.manifest import Manifest, a_precision
 from canvit_runtime.preprocess import scene_batch
 from canvit_runtime.rollout import rollout
 
@@ -130,7 +130,7 @@ def record_calibration(artifact: Path, out: Path, *, images: Path | None = None,
     """
     source = load_source_artifact(artifact, target="INT8 calibration")
     if source.precision.name != "fp32":
-        raise ExportError(f"{artifact} is a {source.precision.name} graph: calibration records the states of the fp32 "
+        raise ExportError(f"{artifact} is {a_precision(source.precision.name)} graph: calibration records the states of the fp32 "
                           f"step (`canvit-export onnx --precision fp32`)")
     if glimpses < 1:
         raise ExportError(f"--glimpses {glimpses}: must be >= 1")

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from canvit_export.errors import ExportError
+from canvit_runtime.cli import OneLineGroup
 from canvit_runtime.cli import info as runtime_info
 from canvit_runtime.cli import trt as runtime_trt
 from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact
@@ -27,7 +28,8 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ExportError (and ValueError from the runtime layer) into `error: <message>` and exit code 2."""
+    """Turn ExportError (and ValueError from the runtime layer, OSError from the file system: a full disk, a path
+    through a file) into `error: <message>` and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -35,8 +37,22 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (ExportError, ValueError) as error:
             fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        except OSError as error:
+            fail(os_error_line(error))
 
     return wrapper
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for a file-system error: what failed on which path, and the usual fix."""
+    where = f"{error.filename}: " if error.filename else ""
+    hint = {"ENOSPC": "free some space or choose another --out", "EACCES": "choose a folder you can write to",
+            "ENOTDIR": "a folder on the path is a file: choose another --out",
+            "EEXIST": "choose another --out or pass --force", "EROFS": "choose a writable folder"}
+    import errno
+
+    name = errno.errorcode.get(error.errno or 0, "")
+    return f"{where}{error.strerror or error}" + (f"; {hint[name]}" if name in hint else "")
 
 
 def weight_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,9 +126,13 @@ def calibration_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def refuse_existing(out: Path | None, force: bool) -> None:
-    """Fail before loading anything when --out exists and --force is not given."""
-    if out is not None and out.exists() and not force:
+    """Fail before loading anything when --out exists and --force is not given, or cannot be a folder."""
+    if out is None:
+        return
+    if out.exists() and not force:
         raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+    if blocker := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+        raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
 
 
 def load_weights(model: str | None, revision: str | None, random_weights: bool, backbone: str, weight_seed: int):
@@ -124,7 +144,7 @@ def load_weights(model: str | None, revision: str | None, random_weights: bool, 
                            revision=revision)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="canvit-export")
 def main() -> None:
     """Export CanViT's glimpse step (scene, state, viewpoint) -> state' and prove it matches canvit-pytorch."""
@@ -240,7 +260,7 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
 @click.option("--policy", default="c2f", show_default=True,
               help="Viewpoints: full, c2f, f-iid, r-iid, eg-c2f (needs a segmentation readout), or a viewpoints "
                    "JSON file.")
-@click.option("--glimpses", type=int, default=21, show_default=True)
+@click.option("--glimpses", type=int, default=21, show_default=True, help="Glimpses of the rollout (>= 1).")
 @click.option("--policy-seed", "seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
 @click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,

@@ -15,15 +15,22 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
     fp16 = export_artifact("vits16", canvas=16, precision="fp16")
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, ["bench", "--artifacts", str(fp32), str(fp16), "--runtimes",
-                                       "onnxruntime,openvino", "--quick", "--threads", "2", "--out", str(out)])
+                                       "onnxruntime,openvino,tensorrt", "--quick", "--threads", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "note: no configuration on tensorrt (it runs tensorrt: TensorRT engine artifacts" in result.output
     report = json.loads((out / "bench.json").read_text())
     assert report["iters"] == 2 and report["warmup"] == 1
     assert report["machine"]["cores"] and report["machine"]["threads"] == 2 and "onnxruntime" in report["machine"]["versions"]
-    rows = report["rows"]
+    floors = [r for r in report["rows"] if r["runtime"] == "floor"]
+    rows = [r for r in report["rows"] if r["runtime"] != "floor"]
     names = [r["config"] for r in rows]
-    # eager + the peer export, then each artifact on each runtime that runs it
+    # eager + the peer export, then each artifact on each runtime that runs it; then the fp32 and bf16 floors
     assert len(rows) == 2 + 2 * 2, names
+    assert [f["precision"] for f in floors] == ["fp32", "bf16"] and report["rows"][-2:] == floors
+    for floor in floors:  # the step's GFLOPs at the MatMul rate measured in this run
+        assert floor["GFLOP/s"] > 1 and abs(floor["median ms"] - 1e3 * floor["GFLOPs/glimpse"] / floor["GFLOP/s"]) < 1e-6
+        assert "MatMul rate at 70x384x1536" in floor["config"], floor["config"]
+    fp32_floor = floors[0]["median ms"]
     assert names[0].startswith("PyTorch eager") and names[1].startswith("canvit-pytorch live export")
     for row in rows:
         assert set(row) == set(COLUMNS), row
@@ -32,6 +39,8 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
         assert 0 <= row["worst rel-L2"] < 2e-2 and row["worst cosine"] > 0.999, row
     for row in rows:  # the ratio column is eager's median over the row's, from the same run
         assert abs(row["vs eager"] - rows[0]["median ms"] / row["median ms"]) < 1e-9 * row["vs eager"], row
+        if row["precision"] == "fp32":  # and "x floor" the row's median over its precision's floor
+            assert abs(row["x floor"] - row["median ms"] / fp32_floor) < 1e-9 * row["x floor"], row
     fp32_rows = [r for r in rows[1:] if r["precision"] == "fp32"]  # the peer export and ours, on both runtimes
     assert len(fp32_rows) == 3 and all(0 < r["worst rel-L2"] <= 1e-4 for r in fp32_rows), fp32_rows
     fp16_rows = [r for r in rows if r["precision"] == "fp16"]
@@ -39,6 +48,6 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
     table = (out / "bench.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| config"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
-    assert sum(line.startswith("| ") for line in table) == 1 + len(rows)
+    assert sum(line.startswith("| ") for line in table) == 1 + len(rows) + len(floors)
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

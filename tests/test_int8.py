@@ -83,7 +83,7 @@ def test_calibration_set_holds_the_rollouts_states(fp32: Path, calibration: Path
 
 
 def test_calibration_refusals(fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="is a fp16 graph: calibration records the states of the fp32 step"):
+    with pytest.raises(ExportError, match="is an fp16 graph: calibration records the states of the fp32 step"):
         record_calibration(export_artifact("vits16", canvas=16, precision="fp16"), tmp_path / "a", quiet=True)
     with pytest.raises(ExportError, match="no images"):
         record_calibration(fp32, tmp_path / "b", images=tmp_path, quiet=True)

@@ -141,7 +141,7 @@ def test_bad_openvino_inputs(export_artifact, tmp_path) -> None:
     with pytest.raises(ExportError, match="--precision int4: choose one of fp32, fp16, bf16, fp16-all"):
         export_openvino(export_artifact("vits16", canvas=16), tmp_path / "o", precision="int4", quiet=True)
     # Conversion keeps the graph's types and never goes back to PyTorch: another compute precision names the export.
-    with pytest.raises(ExportError, match=r"is a fp32 graph .* can be fp32 or fp32-int8w; for bf16, export the bf16 "
+    with pytest.raises(ExportError, match=r"is an fp32 graph .* can be fp32, fp32-int8w or int8; for bf16, export the bf16 "
                                           r"graph first \(`canvit-export onnx --precision bf16"):
         export_openvino(export_artifact("vits16", canvas=16), tmp_path / "o", precision="bf16", quiet=True)
     with pytest.raises(ValueError, match="OpenVINO device 'NPU' is not available"):

@@ -48,7 +48,7 @@ def test_print_trtexec(export_artifact, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("precision", "asserted", "needle"), [
-    ("fp32", "fp16", "is a fp32 graph and TensorRT builds strongly typed engines from the graph's types: re-export "
+    ("fp32", "fp16", "is an fp32 graph and TensorRT builds strongly typed engines from the graph's types: re-export "
                      "with `canvit-export onnx --precision fp16`"),
     ("fp16", "bf16", "re-export with `canvit-export onnx --precision bf16`"),
     ("fp16", "bf16-int8w", "Invalid value for '--precision'"),
@@ -125,7 +125,7 @@ def test_adopt_engine_from_a_trtexec_log(export_artifact, tmp_path: Path) -> Non
     ("missing-engine", "no such file; build it with the command"),
     ("log-without-engine", "--trtexec-log describes an engine to adopt"),
     ("with-print", "--print-trtexec and --adopt-engine exclude each other"),
-    ("precision", "is a fp16 graph"),
+    ("precision", "is an fp16 graph"),
 ])
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks adoption from trtexec's log without TensorRT; tensorrt is installed")
 def test_adopt_engine_refusals(export_artifact, tmp_path: Path, change: str, needle: str) -> None:

@@ -39,7 +39,7 @@ from canvit_export.export.artifact import (
 )
 from canvit_export.precision import audit_onnx
 from canvit_export.progress import Stages
-from canvit_runtime.manifest import CalibrationRecord, Manifest, OnnxArtifact, PrecisionRecord
+from canvit_runtime.manifest import CalibrationRecord, Manifest, OnnxArtifact, PrecisionRecord, a_precision
 
 GRAPH_FILE = "step.onnx"
 
@@ -157,7 +157,7 @@ def export_onnx_int8(artifact: Path, out: Path, *, calibration: Path | None = No
     """
     source = load_source_artifact(artifact, target="INT8 quantization")
     if source.precision.name != "fp32":
-        raise ExportError(f"{artifact} is a {source.precision.name} graph: INT8 is quantized from the fp32 graph "
+        raise ExportError(f"{artifact} is {a_precision(source.precision.name)} graph: INT8 is quantized from the fp32 graph "
                           f"(`canvit-export onnx --precision fp32`)")
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:

@@ -40,7 +40,7 @@ from canvit_export.export.artifact import (
 from canvit_export.export.int8 import int8_record, quantize_openvino
 from canvit_export.precision import audit_onnx
 from canvit_export.progress import Stages
-from canvit_runtime.manifest import ROLE_STATE, CompiledAudit, Manifest, OpenVinoArtifact
+from canvit_runtime.manifest import ROLE_STATE, CompiledAudit, Manifest, OpenVinoArtifact, a_precision
 from canvit_runtime.precision import PRECISIONS, precision_info, with_int8_weights
 
 IR_FILE, WEIGHTS_FILE = "step.xml", "step.bin"
@@ -102,9 +102,9 @@ def choose_precision(source: Manifest, precision: str | None) -> str:
         raise ExportError(str(error)) from error
     if precision not in allowed:
         base = "fp32" if precision == "int8" else PRECISIONS[precision].base
-        raise ExportError(f"{source.directory} is a {own} graph and OpenVINO keeps the graph's types, so the IR can be "
-                          f"{' or '.join(allowed)}; for {precision}, export the {base} graph first "
-                          f"(`canvit-export onnx --precision {base} ...`) and convert that")
+        raise ExportError(f"{source.directory} is {a_precision(own)} graph and OpenVINO keeps the graph's types, so "
+                          f"the IR can be {', '.join(allowed[:-1])} or {allowed[-1]}; for {precision}, export the {base} "
+                          f"graph first (`canvit-export onnx --precision {base} ...`) and convert that")
     return precision
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from canvit_runtime.manifest import Manifest, ManifestError, SourceArtifact, file_record, load_manifest
+from canvit_runtime.manifest import Manifest, ManifestError, SourceArtifact, a_target, file_record, load_manifest
 
 INITIAL_STATE_FILE = "initial_state.bin"
 COMMANDS = ("canvit-export", "canvit-runtime")
@@ -39,28 +39,63 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_staging(out: Path) -> list[Path]:
+    """Delete the staging folders (`.<name>.<pid>.*.tmp` / `.old`) that an export to `out` killed with SIGKILL or a
+    power cut left beside it, those whose process is gone; return them. Live exports' folders are left alone."""
+    removed = []
+    for folder in out.parent.glob(f".{out.name}.*"):
+        parts = folder.name[len(out.name) + 2:].split(".")
+        if folder.suffix in (".tmp", ".old") and len(parts) >= 3 and parts[0].isdigit() and not _alive(int(parts[0])):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success rename it to `out` (with the permissions of a folder made by
     mkdir under the current umask, not mkdtemp's 0700), on any error delete it.
 
-    Raises ExportError before any work when `out` exists and force is false.
+    The staging folder's name holds this process's id, so that a later export to the same `out` deletes what a
+    killed one left (clean_stale_staging). Two exports racing to one `out`: the first to finish renames its folder
+    into place and the other fails with ExportError (with force, the later one replaces it); never a mixture.
+    Raises ExportError before any work when `out` exists and force is false, or a folder on its path is a file.
     """
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+    if blocker := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+        raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    clean_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         yield staging
         staging.chmod(0o777 & ~_umask())
         if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            if not force:
+                raise ExportError(f"{out} appeared while this export ran (another export to the same --out?): it is "
+                                  f"kept; pass --force to replace it, or choose another --out")
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
             out.rename(trash / out.name)
             staging.rename(out)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            staging.rename(out)
+            try:
+                staging.rename(out)
+            except OSError as error:  # another export renamed its folder into place first
+                raise ExportError(f"{out} appeared while this export ran (another export to the same --out?): it "
+                                  f"is kept; pass --force to replace it, or choose another --out") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -124,6 +159,6 @@ def load_source_artifact(path: Path, *, target: str) -> Manifest:
     except ManifestError as error:
         raise ExportError(str(error)) from error
     if manifest.target != "onnx":
-        raise ExportError(f"{path} is a {manifest.target} artifact; {target} builds from an ONNX artifact "
+        raise ExportError(f"{path} is {a_target(manifest.target)} artifact; {target} builds from an ONNX artifact "
                           f"(canvit-export onnx --out DIR)")
     return manifest

@@ -41,7 +41,33 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class OneLineGroup(click.Group):
+    """A click group whose usage errors (unknown option, bad value, missing option) print one `error:` line naming
+    the command's --help, exit code 2, instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError" and error.ctx is not None:  # the bare command: its help
+                click.echo(error.ctx.get_help())
+                sys.exit(0)
+            where = error.ctx.command_path if error.ctx is not None else (prog_name or self.name)
+            click.echo(f"error: {error.format_message().rstrip('.')}; see `{where} --help`", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(importlib.metadata.version("canvit-runtime"), prog_name="canvit-runtime")
 def main() -> None:
     """Run CanViT glimpse-step artifacts (exported by canvit-export) on ONNX Runtime, OpenVINO, TensorRT or Core ML."""

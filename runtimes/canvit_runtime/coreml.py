@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from canvit_runtime.base import Runner
-from canvit_runtime.manifest import Manifest, ManifestError
+from canvit_runtime.manifest import Manifest, ManifestError, a_target
 
 
 class CoreMLRunner(Runner):
@@ -23,7 +23,7 @@ class CoreMLRunner(Runner):
     def __init__(self, manifest: Manifest, *, threads: int | None = None, compute_units: str = "ALL") -> None:
         super().__init__(manifest)
         if manifest.target != "coreml":
-            raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact; Core ML runs "
+            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; Core ML runs "
                                 f"mlpackages (canvit-export coreml)")
         if sys.platform != "darwin":
             raise ImportError(f"Core ML predicts on macOS only (this is {sys.platform}); convert here, run on a Mac")

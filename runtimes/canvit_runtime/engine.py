@@ -36,7 +36,7 @@ from canvit_runtime.artifact import (
     source_record,
     staged_artifact,
 )
-from canvit_runtime.manifest import Manifest, TensorRtArtifact
+from canvit_runtime.manifest import Manifest, TensorRtArtifact, a_precision
 from canvit_runtime.precision import TARGET_PRECISIONS, precision_info
 from canvit_runtime.tensorrt import cuda_call, engine_io_mismatch, import_cudart
 
@@ -68,8 +68,9 @@ def check_precision(manifest: Manifest, precision: str | None) -> None:
     except ValueError as error:
         raise ExportError(str(error)) from error
     if manifest.precision.name != precision:
-        raise ExportError(f"{manifest.directory} is a {manifest.precision.name} graph and TensorRT builds strongly typed "
-                          f"engines from the graph's types: re-export with `canvit-export onnx --precision {precision}`")
+        raise ExportError(f"{manifest.directory} is {a_precision(manifest.precision.name)} graph and TensorRT builds "
+                          f"strongly typed engines from the graph's types: re-export with "
+                          f"`canvit-export onnx --precision {precision}`")
 
 
 def trtexec_command(manifest: Manifest, *, engine: Path, workspace_gib: float, timing_cache: Path | None) -> str:

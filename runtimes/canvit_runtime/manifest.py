@@ -55,6 +55,19 @@ TARGET_FILES: dict[str, tuple[str, ...]] = {"onnx": ("graph",), "openvino": ("ir
 """The files each target's artifact must list, beside initial_state."""
 
 
+TARGET_NAMES = {"onnx": "an ONNX", "openvino": "an OpenVINO IR", "tensorrt": "a TensorRT engine", "coreml": "a Core ML"}
+
+
+def a_target(target: str) -> str:
+    """"an ONNX", "an OpenVINO IR", "a TensorRT engine", "a Core ML" (for messages: "DIR is an ONNX artifact")."""
+    return TARGET_NAMES.get(target, f"a {target}")
+
+
+def a_precision(word: str) -> str:
+    """"an fp32", "a bf16", "an int8" (for messages: "DIR is an fp32 graph")."""
+    return ("an " if word[:1] in "fi" else "a ") + word
+
+
 class ManifestError(ValueError):
     """The artifact folder or its manifest is missing, malformed, of another version, inconsistent, or altered."""
 

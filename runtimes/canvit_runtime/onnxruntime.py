@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from canvit_runtime.base import HostStateRunner
-from canvit_runtime.manifest import Manifest, ManifestError
+from canvit_runtime.manifest import Manifest, ManifestError, a_target
 
 
 def emulate_bfloat16(model):  # onnx.ModelProto -> onnx.ModelProto
@@ -84,7 +84,7 @@ class OnnxRuntimeRunner(HostStateRunner):
 
         super().__init__(manifest)
         if manifest.target != "onnx":
-            raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact; ONNX Runtime "
+            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; ONNX Runtime "
                                 f"runs ONNX artifacts (canvit-export onnx)")
         providers = providers or ["CPUExecutionProvider"]
         options = ort.SessionOptions()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from canvit_runtime.base import HostStateRunner, Runner
-from canvit_runtime.manifest import Manifest, ManifestError
+from canvit_runtime.manifest import Manifest, ManifestError, a_target
 
 
 def compile_step(manifest: Manifest, *, device: str, threads: int | None, inference_precision: str | None) -> Any:
@@ -24,7 +24,7 @@ def compile_step(manifest: Manifest, *, device: str, threads: int | None, infere
     elif manifest.target == "onnx":
         path = manifest.file("graph")
     else:
-        raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact; OpenVINO runs IR or ONNX artifacts")
+        raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; OpenVINO runs IR or ONNX artifacts")
     # f32: OpenVINO then executes the graph's own types (see the module docstring).
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision or "f32"}
     if threads is not None:

@@ -137,7 +137,11 @@ def from_json(path: str | Path, *, batch: int, glimpses: int | None = None) -> l
         entries = entries[:glimpses]
     out = []
     for t, entry in enumerate(entries):
-        triples = np.asarray(entry, dtype=np.float64)
+        try:
+            triples = np.asarray(entry, dtype=np.float64)
+        except (TypeError, ValueError) as error:  # a dict, a string, a ragged list
+            raise ValueError(f"{path}: viewpoint {t} must be [row, col, scale] or {batch} such triples, got "
+                             f"{str(entry)[:60]}") from error
         if triples.shape == (3,):
             triples = np.tile(triples, (batch, 1))
         if triples.shape != (batch, 3):

@@ -35,6 +35,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
         raise ValueError(f"{path}: cannot read the image ({error.__class__.__name__}); pass a PNG or JPEG file") from error
+    except Image.DecompressionBombError as error:  # Pillow's guard against huge dimensions
+        raise ValueError(f"{path}: the image is too large to decode safely ({error}); pass a smaller photo") from error
 
 
 def preprocess(source: str | Path | Image.Image | np.ndarray, *, scene_px: int,

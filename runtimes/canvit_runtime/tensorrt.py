@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from canvit_runtime.base import Runner
-from canvit_runtime.manifest import Manifest, ManifestError, TensorRtArtifact
+from canvit_runtime.manifest import Manifest, ManifestError, TensorRtArtifact, a_target
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 # Manifest dtypes -> TensorRT DataType member names (tensorrt.DataType.<name>).
@@ -61,7 +61,7 @@ class TensorRtRunner(Runner):
                  cuda_graph: bool = False) -> None:
         super().__init__(manifest)
         if not isinstance(manifest.artifact, TensorRtArtifact):
-            raise ManifestError(f"{manifest.directory} is a {manifest.target} artifact, not a TensorRT "
+            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact, not a TensorRT "
                                 f"engine: build one with `canvit-export trt --artifact {manifest.directory}`")
         import tensorrt as trt
 

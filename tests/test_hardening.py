@@ -1,0 +1,162 @@
+"""What a new user hit (issue 15): bad outputs caught before the work, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from canvit_export.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        f"traceback: {result.exception!r}")
+    return result.exit_code, result.output
+
+
+def one_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("out", "needle"), [
+    ("README.md", "is a file: bench writes bench.json, bench.md and bench.png into a folder"),
+    ("README.md/x", "README.md is a file, not a folder; choose another --out"),
+])
+def test_bench_checks_out_before_the_work(export_artifact, out: str, needle: str) -> None:
+    code, output = run("bench", "--artifacts", str(export_artifact("vits16", canvas=16)), "--quick", "--out",
+                       str(REPO / out))
+    assert code == 2 and needle in one_line(output), output
+    assert "preparing the baselines" not in output
+
+
+@pytest.mark.parametrize(("runtimes", "needle"), [
+    ("", "--runtimes is empty: choose from onnxruntime, openvino, tensorrt"),
+    ("onnx,foo", "unknown runtimes onnx, foo: choose from onnxruntime, openvino, tensorrt"),
+    ("onnxruntime,foo", "unknown runtime foo: choose from"),
+])
+def test_bench_runtimes_are_named(export_artifact, tmp_path: Path, runtimes: str, needle: str) -> None:
+    code, output = run("bench", "--artifacts", str(export_artifact("vits16", canvas=16)), "--runtimes", runtimes,
+                       "--quick", "--out", str(tmp_path / "b"))
+    assert code == 2 and needle in one_line(output), output
+    assert "[" not in output, "no Python list"
+
+
+def test_export_through_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    code, output = run("onnx", "--random-weights", "--backbone", "vits16", "--canvas", "4", "--out",
+                       str(tmp_path / "file" / "x"))
+    assert code == 2 and "file is a file, not a folder; choose another --out" in one_line(output), output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("args", [["onnx", "--foo"], ["bench", "--iters", "x", "--artifacts", "a"], ["parity"],
+                                  ["nonsense"]])
+def test_usage_errors_are_one_line(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args, prog_name="canvit-export")
+    assert result.exit_code == 2
+    line = one_line(result.output)
+    assert "see `canvit-export" in line and "--help`" in line and "Usage:" not in result.output, result.output
+
+
+def test_messages_use_the_right_article(export_artifact, tmp_path: Path) -> None:
+    code, output = run("openvino", "--artifact", str(export_artifact("vits16", canvas=16)), "--precision", "bf16",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "is an fp32 graph" in output and "fp32, fp32-int8w or int8" in output, output
+    ir = tmp_path / "ir"
+    assert run("openvino", "--artifact", str(export_artifact("vits16", canvas=16)), "--out", str(ir))[0] == 0
+    code, output = run("openvino", "--artifact", str(ir), "--out", str(tmp_path / "again"))
+    assert code == 2 and "is an OpenVINO IR artifact; OpenVINO builds from an ONNX artifact" in output, output
+
+
+def test_two_runners_in_two_threads_keep_their_own_state(export_artifact, photo) -> None:
+    """Two sessions of one artifact stepped concurrently from two threads (different viewpoints) equal the same
+    rollouts run one after the other."""
+    import threading
+
+    import numpy as np
+
+    import canvit_runtime
+    from canvit_runtime.policies import make_policy
+    from canvit_runtime.preprocess import scene_batch
+
+    artifact = export_artifact("vits16", canvas=16)
+    scene = scene_batch(photo, scene_px=512, batch=1)
+    plans = {"c2f": make_policy("c2f", batch=1, glimpses=8, seed=0), "f-iid": make_policy("f-iid", batch=1, glimpses=8,
+                                                                                        seed=1)}
+
+    def roll(name: str, results: dict) -> None:
+        session = canvit_runtime.open(artifact, runtime="onnxruntime", threads=1)
+        for v in plans[name]:
+            result = session.step(scene, v.centers, v.scales)
+        results[name] = (result.canvas, result.recurrent_cls)
+
+    serial: dict = {}
+    for name in plans:
+        roll(name, serial)
+    concurrent: dict = {}
+    threads = [threading.Thread(target=roll, args=(name, concurrent)) for name in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in plans:
+        np.testing.assert_array_equal(concurrent[name][0], serial[name][0])
+        np.testing.assert_array_equal(concurrent[name][1], serial[name][1])
+    assert not np.array_equal(serial["c2f"][0], serial["f-iid"][0])
+
+
+def _cli(*args: str) -> list[str]:
+    import sys
+
+    return [str(Path(sys.executable).parent / "canvit-export"), *args]
+
+
+def test_two_exports_racing_to_one_out(export_artifact, tmp_path: Path) -> None:
+    """Two OpenVINO conversions to the same --out at once: one complete artifact, one clear error, no mixture."""
+    import subprocess
+
+    from canvit_runtime.manifest import load_manifest
+
+    artifact, out = export_artifact("vits16", canvas=16), tmp_path / "ir"
+    procs = [subprocess.Popen(_cli("openvino", "--artifact", str(artifact), "--out", str(out)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    error = next(err for code, err in results if code == 2)
+    assert "appeared while this export ran" in error or "already exists" in error, error
+    assert "Traceback" not in error
+    load_manifest(out)  # complete, every checksum right
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"], "no staging folder left"
+
+
+def test_a_killed_export_leaves_no_artifact_and_its_leftovers_are_cleaned(export_artifact, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from canvit_runtime.manifest import load_manifest
+
+    artifact, out = export_artifact("vits16", canvas=16), tmp_path / "ir"
+    proc = subprocess.Popen(_cli("openvino", "--artifact", str(artifact), "--out", str(out)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".ir.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed export must leave no artifact"
+    leftovers = list(tmp_path.glob(".ir.*.tmp"))
+    assert leftovers, "the killed export's staging folder (hidden) is what remains"
+    code, output = run("openvino", "--artifact", str(artifact), "--out", str(out))
+    assert code == 0, output
+    load_manifest(out)
+    assert not any(p.exists() for p in leftovers), "the next export to the same --out cleans what the killed one left"
