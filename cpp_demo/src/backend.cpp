@@ -38,7 +38,9 @@ std::vector<std::string> compiled_backends() {
     return names;
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& name, const Manifest& m, const BackendOptions& options) {
+// m and options go unused in a build without any backend (the fuzz and the bare builds).
+std::unique_ptr<Backend> make_backend(const std::string& name, [[maybe_unused]] const Manifest& m,
+                                      [[maybe_unused]] const BackendOptions& options) {
 #ifdef CANVIT_WITH_OPENVINO
     if (name == "openvino") return make_openvino_backend(m, options);
 #endif

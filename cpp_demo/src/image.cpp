@@ -12,7 +12,6 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <sstream>
 
 #include "canvit/canvit.hpp"
@@ -34,6 +33,17 @@ void write_npy(const std::filesystem::path& path, const std::vector<float>& data
     if (!out) throw Error(path.string() + ": cannot write; check the folder exists and is writable");
 }
 
+// The dimensions "3, 512, 512" of a .npy header: inside the first parentheses holding only digits, commas and spaces
+// (as the regex \(([0-9, ]*)\) finds them; std::regex recursed once per character and overflowed the stack on a
+// long header), or "" when there are none.
+static std::string shape_text(const std::string& header) {
+    for (size_t open = header.find('('); open != std::string::npos; open = header.find('(', open + 1)) {
+        const size_t close = header.find_first_not_of("0123456789, ", open + 1);
+        if (close != std::string::npos && header[close] == ')') return header.substr(open + 1, close - open - 1);
+    }
+    return "";
+}
+
 std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64_t>* shape) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error(path.string() + ": cannot be read; check the path");
@@ -45,12 +55,23 @@ std::vector<float> read_npy(const std::filesystem::path& path, std::vector<int64
     in.read(header.data(), length);
     if (header.find("'<f4'") == std::string::npos || header.find("'fortran_order': False") == std::string::npos)
         throw Error(path.string() + ": expected a C-ordered float32 .npy");
-    std::smatch match;
-    std::regex_search(header, match, std::regex("\\(([0-9, ]*)\\)"));
-    std::stringstream dims(match[1].str());
-    size_t count = 1;
+    std::stringstream dims(shape_text(header));
+    size_t count = 1;  // saturating at SIZE_MAX: a shape larger than the file is refused below, before any allocation
     for (std::string d; std::getline(dims, d, ',');)
-        if (d.find_first_not_of(' ') != std::string::npos) shape->push_back(std::stoll(d)), count *= shape->back();
+        if (d.find_first_not_of(' ') != std::string::npos) {
+            try {
+                shape->push_back(std::stoll(d));
+            } catch (const std::out_of_range&) {
+                throw Error(path.string() + ": a shape dimension (" + d + ") is out of range; expected a C-ordered float32 .npy");
+            }
+            const size_t n = size_t(shape->back());
+            count = n != 0 && count > SIZE_MAX / n ? SIZE_MAX : count * n;
+        }
+    const std::streampos data_at = in.tellg();
+    in.seekg(0, std::ios::end);
+    const std::streamoff available = in ? std::streamoff(in.tellg() - data_at) : 0;
+    in.seekg(data_at);
+    if (!in || available < 0 || count > size_t(available) / 4) throw Error(path.string() + ": truncated");
     std::vector<float> data(count);
     if (!in.read(reinterpret_cast<char*>(data.data()), std::streamsize(4 * count))) throw Error(path.string() + ": truncated");
     return data;

@@ -1,7 +1,9 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -78,8 +80,20 @@ static Readout parse_readout(const json& j) {
     return r;
 }
 
+// A size the demo keeps in an int (the schema has made it an integer > 0 or >= 0): one beyond INT_MAX is refused, not
+// truncated into another size.
+static int int_size(const json& value, const std::string& field, const fs::path& path) {
+    const bool fits = value.is_number_unsigned() ? value.get<uint64_t>() <= uint64_t(INT_MAX)
+                                                 : value.get<int64_t>() >= INT_MIN && value.get<int64_t>() <= INT_MAX;
+    if (!fits)
+        throw Error(path.string() + ": " + field + " " + value.dump() + " is larger than canvit_demo reads (" +
+                    std::to_string(INT_MAX) + "); re-export the artifact");
+    return value.get<int>();
+}
+
 // The fields the demo uses; the schema has checked that they are there, with their types.
 static Manifest read_fields(const json& j, const fs::path& dir) {
+    const fs::path path = dir / "manifest.json";
     Manifest m;
     m.dir = dir;
     const json& artifact = j.at("artifact");
@@ -89,9 +103,11 @@ static Manifest read_fields(const json& j, const fs::path& dir) {
         m.built_with = "TensorRT " + artifact.at("tensorrt").get<std::string>() + " on " + artifact.at("gpu").get<std::string>();
     m.precision = j.at("precision").at("name");
     const auto& g = j.at("geometry");
-    m.batch = g.at("batch"), m.scene_px = g.at("scene_px"), m.glimpse_px = g.at("glimpse_px");
-    m.canvas_grid = g.at("canvas_grid");
-    m.num_canvas_registers = j.at("architecture").at("num_canvas_registers");
+    m.batch = int_size(g.at("batch"), "geometry.batch", path);
+    m.scene_px = int_size(g.at("scene_px"), "geometry.scene_px", path);
+    m.glimpse_px = int_size(g.at("glimpse_px"), "geometry.glimpse_px", path);
+    m.canvas_grid = int_size(g.at("canvas_grid"), "geometry.canvas_grid", path);
+    m.num_canvas_registers = int_size(j.at("architecture").at("num_canvas_registers"), "architecture.num_canvas_registers", path);
     for (int c = 0; c < 3; ++c) {
         m.mean[c] = j.at("preprocessing").at("mean").at(c);
         m.std[c] = j.at("preprocessing").at("std").at(c);
@@ -290,9 +306,12 @@ static std::map<std::string, Shape> check_consistency(Manifest& m, const json& j
 static void verify_files(const Manifest& m, const json& j) {
     for (const auto& [key, record] : j.at("files").items()) {
         const fs::path& file = m.files.at(key);
-        if (fs::is_directory(file)) continue;
-        if (!fs::exists(file)) throw Error(file.string() + ": missing from the artifact (" + key + "); re-export or re-copy it");
-        if (fs::file_size(file) != record.at("bytes").get<uintmax_t>() || sha256_file(file) != record.at("sha256"))
+        std::error_code failed;  // a path the system refuses (too long, a loop) is missing, not a filesystem_error
+        if (fs::is_directory(file, failed)) continue;
+        if (!fs::exists(file, failed)) throw Error(file.string() + ": missing from the artifact (" + key + "); re-export or re-copy it");
+        // not a regular file (a FIFO, a device): not the file exported, and never read (it could block or never end)
+        if (!fs::is_regular_file(file, failed) || fs::file_size(file, failed) != record.at("bytes").get<uintmax_t>() ||
+            sha256_file(file) != record.at("sha256"))
             throw Error(file.string() + ": SHA-256 mismatch, the file was altered or truncated; re-export or re-copy it");
     }
 }
@@ -306,10 +325,10 @@ static void build_initial_state(Manifest& m, const json& j, const std::map<std::
     const std::vector<char> raw((std::istreambuf_iterator<char>(bin)), std::istreambuf_iterator<char>());
     std::map<std::string, std::vector<float>> parts;
     for (const auto& p : j.at("initial_state").at("parts")) {
-        size_t count = 1;
-        for (auto d : shapes.at(p.at("name"))) count *= size_t(d);
+        size_t count = 1;  // the part's floats, saturating at SIZE_MAX (dimensions are > 0: the schema)
+        for (auto d : shapes.at(p.at("name"))) count = count > SIZE_MAX / size_t(d) ? SIZE_MAX : count * size_t(d);
         const size_t offset = p.at("offset_bytes");
-        if (offset + 4 * count > raw.size())
+        if (offset > raw.size() || count > (raw.size() - offset) / 4)  // offset + 4 * count could wrap around
             throw Error(bin_path.string() + ": too short for part " + p.at("name").get<std::string>() + "; re-export the artifact");
         std::vector<float> values(count);
         std::memcpy(values.data(), raw.data() + offset, 4 * count);
@@ -321,11 +340,35 @@ static void build_initial_state(Manifest& m, const json& j, const std::map<std::
     std::vector<float> canvas, rcls;
     for (int b = 0; b < m.batch; ++b) {
         canvas.insert(canvas.end(), registers.begin(), registers.end());
-        for (int t = 0; t < m.canvas_grid * m.canvas_grid; ++t) canvas.insert(canvas.end(), patch.begin(), patch.end());
+        for (size_t t = 0; t < size_t(m.canvas_grid) * size_t(m.canvas_grid); ++t) canvas.insert(canvas.end(), patch.begin(), patch.end());
         rcls.insert(rcls.end(), cls.begin(), cls.end());
     }
     m.initial_state["canvas"] = std::move(canvas);
     m.initial_state["recurrent_cls"] = std::move(rcls);
+}
+
+static Error malformed(const fs::path& path, const json::exception& e) {
+    return Error(path.string() + ": malformed manifest (" + std::string(e.what()) + "); re-export the artifact");
+}
+
+// manifest.json's text for the artifact folder `dir`, read and checked as load_manifest does short of any file:
+// j and parts are what verify_files and build_initial_state then need.
+static Manifest checked_manifest(const std::string& text, const fs::path& dir, json& j, std::map<std::string, Shape>& parts) {
+    const fs::path path = dir / "manifest.json";
+    j = parse_manifest_json(text, path.string());  // JSON, format, version, then the JSON Schema
+    try {
+        Manifest m = read_fields(j, dir);
+        parts = check_consistency(m, j, path);
+        return m;
+    } catch (const json::exception& e) {  // the schema makes these unreachable; kept one line all the same
+        throw malformed(path, e);
+    }
+}
+
+Manifest parse_manifest(const std::string& text, const fs::path& dir) {
+    json j;
+    std::map<std::string, Shape> parts;
+    return checked_manifest(text, dir, j, parts);
 }
 
 Manifest load_manifest(const fs::path& dir, bool verify) {
@@ -334,15 +377,15 @@ Manifest load_manifest(const fs::path& dir, bool verify) {
     if (!fs::is_regular_file(path)) throw Error(dir.string() + ": no manifest.json; this is not a canvit-export artifact");
     std::ifstream in(path, std::ios::binary);
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const json j = parse_manifest_json(text, path.string());  // JSON, format, version, then the JSON Schema
+    json j;
+    std::map<std::string, Shape> parts;
+    Manifest m = checked_manifest(text, dir, j, parts);
     try {
-        Manifest m = read_fields(j, dir);
-        const auto parts = check_consistency(m, j, path);
         if (verify) verify_files(m, j);
         build_initial_state(m, j, parts);
         return m;
     } catch (const json::exception& e) {  // the schema makes these unreachable; kept one line all the same
-        throw Error(path.string() + ": malformed manifest (" + std::string(e.what()) + "); re-export the artifact");
+        throw malformed(path, e);
     }
 }
 

@@ -363,7 +363,7 @@ json parse_manifest_json(const std::string& text, const std::string& source) {
     json j;
     try {
         j = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // a syntax error, or a number beyond double (out_of_range.406: "5e421")
         throw Error(source + ": not valid JSON (" + e.what() + "); re-export the artifact");
     }
     if (!j.is_object() || j.value("format", json()) != "canvit-export-manifest") {

@@ -31,7 +31,7 @@ std::vector<Viewpoints> viewpoints_from_json(const std::filesystem::path& path, 
     } catch (const nlohmann::json::exception& e) {
         throw Error(path.string() + ": not valid JSON (" + e.what() + ")");
     }
-    const auto& entries = j.is_object() ? j.at("viewpoints") : j;
+    const nlohmann::json entries = j.is_object() ? j.value("viewpoints", nlohmann::json()) : j;  // none: refused below
     if (!entries.is_array() || entries.empty()) throw Error(path.string() + ": expected a non-empty list of viewpoints");
     std::vector<Viewpoints> out;
     for (const auto& entry : entries) {

@@ -146,6 +146,9 @@ TEST(Policies, NamesAndFiles) {
     EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "invalid.json", 1); }).find("glimpse 1"), std::string::npos);
     write_text(dir / "broken.json", "[[0, 0,");
     EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "broken.json", 1); }).find("not valid JSON"), std::string::npos);
+    write_text(dir / "other-key.json", R"({"glimpses": [[0, 0, 1]]})");  // no "viewpoints": refused as Python does
+    EXPECT_NE(error_of([&] { viewpoints_from_json(dir / "other-key.json", 1); }).find("expected a non-empty list of viewpoints"),
+              std::string::npos);
     fs::remove_all(dir);
 }
 
@@ -324,6 +327,33 @@ TEST(Pictures, LayoutColoursAndBoxes) {
     fs::remove_all(dir);
 }
 
+// Headers the .npy reader cannot hold end in one Error, before any allocation, and a long one is read. Before issue 15:
+// 2^40 floats were allocated (std::bad_alloc; under ASan an abort), a shape of 2^64 + 4 floats wrapped around to 4 and
+// was accepted with 16 bytes of data, std::stoll's out_of_range escaped, and std::regex overflowed the stack on the
+// long header (canvit_fuzz_npy found that one).
+TEST(Tensors, NpyReaderRefusesWhatItCannotHold) {
+    const fs::path dir = temp_dir("npy");
+    const auto npy = [&](const std::string& shape, const std::string& data = "") {
+        const std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }\n";
+        std::ofstream out(dir / "x.npy", std::ios::binary);
+        out << "\x93NUMPY\x01" << '\0' << char(header.size() & 0xff) << char(header.size() >> 8) << header << data;
+    };
+    std::vector<int64_t> shape;
+    npy("(1099511627776,)");  // 2^40 floats: refused before allocating them
+    EXPECT_NE(error_of([&] { read_npy(dir / "x.npy", &shape); }).find("truncated"), std::string::npos);
+    npy("(4611686018427387905, 4)", std::string(16, '\0'));  // (2^62 + 1) * 4 floats
+    EXPECT_NE(error_of([&] { read_npy(dir / "x.npy", &(shape = {})); }).find("truncated"), std::string::npos);
+    npy("(99999999999999999999,)");  // std::stoll's out_of_range
+    EXPECT_NE(error_of([&] { read_npy(dir / "x.npy", &(shape = {})); }).find("a shape dimension (99999999999999999999) is out of range"),
+              std::string::npos);
+    std::string dims = "(";  // a long header: std::regex recursed once per character
+    for (int i = 0; i < 15000; ++i) dims += "1, ";
+    npy(dims + "2)", std::string(8, '\0'));
+    EXPECT_EQ(read_npy(dir / "x.npy", &(shape = {})), (std::vector<float>{0.0f, 0.0f}));
+    EXPECT_EQ(shape.size(), 15001u);
+    fs::remove_all(dir);
+}
+
 TEST(Tensors, NpyAndRawRoundTrip) {
     const fs::path dir = temp_dir("tensor");
     const std::vector<float> data{1.5f, -2.0f, 3.25f, 0.0f, 1e-7f, 6.0f};
@@ -404,6 +434,23 @@ TEST(Manifest, BadArtifactsEndInOneClearError) {
     const std::string missing = error_of([&] { load_manifest(dir); });
     EXPECT_NE(missing.find("not a valid version-1 manifest, /architecture: missing, a required field; re-export the artifact"),
               std::string::npos) << missing;
+    fs::remove_all(dir);
+}
+
+// parse_manifest: load_manifest's checks on the text, the same errors, and no file read.
+TEST(Manifest, ParseManifestRefusesAsLoadManifest) {
+    const fs::path dir = temp_dir("parse");
+    for (const std::string& text : {std::string("{\"format\": "), std::string("[1, 2]"), std::string("{\"format\": 5e421}"),
+                                    std::string(R"({"format": "canvit-export-manifest", "format_version": 2})"),
+                                    std::string(R"({"format": "canvit-export-manifest", "format_version": 1})")}) {
+        write_text(dir / "manifest.json", text);
+        const std::string loaded = error_of([&] { load_manifest(dir); });
+        EXPECT_EQ(error_of([&] { parse_manifest(text, dir); }), loaded);
+        EXPECT_EQ(loaded.rfind((dir / "manifest.json").string(), 0), 0u) << loaded;
+    }
+    // A number beyond double is refused as invalid JSON (canvit_fuzz_manifest: nlohmann's out_of_range.406 escaped).
+    EXPECT_NE(error_of([&] { parse_manifest("{\"format\": 5e421}", dir); }).find("not valid JSON ([json.exception.out_of_range.406]"),
+              std::string::npos);
     fs::remove_all(dir);
 }
 

@@ -76,6 +76,9 @@ struct Manifest {
 // file's size and SHA-256. Builds the initial state for the manifest's batch (canvit-pytorch CanViT.init_state:
 // registers, then the patch token repeated G*G times). Throws Error, one line.
 Manifest load_manifest(const std::filesystem::path& dir, bool verify = true);
+// The same checks on manifest.json's text, for the artifact folder `dir`, short of reading any file: no checksums,
+// no initial state (Manifest::initial_state stays empty). Throws the Errors load_manifest throws for that text.
+Manifest parse_manifest(const std::string& text, const std::filesystem::path& dir);
 std::string sha256_file(const std::filesystem::path& path);
 
 // One glimpse's viewpoints for the batch: centers [B, 2] (row, col) in scene coordinates [-1, 1]; scales [B].
