@@ -31,6 +31,7 @@ from canvit_export.parity import compare, default_image
 from canvit_export.progress import console
 from canvit_export.reference import EagerRunner, PeerRunner, export_peer
 from canvit_export.source import load_from_record
+from canvit_runtime.artifact import file_on_path
 from canvit_runtime.base import Runner
 from canvit_runtime.manifest import Manifest, load_manifest
 from canvit_runtime.policies import Viewpoints, make_policy
@@ -331,8 +332,7 @@ def check_out(out: Path) -> None:
     """--out must be a folder that can be written (created if missing); ExportError naming the fix otherwise."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file: bench writes bench.json, bench.md and bench.png into a folder")
-    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
+    if blocker := file_on_path(out):
         raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -362,8 +362,7 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
             for c in candidates:
                 rss[c.name] = peak_rss_mb(c.child)
     facts = machine_facts(threads)
-    table = rows(candidates, rss, floors)
-    out.mkdir(parents=True, exist_ok=True)
+    table = rows(candidates, rss, floors)  # out was created by check_out, before the work
     report = {"machine": facts, "iters": iters, "warmup": warmup, "image": str(image or "skimage.data.astronaut()"),
               "policy": "c2f (21 glimpses, reset after each 21)", "columns": list(COLUMNS), "rows": table}
     (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")

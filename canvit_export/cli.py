@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from canvit_export.errors import ExportError
+from canvit_runtime.artifact import file_on_path
 from canvit_runtime.cli import OneLineGroup
 from canvit_runtime.cli import info as runtime_info
 from canvit_runtime.cli import trt as runtime_trt
@@ -131,7 +132,7 @@ def refuse_existing(out: Path | None, force: bool) -> None:
         return
     if out.exists() and not force:
         raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
-    if blocker := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+    if blocker := file_on_path(out):
         raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
 
 

@@ -39,6 +39,11 @@ def _umask() -> int:
     return mask
 
 
+def file_on_path(out: Path) -> Path | None:
+    """The first existing ancestor of `out` that is a file, not a folder (so `out` cannot be created), or None."""
+    return next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,18 +79,19 @@ def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
-    if blocker := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+    if blocker := file_on_path(out):
         raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    raced = (f"{out} appeared while this export ran (another export to the same --out?): it is kept; pass --force to "
+             f"replace it, or choose another --out")
     try:
         yield staging
         staging.chmod(0o777 & ~_umask())
         if out.exists():
             if not force:
-                raise ExportError(f"{out} appeared while this export ran (another export to the same --out?): it is "
-                                  f"kept; pass --force to replace it, or choose another --out")
+                raise ExportError(raced)
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
             out.rename(trash / out.name)
             staging.rename(out)
@@ -94,8 +100,7 @@ def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
             try:
                 staging.rename(out)
             except OSError as error:  # another export renamed its folder into place first
-                raise ExportError(f"{out} appeared while this export ran (another export to the same --out?): it "
-                                  f"is kept; pass --force to replace it, or choose another --out") from error
+                raise ExportError(raced) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
