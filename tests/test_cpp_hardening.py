@@ -293,6 +293,10 @@ def test_fuzz(fuzzers, seed_corpora, tmp_path, target) -> None:
     scratch.mkdir()
     command = [str(fuzzers / f"canvit_fuzz_{target}"), f"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=2048",
                "-print_final_stats=1", f"-artifact_prefix={findings}/", str(seed_corpora[target])]
+    # libFuzzer's -rss_limit_mb reads the peak RSS (getrusage ru_maxrss), and Linux carries the peak of the process that
+    # exec()s into the new program: started straight from this pytest process (3+ GB after the whole suite), the fuzzer
+    # "ran out of memory" within its first second. A shell forks it, so its peak starts from the shell's few MB.
+    command = ["sh", "-c", '"$@"; exit $?', "sh", *command]
     env = dict(os.environ, TMPDIR=str(scratch), CANVIT_FUZZ_FILES=str(seed_corpora["files"]),
                UBSAN_OPTIONS=UBSAN_OPTIONS)
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 600, env=env)
