@@ -39,14 +39,15 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (ExportError, ValueError) as error:
             fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
         except OSError as error:
-            fail(os_error_line(error))
+            fail(os_error_line(error, kwargs.get("out")))
 
     return wrapper
 
 
-def os_error_line(error: OSError) -> str:
-    """One line for a file-system error: what failed on which path, and the usual fix."""
-    where = f"{error.filename}: " if error.filename else ""
+def os_error_line(error: OSError, out: Any = None) -> str:
+    """One line for a file-system error: what failed on which path (the command's --out where the error names no file,
+    as a full disk met inside a library's writer does), and the usual fix."""
+    where = f"{error.filename}: " if error.filename else f"writing {out}: " if out is not None else ""
     hint = {"ENOSPC": "free some space or choose another --out", "EACCES": "choose a folder you can write to",
             "ENOTDIR": "a folder on the path is a file: choose another --out",
             "EEXIST": "choose another --out or pass --force", "EROFS": "choose a writable folder"}
@@ -56,13 +57,18 @@ def os_error_line(error: OSError) -> str:
     return f"{where}{error.strerror or error}" + (f"; {hint[name]}" if name in hint else "")
 
 
+RELEASED_MODEL = "canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02"
+"""--model's default (canvit_export.source.DEFAULT_MODEL, not imported here: the CLI starts without torch)."""
+WEIGHTS_EPILOG = f"\b\n--model's default, the released CanViT-B:\n{RELEASED_MODEL}"
+"""The help's last lines on the commands with weight options: click's wrapper would break the id at its hyphens."""
+
+
 def weight_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--model / --revision / --random-weights / --backbone / --seed (source.load)."""
     for option in reversed([
         click.option("--model", "model", default=None, metavar="ID|DIR",
-                     help="Hugging Face Hub id or local canvit-pytorch checkpoint folder "
-                          "[default: the released CanViT-B, "
-                          "canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02]."),
+                     help="Hugging Face Hub id or local canvit-pytorch checkpoint folder [default: the released "
+                          "CanViT-B, named at the end]."),
         click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
         click.option("--random-weights", is_flag=True, help="Seeded random weights of the exact architecture (offline)."),
         click.option("--backbone", type=click.Choice(["vitb16", "vits16"]), default="vitb16", show_default=True,
@@ -151,7 +157,7 @@ def main() -> None:
     """Export CanViT's glimpse step (scene, state, viewpoint) -> state' and prove it matches canvit-pytorch."""
 
 
-@main.command()
+@main.command(epilog=WEIGHTS_EPILOG)
 @weight_options
 @geometry_options
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
@@ -215,7 +221,7 @@ def openvino(artifact, precision, stateful, calibration, out, force) -> None:
                   f"audit: {facts.compiled_audit.checked} protected nodes run in f32")
 
 
-@main.command()
+@main.command(epilog=WEIGHTS_EPILOG)
 @weight_options
 @geometry_options
 @click.option("--precision", type=click.Choice(TARGET_PRECISIONS["coreml"]), default="fp16", show_default=True,
@@ -251,7 +257,7 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
         console.print("[yellow]note[/yellow]: Core ML states are float16: the canvas is stored in fp16 between glimpses")
 
 
-@main.command()
+@main.command(epilog=WEIGHTS_EPILOG)
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (with manifest.json).")
 @click.option("--runtime", default="onnxruntime", show_default=True,
               help="Runtime to check: onnxruntime, openvino, tensorrt, coreml (macOS).")
@@ -273,7 +279,8 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
            threads, report_path, pictures) -> None:
     """Roll out an artifact on a runtime and canvit-pytorch (fp32, CPU) side by side; exit 1 past tolerance.
 
-    The reference weights are those the manifest names; --model or --random-weights override them.
+    The reference weights are those the manifest names; pass --model (a Hub id or checkpoint folder) or
+    --random-weights to override them.
     """
     from canvit_export.parity import parity_command, print_report
     from canvit_export.progress import console
@@ -348,6 +355,48 @@ def calibrate(artifact, images, policies, glimpses, seed, threads, out, force) -
 
 main.add_command(runtime_info, name="info")
 main.add_command(runtime_trt, name="trt")
+
+
+@main.command()
+@click.option("--artifact", "artifacts", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Artifact folder: ONNX (onnxruntime + python models), stateless OpenVINO IR (openvino + python), "
+                   "TensorRT engine (tensorrt). Repeat for several.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model repository folder to write.")
+@click.option("--backends", default=None, metavar="NAMES",
+              help="Comma-separated subset of onnxruntime, tensorrt, openvino, python [default: every backend each "
+                   "artifact can use].")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Instance kind of the C++ backends' models (ONNX Runtime: CUDA or CPU); the Python model runs on "
+                   "the CPU.")
+@click.option("--strategy", default="oldest", show_default=True, help="Sequence batcher strategy: oldest or direct.")
+@click.option("--max-sequences", type=int, default=8, show_default=True,
+              help="Oldest strategy: sequences served at once (more wait in Triton's backlog).")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (the Python model "
+              "switches to the direct strategy with more than one).")
+@click.option("--idle-ms", type=int, default=5000, show_default=True,
+              help="A sequence idle this long is dropped with its state (max_sequence_idle_microseconds).")
+@click.option("--python-runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="Runtime of the Python model for ONNX artifacts (IR artifacts: openvino).")
+@click.option("--threads", type=int, default=None, help="Threads of the Python model's runtime [default: its own].")
+@click.option("--scene-state", is_flag=True,
+              help="ONNX Runtime model: keep the scene as an implicit state too, so only a frame's first glimpse "
+                   "sends it (checked with ONNX Runtime, not yet on a Triton ONNX Runtime backend).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@one_line_errors
+def triton(artifacts, out, backends, device, strategy, max_sequences, instances, idle_ms, python_runtime, threads,
+           scene_state, force) -> None:
+    """Write a Triton model repository serving many glimpse sequences, the state kept in the server."""
+    from canvit_export.progress import console
+    from canvit_export.triton import ServeOptions, write_repository
+
+    refuse_existing(out, force)
+    options = ServeOptions(device=device, strategy=strategy, max_sequences=max_sequences, instances=instances,
+                           idle_us=idle_ms * 1000, runtime=python_runtime, threads=threads, scene_state=scene_state)
+    chosen = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    models = write_repository(list(artifacts), out, options=options, backends=chosen, force=force,
+                              progress=lambda label: console.print(f"writing {label}"))
+    console.print(f"wrote {out}: " + ", ".join(f"{m.name}" + (f" (states renamed: {m.state_names})" if m.state_names
+                                                               else "") for m in models))
 
 
 if __name__ == "__main__":

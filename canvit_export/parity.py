@@ -394,8 +394,39 @@ def parity_command(*, artifact: Path, runtime: str, loaded: LoadedModel | None, 
 
         viewpoints = [(r["row"], r["col"], r["scale"]) for r in report["per_glimpse"]]
         report["pictures"] = [str(p) for p in draw_rollout(manifest, scene, viewpoints, last, pictures)]
+        report["pictures"].append(str(draw_drift(report, pictures / "drift.png")))
     path = report_path or Path(artifact) / f"parity-{runtime}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
     report["report_path"] = str(path)
     return report
+
+
+def draw_drift(report: dict[str, Any], path: Path) -> Path:
+    """drift.png: the runtime's error against canvit-pytorch per glimpse (canvas and recurrent CLS rel-L2, log scale,
+    with their tolerances as dashed lines), so that a long rollout shows whether error accumulates. Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["per_glimpse"]
+    steps = [r["t"] + 1 for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=120)
+    for key, label, color in (("canvas_rel_l2", "canvas", "tab:blue"), ("cls_rel_l2", "recurrent CLS", "tab:orange")):
+        values = [max(r[key], 1e-12) for r in rows]
+        ax.plot(steps, values, color=color, linewidth=1, marker="o" if len(rows) <= 50 else None, markersize=3,
+                label=f"{label} (worst {max(r[key] for r in rows):.2e})")
+        ax.axhline(report["tolerances"][key], color=color, linestyle="--", linewidth=0.8,
+                   label=f"{label} tolerance {report['tolerances'][key]:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("glimpse")
+    ax.set_ylabel("rel-L2 vs canvit-pytorch (fp32)")
+    ax.set_title(f"{Path(report['artifact']).name}: {report['precision']} on {report['runtime']}, "
+                 f"{len(rows)} glimpses", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a curve
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -38,5 +38,17 @@ if [ ! -x .venv/bin/python ]; then
     "$(find_python)" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e "./runtimes[onnxruntime,openvino]" -e ".[dev,openvino,coreml]"
+# setuptools' BuildBackendWarning "Editable installation ... folders with the same name as your package" is printed
+# once per distribution and says nothing about this layout: the warnings filter reaches pip's build subprocesses.
+PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install --quiet -e "./runtimes[onnxruntime,openvino]" -e ".[dev,openvino,coreml,triton]"
+
+# The Triton server for `canvit-export triton`'s tests and scripts/serve_bench.py: nvidia-pytriton's tritonserver
+# (2.51, with its Python backend) in its own venv inside .venv (ignored by git), because that Python backend needs
+# numpy < 2 while canvit-pytorch needs numpy >= 2.2; canvit-runtime (editable) runs in its Python-backend models.
+if [ ! -x .venv/triton/bin/python ]; then
+    "$(find_python)" -m venv .venv/triton
+fi
+.venv/triton/bin/python -m pip install --quiet --upgrade pip
+.venv/triton/bin/python -m pip install --quiet "nvidia-pytriton==0.7.0" "numpy<2" -e "./runtimes[onnxruntime,openvino]"
 echo "canvit-export is installed in .venv ($(.venv/bin/python --version))"

@@ -160,3 +160,71 @@ def test_a_killed_export_leaves_no_artifact_and_its_leftovers_are_cleaned(export
     assert code == 0, output
     load_manifest(out)
     assert not any(p.exists() for p in leftovers), "the next export to the same --out cleans what the killed one left"
+
+
+@pytest.fixture
+def small_file_system(tmp_path: Path):
+    """A 16 MB tmpfs (a ViT-S canvas-16 step is ~90 MB): mounting needs root and a mount namespace that allows it."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (the nearly-full file system test)")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["onnx", "openvino"])
+def test_export_onto_a_full_file_system(export_artifact, small_file_system: Path, command: str) -> None:
+    """An export or conversion that runs out of space: one line naming the output and the fix, exit 2, and the file
+    system left as it was (no artifact, no staging folder, every byte given back)."""
+    out = small_file_system / "a"
+    if command == "onnx":
+        args = ["onnx", "--random-weights", "--backbone", "vits16", "--canvas", "16", "--out", str(out)]
+    else:
+        args = ["openvino", "--artifact", str(export_artifact("vits16", canvas=16)), "--out", str(out)]
+    code, output = run(*args)
+    line = one_line(output.strip().splitlines()[-1])  # after the finished stages' progress lines
+    assert code == 2 and "No space left on device" in line and str(out) in line, output
+    assert "free some space or choose another --out" in line
+    assert list(small_file_system.iterdir()) == []
+    import shutil
+
+    assert shutil.disk_usage(small_file_system).used == 0
+
+
+def test_help_never_breaks_a_word_at_80_columns() -> None:
+    """Every command's --help at 80 columns (click's wrapper breaks at hyphens: a Hub id or an option name cut in
+    two is unreadable): no line ends inside a word, every option has help, and --model's default is the released
+    CanViT-B that canvit_export.source loads."""
+    import re
+
+    import click
+
+    from canvit_export.cli import RELEASED_MODEL
+    from canvit_export.source import DEFAULT_MODEL
+    from canvit_runtime.cli import main as runtime_main
+
+    assert RELEASED_MODEL == DEFAULT_MODEL
+    checked = 0
+    for group, prog in ((main, "canvit-export"), (runtime_main, "canvit-runtime")):
+        assert isinstance(group, click.Group)
+        for name in group.list_commands(click.Context(group)):
+            result = CliRunner().invoke(group, [name, "--help"], prog_name=prog, terminal_width=80)
+            assert result.exit_code == 0, result.output
+            broken = [line for line in result.output.splitlines() if re.search(r"[A-Za-z0-9]-$", line)]
+            assert not broken, f"{prog} {name} --help breaks a word: {broken}"
+            command = group.get_command(click.Context(group), name)
+            assert command is not None
+            silent = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
+            assert not silent, f"{prog} {name}: options without help {silent}"
+            checked += 1
+    assert checked >= 10

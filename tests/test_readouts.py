@@ -106,7 +106,12 @@ def test_fp32_parity_with_eg_c2f_on_a_photo(export_artifact, photo, tmp_path: Pa
     scales = [r["scale"] for r in report["per_glimpse"]]
     assert scales == [1.0] + [0.5] * 4 + [0.25] * 16, "C2F's levels, in order"
     assert len(report["top5"]) == 5 and all(0 < p < 1 for _, p in report["top5"])
-    assert [Path(p).name for p in report["pictures"]] == ["viewpoints.png", "segmentation.png", "entropy.png"]
+    assert [Path(p).name for p in report["pictures"]] == ["viewpoints.png", "segmentation.png", "entropy.png",
+                                                          "drift.png"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "pictures" / "drift.png") as drift:
+        assert drift.size == (1200, 480)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

@@ -51,10 +51,23 @@ STATE_DTYPE = "float16"
 """The only state dtype coremltools accepts (measured with coremltools 9.0)."""
 
 
+STATE_ALIGN = 32
+"""The Neural Engine runs a stateful program only when the state's dimensions are multiples of 32
+(apple/coremltools#2631: CPU and GPU run it, ANE or "all compute units" fail): the canvas state is padded to it."""
+
+
+def padded_state_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """[B, R + G*G, Dc] -> [B, rows, cols], rows and cols rounded up to multiples of STATE_ALIGN (the batch is not a
+    state dimension the ANE tiles): CanViT-B canvas 32, [1, 1040, 1024] -> [1, 1056, 1024]."""
+    batch, *rest = shape
+    return (batch, *(-(-n // STATE_ALIGN) * STATE_ALIGN for n in rest))
+
+
 class StatefulStep(nn.Module):
     """The step with the canvas as a Core ML state: forward(scene, recurrent_cls, centers, scales, reset) ->
     recurrent_cls_next [B, 1, Db] float32 (then the step's readouts, if any); the canvas [B, R + G*G, Dc] lives in
-    the fp16 buffer `canvas`.
+    the leading block of the fp16 buffer `canvas`, [B, rows, cols] padded to multiples of 32 (padded_state_shape);
+    the padding is never written and stays zero.
 
     reset [B] float32: 1.0 reads the learned initial canvas (CanViT.init_state) instead of the state."""
 
@@ -65,14 +78,17 @@ class StatefulStep(nn.Module):
         super().__init__()
         self.step = step
         init = step.canvit.init_state(batch_size=batch, canvas_grid_size=step.canvas_grid).canvas.detach().float()
+        self.rows, self.cols = init.shape[1], init.shape[2]
         self.register_buffer("init_canvas", init.clone())
-        self.register_buffer("canvas", torch.zeros_like(init, dtype=torch.float16))
+        self.register_buffer("canvas", torch.zeros(padded_state_shape(tuple(init.shape)), dtype=torch.float16))
 
     def forward(self, scene: Tensor, recurrent_cls: Tensor, centers: Tensor, scales: Tensor,
                 reset: Tensor) -> tuple[Tensor, ...]:
-        canvas = torch.where(reset.view(-1, 1, 1) > 0.5, self.init_canvas, self.canvas.float())
+        stored = self.canvas[:, :self.rows, :self.cols].float()
+        canvas = torch.where(reset.view(-1, 1, 1) > 0.5, self.init_canvas, stored)
         canvas_next, recurrent_cls_next, *readouts = self.step(scene, canvas, recurrent_cls, centers, scales)
-        self.canvas[:] = canvas_next.half()  # coremltools converts slice assignment to a state update, not copy_
+        # coremltools converts slice assignment to a state update (slice_update + write_state), not copy_
+        self.canvas[:, :self.rows, :self.cols] = canvas_next.half()
         return (recurrent_cls_next, *readouts)
 
 
@@ -174,9 +190,11 @@ def convert(step: nn.Module, example: tuple[Tensor, ...], input_names: list[str]
     """torch.jit.trace + coremltools.convert to an ML program, float32 I/O, compute_precision FLOAT32 by default
     (the step carries its own casts; coremltools' default, FLOAT16, would cast the canvas path too). Not loaded
     (skip_model_load): Core ML predicts on macOS only."""
-    import coremltools as ct
     import numpy as np
 
+    from canvit_runtime.coreml import import_coremltools
+
+    ct = import_coremltools()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(step, example)
@@ -211,7 +229,9 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
     if stateful and min_target not in STATEFUL_TARGETS:
         raise ExportError("--stateful needs Core ML states, from iOS18/macOS15: pass --min-target iOS18 or macOS15")
     try:
-        import coremltools  # noqa: F401
+        from canvit_runtime.coreml import import_coremltools
+
+        import_coremltools()
     except ImportError as error:
         raise ExportError("Core ML export needs coremltools: pip install coremltools (canvit-export[coreml])") from error
     canvit = loaded.canvit
@@ -231,11 +251,13 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
             args: tuple[torch.Tensor, ...] = (example.scene, example.recurrent_cls, example.centers, example.scales,
                                               torch.ones(geometry.batch))
             out_names = ["recurrent_cls_next", *step.readout_names]
-            state_shape: tuple[int, ...] | None = tuple(example.canvas.shape)
+            padded = padded_state_shape(tuple(example.canvas.shape))
+            state_shape: tuple[int, ...] | None = padded
             inputs = [t for t in inputs if t.name != "canvas"] + [
                 TensorSpec(name="reset", shape=[geometry.batch], dtype="float32", role=ROLE_RESET)]
             outputs = [t for t in outputs if t.name != "canvas_next"]
-            state[0] = state[0].model_copy(update={"core_ml_state": "canvas", "storage_dtype": STATE_DTYPE})
+            state[0] = state[0].model_copy(update={"core_ml_state": "canvas", "storage_dtype": STATE_DTYPE,
+                                                   "storage_shape": list(padded)})
         else:
             module, names, state_shape = step, list(INPUT_NAMES), None
             out_names = ["canvas_next", "recurrent_cls_next", *step.readout_names]

@@ -169,7 +169,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
                 variables = {inp: inp + out for inp, out in pairs.items()}  # OpenVINO's naming: tensor names joined
                 if set(variables.values()) != found:
                     raise ExportError(f"MakeStateful made variables {sorted(found)}, expected {sorted(variables.values())}")
-            ov.save_model(model, str(staging / IR_FILE), compress_to_fp16=False)
+            save_ir(ov, model, staging / IR_FILE)
             copy_initial_state(source, staging)
             fields = derived_fields(source)
             if stateful:  # the state is no longer graph I/O: it lives in the variables
@@ -189,3 +189,26 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
                     compiled_audit=CompiledAudit(**audit, compiled="the stateless twin on CPU, f32 hint")),
                 **fields)
     return manifest.at(out)
+
+
+def save_ir(ov: Any, model: Any, path: Path) -> None:
+    """ov.save_model (no fp16 compression), its write failures made errors a user can act on: OpenVINO's writer reports a
+    full disk as RuntimeError "basic_ios::clear: iostream error" (and deletes what it wrote), raised here as OSError
+    ENOSPC when the disk has less room than the model's constants take (the CLI names the --out and the fix), else
+    ExportError with OpenVINO's words.
+
+    Raises:
+        OSError: ENOSPC, the disk holding `path` is full.
+        ExportError: OpenVINO failed to write the IR for another reason.
+    """
+    import errno
+    import os
+    import shutil
+
+    try:
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    except RuntimeError as error:
+        weights = sum(op.get_byte_size() for op in model.get_ops() if op.get_type_name() == "Constant")
+        if shutil.disk_usage(path.parent).free < weights:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise ExportError(f"OpenVINO could not write the IR {path.name}: {error}") from None

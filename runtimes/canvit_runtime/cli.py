@@ -81,7 +81,7 @@ def main() -> None:
 @click.option("--policy", default="c2f", show_default=True,
               help="Viewpoints: full, c2f, f-iid, r-iid, eg-c2f (needs a segmentation readout), or a viewpoints JSON "
                    "file.")
-@click.option("--glimpses", type=int, default=21, show_default=True)
+@click.option("--glimpses", type=int, default=21, show_default=True, help="Glimpses of the rollout (>= 1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
 @click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
 @click.option("--canvas-out", type=click.Path(path_type=Path), default=None,

@@ -6,6 +6,8 @@ state (float16 storage, see canvit_export.export.coreml) and take `reset` = 1.0 
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from typing import Any
 
@@ -13,6 +15,30 @@ import numpy as np
 
 from canvit_runtime.base import Runner
 from canvit_runtime.manifest import Manifest, ManifestError, a_target
+
+IMPORT_NOTICES = re.compile(r"scikit-learn version .* is not supported|Torch version .* has not been tested with "
+                            r"coremltools|Failed to load _ML\w+: No module named 'coremltools\.libcoremlpython'")
+"""What coremltools logs when it is imported, none of it the user's business: its optional scikit-learn converter is
+off; it has not been tested with this torch (our own check is the MIL audit of every export and, on macOS, parity);
+its predictor (libcoremlpython) exists on macOS only, which the runner says itself."""
+
+
+def import_coremltools() -> Any:
+    """`import coremltools`, its import-time notices (IMPORT_NOTICES) dropped; every other coremltools log kept.
+
+    Raises:
+        ImportError: coremltools is not installed.
+    """
+    logger = logging.getLogger("coremltools")
+    if not any(getattr(f, "canvit_notices", False) for f in logger.filters):
+        def drop_notices(record: logging.LogRecord) -> bool:
+            return not IMPORT_NOTICES.search(record.getMessage())
+
+        drop_notices.canvit_notices = True  # type: ignore[attr-defined]
+        logger.addFilter(drop_notices)
+    import coremltools
+
+    return coremltools
 
 
 class CoreMLRunner(Runner):
@@ -27,8 +53,7 @@ class CoreMLRunner(Runner):
                                 f"mlpackages (canvit-export coreml)")
         if sys.platform != "darwin":
             raise ImportError(f"Core ML predicts on macOS only (this is {sys.platform}); convert here, run on a Mac")
-        import coremltools as ct
-
+        ct = import_coremltools()
         self.model: Any = ct.models.MLModel(str(manifest.file("package")), compute_units=ct.ComputeUnit[compute_units])
         self.stateful: bool = manifest.stateful
         self._state: Any = None
@@ -56,5 +81,7 @@ class CoreMLRunner(Runner):
         if name == "canvas" and self.stateful:
             if self._first:
                 return self.manifest.initial_state_arrays(self.manifest.batch)["canvas"]
-            return np.asarray(self._state.read_state("canvas"), np.float32)  # coremltools >= 8.1
+            stored = np.asarray(self._state.read_state("canvas"), np.float32)  # coremltools >= 8.1
+            shape = next(p.shape for p in self.manifest.state if p.input == "canvas")
+            return np.ascontiguousarray(stored[tuple(slice(0, n) for n in shape)])  # without the Neural Engine padding
         return self._host[name]

@@ -90,7 +90,9 @@ class TensorSpec(_Record):
 class StatePair(_Record):
     """A state tensor: the graph input it is fed to, the output that replaces it, its shape and dtype. `variable`
     names the OpenVINO state variable of a stateful IR; `core_ml_state` the Core ML state, stored as
-    `storage_dtype` between glimpses (float16 for Core ML states, else float32)."""
+    `storage_dtype` between glimpses (float16 for Core ML states, else float32). `storage_shape`: the shape of the
+    stored Core ML state, padded to multiples of 32 rows and columns, which the Neural Engine
+    needs of a state (apple/coremltools#2631); the state is its leading `shape` block, the padding stays zero."""
 
     input: str
     output: str
@@ -99,6 +101,7 @@ class StatePair(_Record):
     storage_dtype: FloatDType = "float32"
     variable: str | None = None
     core_ml_state: str | None = None
+    storage_shape: list[PositiveInt] | None = None
 
 
 class InitialStatePart(_Record):
