@@ -26,6 +26,20 @@ std::vector<int64_t> dims(const ov::PartialShape& shape, const std::string& wher
     return {s.begin(), s.end()};
 }
 
+}  // namespace
+
+// The backend's compile configuration: inference precision hint f32 (on ARM CPUs with fp16 arithmetic the CPU plugin
+// would otherwise infer in f16, on x86 with AMX/AVX512-BF16 in bf16), latency mode, `threads` when > 0.
+// canvit_openvino_precisions (openvino_precisions.cpp) audits the compiled model under this same configuration.
+ov::AnyMap openvino_config(int threads) {
+    ov::AnyMap config{{ov::hint::inference_precision.name(), ov::element::f32},
+                      {ov::hint::performance_mode.name(), ov::hint::PerformanceMode::LATENCY}};
+    if (threads > 0) config[ov::inference_num_threads.name()] = threads;
+    return config;
+}
+
+namespace {
+
 class OpenVinoBackend : public Backend {
    public:
     OpenVinoBackend(const Manifest& m, const BackendOptions& options) : m_(m), device_(options.device.empty() ? "CPU" : options.device) {
@@ -45,11 +59,8 @@ class OpenVinoBackend : public Backend {
             if (input.empty()) throw Error(where + ": state variable " + info.variable_id + " is not in the manifest; re-export the artifact");
             check_model_tensor(m, where, input, dims(info.data_shape, where), dtype_name(info.data_type));
         }
-        ov::AnyMap config{{ov::hint::inference_precision.name(), ov::element::f32},
-                          {ov::hint::performance_mode.name(), ov::hint::PerformanceMode::LATENCY}};
-        if (options.threads > 0) config[ov::inference_num_threads.name()] = options.threads;
         try {
-            compiled_ = core_.compile_model(model, device_, config);
+            compiled_ = core_.compile_model(model, device_, openvino_config(options.threads));
         } catch (const ov::Exception& e) {
             const std::string what = e.what();
             throw Error(where + ": OpenVINO cannot compile it for device '" + device_ + "' (" + what.substr(0, what.find('\n')) +
