@@ -36,6 +36,8 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader of stdout left (`| head`): click ends quietly, exit 1
         except (ExportError, ValueError) as error:
             fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
         except OSError as error:

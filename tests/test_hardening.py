@@ -228,3 +228,19 @@ def test_help_never_breaks_a_word_at_80_columns() -> None:
             assert not silent, f"{prog} {name}: options without help {silent}"
             checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("cli", ["canvit-export", "canvit-runtime"])
+def test_a_reader_that_leaves_is_no_error(export_artifact, cli: str) -> None:
+    """`info DIR | head -1`: the reader closes the pipe; the command ends without an error message (click's EPIPE
+    handling, exit 1), not "error: [Errno 32] Broken pipe" twice."""
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).with_name(cli)), "info", str(export_artifact("vits16", canvas=16))]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # no reader: the first write fails with EPIPE
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, stderr
+    assert stderr == "", stderr

@@ -34,6 +34,8 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader of stdout left (`| head`): click ends quietly, exit 1
         except (ValueError, RuntimeUnavailable, OSError) as error:
             click.echo(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", err=True)
             sys.exit(EXIT_BAD_INPUT)
