@@ -45,7 +45,7 @@ COLUMNS = ("config", "runtime", "precision", "canvas", "batch", "median ms", "p1
 FLOOR_HINTS = {"fp32": "f32", "bf16": "bf16"}
 """The floors measured: OpenVINO's MatMul rate at the step's shape under each inference precision hint."""
 FLOOR_OF = {"fp32": "fp32", "fp32-int8w": "fp32", "bf16": "bf16", "bf16-int8w": "bf16", "fp16": "bf16",
-            "fp16-int8w": "bf16", "fp16-all": "bf16"}
+            "fp16-int8w": "bf16", "fp16-all": "bf16", "bf16-autocast": "bf16"}
 """Which floor a row's precision is held to (fp16 on a CPU without fp16 matmuls: the bf16 rate); int8: none yet."""
 
 
@@ -65,6 +65,7 @@ class Candidate:
     rel_l2: list[float] = field(default_factory=list)
     cosine: list[float] = field(default_factory=list)
     canvas: np.ndarray | None = None  # eager only: the reference canvas of the current glimpse
+    reference: bool = False  # PyTorch eager fp32: the group's reference (errors, "vs eager")
 
 
 def glimpse_gflops(manifest: Manifest) -> float:
@@ -102,9 +103,15 @@ def machine_facts(threads: int | None) -> dict[str, Any]:
             "versions": tool_versions("onnx", "onnxruntime", "openvino", "nncf", "tensorrt")}
 
 
+BASELINES = ("bf16-autocast", "compile")
+"""PyTorch baselines a user would pick instead of an export (reference.EagerRunner modes), besides eager fp32 and
+the peer export: torch.autocast bfloat16 on the CPU, and torch.compile (inductor) in float32."""
+
+
 def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | None, workdir: Path,
-                     peer: bool) -> list[Candidate]:
-    """Every compatible artifact x runtime, plus per group (weights + geometry) the eager and peer baselines."""
+                     peer: bool, baselines: tuple[str, ...] = ()) -> list[Candidate]:
+    """Every compatible artifact x runtime, plus per group (weights + geometry) the eager reference, the PyTorch
+    `baselines` (BASELINES) and the peer baseline."""
     candidates: list[Candidate] = []
     groups: dict[str, Manifest] = {}
     thread_arg = str(threads) if threads is not None else "-"
@@ -138,13 +145,19 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
             loaded = load_from_record(manifest.model)
             candidates.insert(0, Candidate(f"PyTorch eager ({manifest.directory.name})", "pytorch", "fp32", group,
                                            manifest, EagerRunner(manifest, loaded, threads=threads), 0,
-                                           ["eager", str(manifest.directory), "pytorch", thread_arg]))
+                                           ["eager", str(manifest.directory), "pytorch", thread_arg], reference=True))
+            for position, mode in enumerate(baselines, start=1):
+                runner = EagerRunner(manifest, loaded, threads=threads, mode=mode)
+                label = {"bf16-autocast": "PyTorch eager, bf16 autocast", "compile": "torch.compile (inductor)"}[mode]
+                candidates.insert(position, Candidate(
+                    f"{label} ({manifest.directory.name})", runner.name, "fp32" if mode == "compile" else mode,
+                    group, manifest, runner, 0, ["eager", str(manifest.directory), "pytorch", thread_arg, mode]))
             if peer:
                 path = export_peer(loaded, manifest, workdir)
-                candidates.insert(1, Candidate(f"canvit-pytorch live export ({manifest.directory.name}) [onnxruntime]",
-                                               "onnxruntime", "fp32", group, manifest,
-                                               PeerRunner(manifest, path, threads=threads), path.stat().st_size,
-                                               ["peer", str(manifest.directory), "onnxruntime", thread_arg, str(path)]))
+                candidates.insert(1 + len(baselines), Candidate(
+                    f"canvit-pytorch live export ({manifest.directory.name}) [onnxruntime]", "onnxruntime", "fp32",
+                    group, manifest, PeerRunner(manifest, path, threads=threads), path.stat().st_size,
+                    ["peer", str(manifest.directory), "onnxruntime", thread_arg, str(path)]))
     return candidates
 
 
@@ -164,14 +177,14 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
     policies: dict[str, list[Viewpoints]] = {}
     for group, batch in batch_of.items():  # C2F, repeated: 21 glimpses per scene, reset in between
         policies[group] = make_policy("c2f", batch=batch, glimpses=21, seed=seed)
-    eager = {c.group: c for c in candidates if c.runtime == "pytorch"}  # each group's reference
+    eager = {c.group: c for c in candidates if c.reference}  # each group's reference
     for c in candidates:
         c.runner.reset()
     rng = np.random.default_rng(seed)
     with console.status("benchmark") as status:
         for t in range(total):
             order = [candidates[i] for i in rng.permutation(len(candidates))]
-            order.sort(key=lambda c: c.runtime != "pytorch")  # the reference first: the others compare with it
+            order.sort(key=lambda c: not c.reference)  # the reference first: the others compare with it
             for c in order:
                 if t % 21 == 0 and t:
                     c.runner.reset()
@@ -181,7 +194,7 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
                 result = c.runner.step(scenes[c.group], v.centers, v.scales)
                 elapsed = (time.perf_counter() - start) * 1e3
                 canvas = result.canvas  # a device-resident state is read back here, outside the timed region
-                if c.runtime == "pytorch":
+                if c.reference:
                     c.canvas = canvas
                 else:
                     reference = eager[c.group].canvas
@@ -249,7 +262,7 @@ def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[st
 
 def rows(candidates: list[Candidate], rss: dict[str, float | None],
          floors: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.runtime == "pytorch"}
+    eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.reference}
     floor_ms = {(f["group"], f["precision"]): f["median ms"] for f in floors or []}
     out = []
     for c in candidates:
@@ -341,8 +354,9 @@ def check_out(out: Path) -> None:
 
 
 def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | None, iters: int, warmup: int,
-                  out: Path, peer: bool, image: Path | None) -> dict[str, Any]:
-    """Run the benchmark and write out/bench.json, out/bench.md and out/bench.png; return the JSON."""
+                  out: Path, peer: bool, image: Path | None, baselines: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the benchmark and write out/bench.json, out/bench.md and out/bench.png; return the JSON.
+    `baselines`: PyTorch baselines besides eager fp32 (BASELINES)."""
     if iters < 1 or warmup < 0:
         raise ExportError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
     if not runtimes:
@@ -350,10 +364,13 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
     if unknown := [r for r in runtimes if r not in COMPATIBLE]:
         raise ExportError(f"unknown runtime{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from "
                           f"{', '.join(COMPATIBLE)}")
+    if unknown := [b for b in baselines if b not in BASELINES]:
+        raise ExportError(f"unknown baseline{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from "
+                          f"{', '.join(BASELINES)} (or '' for none)")
     check_out(out)  # before the work: a benchmark is not lost to a bad --out
     with tempfile.TemporaryDirectory(prefix="canvit-bench-") as tmp:
         workdir = Path(tmp)
-        candidates = build_candidates(artifacts, runtimes, threads, workdir, peer)
+        candidates = build_candidates(artifacts, runtimes, threads, workdir, peer, baselines)
         run_bench(candidates, default_image() if image is None else image, iters=iters, warmup=warmup)
         with console.status("measuring the floors: OpenVINO's MatMul rate at the step's shape, f32 and bf16"):
             floors = floor_rows(candidates, threads)

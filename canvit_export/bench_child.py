@@ -1,6 +1,6 @@
 """The child process of `canvit-export bench` that measures one configuration's peak resident memory.
 
-    python -m canvit_export.bench_child runtime|eager|peer ARTIFACT RUNTIME THREADS|- [PEER_ONNX]
+    python -m canvit_export.bench_child runtime|eager|peer ARTIFACT RUNTIME THREADS|- [PEER_ONNX | EAGER_MODE]
 
 Loads the configuration, runs 3 glimpses of a zero scene and prints {"peak_rss_mb": ...}. Runtime and peer
 children import no torch, so their figure is what a device running that runtime pays.
@@ -44,7 +44,8 @@ def main(argv: list[str]) -> None:
         from canvit_export.reference import EagerRunner
         from canvit_export.source import load_from_record
 
-        runner = EagerRunner(manifest, load_from_record(manifest.model), threads=threads)
+        runner = EagerRunner(manifest, load_from_record(manifest.model), threads=threads,
+                             mode=argv[4] if len(argv) > 4 else "fp32")
     runner.reset()
     scene = np.zeros(manifest.input(ROLE_SCENE).shape, np.float32)
     for _ in range(3):

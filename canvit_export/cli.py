@@ -309,11 +309,14 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed glimpses first.")
 @click.option("--quick", is_flag=True, help="Smoke run: 2 timed glimpses after 1 warm-up.")
 @click.option("--no-peer", is_flag=True, help="Skip the canvit-pytorch live-export baseline (it exports once per group).")
+@click.option("--baselines", default="bf16-autocast", show_default=True,
+              help="PyTorch baselines besides eager fp32, comma-separated: bf16-autocast (torch.autocast bfloat16), "
+                   "compile (torch.compile, inductor: compiles in the warm-up, minutes for CanViT-B); '' for none.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="Photograph [default: skimage astronaut].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 @one_line_errors
-def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, image, out) -> None:
+def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, baselines, image, out) -> None:
     """Latency, throughput, memory, size and error of every artifact x runtime vs PyTorch eager, in one run."""
     from canvit_export.bench import bench_command
     from canvit_export.progress import console
@@ -321,7 +324,8 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
     if quick:
         iters, warmup = 2, 1
     report = bench_command(artifacts=[*artifacts, *more_artifacts], runtimes=[r for r in runtimes.split(",") if r],
-                           threads=threads, iters=iters, warmup=warmup, out=out, peer=not no_peer, image=image)
+                           threads=threads, iters=iters, warmup=warmup, out=out, peer=not no_peer, image=image,
+                           baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()))
     console.print((out / "bench.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report['rows'])} rows)")
 

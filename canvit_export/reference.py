@@ -2,7 +2,9 @@
 that `parity` and `bench` loop them exactly as they loop an artifact:
 
 - `EagerRunner`: canvit-pytorch's own CanViT in float32 on the CPU (step.reference_step: sample_at_viewpoint, then
-  CanViT.forward), with the weights the manifest names; the parity reference.
+  CanViT.forward), with the weights the manifest names; the parity reference. Its other modes are what a user tries
+  before exporting, the bench's baselines: `bf16-autocast` (torch.autocast CPU bfloat16 over the step) and
+  `compile` (torch.compile, inductor, of the same step in float32).
 - `PeerRunner`: canvit-pytorch's own browser export (viz.live.step.GlimpseStep, exported by `export_peer`) on ONNX
   Runtime; the bench's baseline export.
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
     from canvit_export.source import LoadedModel
 
 
+EAGER_MODES = ("fp32", "bf16-autocast", "compile")
+"""EagerRunner's modes: the float32 reference, and the two baselines a user would pick instead of an export."""
+
+
 class EagerRunner(HostStateRunner):
     """canvit-pytorch's CanViT in float32 on the CPU, state carried between glimpses; `threads` sets torch's.
 
@@ -37,14 +43,21 @@ class EagerRunner(HostStateRunner):
     name = "pytorch"
 
     def __init__(self, manifest: Manifest, loaded: LoadedModel, *, threads: int | None = None,
-                 heads: Heads | None = None) -> None:
+                 heads: Heads | None = None, mode: str = "fp32") -> None:
+        """mode: fp32 (the reference), bf16-autocast or compile (EAGER_MODES). Raises ValueError for another mode."""
         import torch
         from canvit_pytorch.model.segmentation import CanViTForSemanticSegmentation
 
+        if mode not in EAGER_MODES:
+            raise ValueError(f"eager mode {mode!r}: choose one of {', '.join(EAGER_MODES)}")
         super().__init__(manifest)
         if threads is not None:
             torch.set_num_threads(threads)
+        self.mode = mode
+        if mode == "compile":
+            self.name = "torch.compile"
         self.canvit = loaded.canvit.float().eval()
+        self._step_fn = self._make_step()
         self._names = {role: manifest.input(role).name for role in (ROLE_SCENE, ROLE_CENTERS, ROLE_SCALES)}
         (self._canvas, self._canvas_next), (self._cls, self._cls_next) = manifest.state_pairs
         self.heads = heads
@@ -67,16 +80,34 @@ class EagerRunner(HostStateRunner):
                 out["teacher_patches"] = self.heads.pretraining.predict_teacher_patches(canvas).numpy()
         return out
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _make_step(self) -> Any:
+        """(scene, canvas, recurrent_cls, centers, scales) -> (canvas', recurrent_cls') float32, in this mode."""
+        import functools
+
         import torch
 
         from canvit_export.step import reference_step
 
+        step = functools.partial(reference_step, self.canvit, glimpse_px=self.manifest.glimpse_px)
+        if self.mode == "compile":
+            return torch.compile(step, backend="inductor")
+        if self.mode == "bf16-autocast":
+            def autocast_step(*args: Any) -> tuple[Any, Any]:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    canvas, cls = step(*args)
+                return canvas.float(), cls.float()
+
+            return autocast_step
+        return step
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         with torch.no_grad():
-            canvas, cls = reference_step(
-                self.canvit, torch.from_numpy(feeds[self._names[ROLE_SCENE]]), torch.from_numpy(feeds[self._canvas]),
+            canvas, cls = self._step_fn(
+                torch.from_numpy(feeds[self._names[ROLE_SCENE]]), torch.from_numpy(feeds[self._canvas]),
                 torch.from_numpy(feeds[self._cls]), torch.from_numpy(feeds[self._names[ROLE_CENTERS]]),
-                torch.from_numpy(feeds[self._names[ROLE_SCALES]]), glimpse_px=self.manifest.glimpse_px)
+                torch.from_numpy(feeds[self._names[ROLE_SCALES]]))
         return {self._canvas_next: canvas.numpy(), self._cls_next: cls.numpy(), **self.readouts(canvas, cls)}
 
 

@@ -15,7 +15,8 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
     fp16 = export_artifact("vits16", canvas=16, precision="fp16")
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, ["bench", "--artifacts", str(fp32), str(fp16), "--runtimes",
-                                       "onnxruntime,openvino,tensorrt", "--quick", "--threads", "2", "--out", str(out)])
+                                       "onnxruntime,openvino,tensorrt", "--quick", "--threads", "2", "--baselines",
+                                       "bf16-autocast,compile", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "note: no configuration on tensorrt (it runs tensorrt: TensorRT engine artifacts" in result.output
     report = json.loads((out / "bench.json").read_text())
@@ -24,14 +25,20 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
     floors = [r for r in report["rows"] if r["runtime"] == "floor"]
     rows = [r for r in report["rows"] if r["runtime"] != "floor"]
     names = [r["config"] for r in rows]
-    # eager + the peer export, then each artifact on each runtime that runs it; then the fp32 and bf16 floors
-    assert len(rows) == 2 + 2 * 2, names
+    # eager, its bf16-autocast and torch.compile baselines, the peer export, then each artifact on each runtime that
+    # runs it; then the fp32 and bf16 floors
+    assert len(rows) == 4 + 2 * 2, names
     assert [f["precision"] for f in floors] == ["fp32", "bf16"] and report["rows"][-2:] == floors
     for floor in floors:  # the step's GFLOPs at the MatMul rate measured in this run
         assert floor["GFLOP/s"] > 1 and abs(floor["median ms"] - 1e3 * floor["GFLOPs/glimpse"] / floor["GFLOP/s"]) < 1e-6
         assert "MatMul rate at 70x384x1536" in floor["config"], floor["config"]
     fp32_floor = floors[0]["median ms"]
-    assert names[0].startswith("PyTorch eager") and names[1].startswith("canvit-pytorch live export")
+    assert names[0].startswith("PyTorch eager (") and names[3].startswith("canvit-pytorch live export")
+    autocast, compiled = rows[1], rows[2]
+    assert names[1].startswith("PyTorch eager, bf16 autocast") and autocast["precision"] == "bf16-autocast"
+    assert 1e-4 < autocast["worst rel-L2"] < 2e-2, autocast  # bfloat16 matmuls: measured, not assumed
+    assert names[2].startswith("torch.compile (inductor)") and compiled["runtime"] == "torch.compile"
+    assert compiled["precision"] == "fp32" and compiled["worst rel-L2"] <= 1e-4, compiled
     for row in rows:
         assert set(row) == set(COLUMNS), row
         assert row["median ms"] > 0 and row["glimpses/s"] > 0 and row["GFLOPs/glimpse"] > 1
@@ -41,7 +48,7 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
         assert abs(row["vs eager"] - rows[0]["median ms"] / row["median ms"]) < 1e-9 * row["vs eager"], row
         if row["precision"] == "fp32":  # and "x floor" the row's median over its precision's floor
             assert abs(row["x floor"] - row["median ms"] / fp32_floor) < 1e-9 * row["x floor"], row
-    fp32_rows = [r for r in rows[1:] if r["precision"] == "fp32"]  # the peer export and ours, on both runtimes
+    fp32_rows = [r for r in rows[3:] if r["precision"] == "fp32"]  # the peer export and ours, on both runtimes
     assert len(fp32_rows) == 3 and all(0 < r["worst rel-L2"] <= 1e-4 for r in fp32_rows), fp32_rows
     fp16_rows = [r for r in rows if r["precision"] == "fp16"]
     assert fp16_rows and all(r["worst rel-L2"] > 1e-5 for r in fp16_rows), "the fp16 error is measured, not assumed"
@@ -51,3 +58,11 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
     assert sum(line.startswith("| ") for line in table) == 1 + len(rows) + len(floors)
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_bench_refuses_an_unknown_baseline(export_artifact, tmp_path) -> None:
+    result = CliRunner().invoke(main, ["bench", "--artifacts", str(export_artifact("vits16", canvas=16)), "--baselines",
+                                       "bf16-autocast,jit", "--quick", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: unknown baseline jit: choose from bf16-autocast, compile (or '' for none)"
+    assert not (tmp_path / "b").exists(), "refused before the work"
