@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Cross-builds the C++ demo for 64-bit ARM Linux (aarch64) on an x86-64 Debian/Ubuntu host:
+#   scripts/build-cpp-aarch64.sh [BUILD_DIR]      (default build/aarch64)
+# 1. Debian packages (installed when missing, as root; otherwise the apt command is printed and the script stops):
+#    g++-aarch64-linux-gnu and qemu-user-static; with `dpkg --add-architecture arm64`, libssl-dev:arm64 (SHA-256) and
+#    libgtest-dev:arm64 (canvit_tests); nlohmann-json3-dev, libstb-dev, libvalijson-dev are header-only (any arch).
+# 2. OpenVINO for aarch64: the PyPI wheel of the same version as .venv's x86 one (pip download, --platform
+#    manylinux_2_35_aarch64, nothing installed), unpacked in BUILD_DIR/openvino-aarch64: its openvino/cmake and
+#    openvino/libs (libopenvino.so.*, libopenvino_arm_cpu_plugin.so, libtbb.so.12, ...) are what the board needs.
+# 3. CMake with cpp_demo/cmake/aarch64-linux-gnu.cmake: canvit_demo, canvit_tests, canvit_openvino_precisions, with
+#    the OpenVINO backend only (ONNX Runtime, TensorRT and OpenCV off: `canvit_demo --version` lists the backends).
+# 4. BUILD_DIR/run-aarch64: runs one of them under qemu-aarch64-static (-L the aarch64 libc, LD_LIBRARY_PATH the
+#    wheel's libs), e.g. BUILD_DIR/run-aarch64 BUILD_DIR/canvit_tests; QEMU_CPU=cortex-a53 emulates a CPU without
+#    fp16 arithmetic (qemu's default, max, has it).
+# Environment: PYTHON (default .venv/bin/python, for pip and the OpenVINO version), OPENVINO_VERSION (default: that
+# venv's openvino), JOBS (default 2).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BUILD="$(realpath -m "${1:-$ROOT/build/aarch64}")"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+JOBS="${JOBS:-2}"
+SYSROOT=/usr/aarch64-linux-gnu
+
+# 1. packages
+need=""
+command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need="$need g++-aarch64-linux-gnu"
+command -v qemu-aarch64-static >/dev/null 2>&1 || need="$need qemu-user-static"
+command -v cmake >/dev/null 2>&1 || need="$need cmake"
+command -v file >/dev/null 2>&1 || need="$need file"
+# arch-specific libraries, from Debian multiarch (:arm64)
+[ -e /usr/lib/aarch64-linux-gnu/libcrypto.so ] || need="$need libssl-dev:arm64"
+[ -e /usr/lib/aarch64-linux-gnu/libgtest.a ] || need="$need libgtest-dev:arm64"
+for pair in nlohmann/json.hpp:nlohmann-json3-dev stb/stb_image.h:libstb-dev valijson/validator.hpp:libvalijson-dev; do
+    [ -e "/usr/include/${pair%%:*}" ] || need="$need ${pair##*:}"
+done
+if [ -n "$need" ]; then
+    install="dpkg --add-architecture arm64 && apt-get update && apt-get install -y --no-install-recommends$need"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing:$need"
+        dpkg --add-architecture arm64
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+    else
+        echo "error: the aarch64 cross build needs:$need; as root: $install" >&2
+        exit 2
+    fi
+fi
+
+# 2. the aarch64 OpenVINO wheel, unpacked
+if [ -z "${OPENVINO_VERSION:-}" ]; then
+    OPENVINO_VERSION="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("openvino"))')"
+fi
+PYVER="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')"
+OV="$BUILD/openvino-aarch64"
+if [ ! -e "$OV/.version-$OPENVINO_VERSION" ]; then
+    rm -rf "$OV" "$BUILD/wheel"
+    mkdir -p "$BUILD/wheel"
+    "$PYTHON" -m pip download --quiet --no-cache-dir --no-deps --only-binary=:all: --implementation cp \
+        --platform manylinux_2_35_aarch64 --python-version "$PYVER" "openvino==$OPENVINO_VERSION" -d "$BUILD/wheel"
+    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+        "$(ls "$BUILD"/wheel/openvino-*aarch64*.whl)" "$OV"
+    rm -rf "$BUILD/wheel"
+    touch "$OV/.version-$OPENVINO_VERSION"
+fi
+[ -e "$OV/openvino/libs/libopenvino_arm_cpu_plugin.so" ] || { echo "error: $OV has no ARM CPU plugin" >&2; exit 1; }
+
+# 3. configure and build
+cmake -S "$ROOT/cpp_demo" -B "$BUILD" -DCMAKE_TOOLCHAIN_FILE="$ROOT/cpp_demo/cmake/aarch64-linux-gnu.cmake" \
+    -DCANVIT_AARCH64_SYSROOT="$SYSROOT" -DOpenVINO_DIR="$OV/openvino/cmake" -DCANVIT_WITH_OPENVINO=ON \
+    -DCANVIT_WITH_ONNXRUNTIME=OFF -DCANVIT_WITH_TENSORRT=OFF -DCANVIT_WITH_OPENCV=OFF -DCANVIT_WERROR=ON
+cmake --build "$BUILD" -j"$JOBS"
+
+# 4. the emulator wrapper
+cat > "$BUILD/run-aarch64" <<EOF
+#!/bin/sh
+# Runs an aarch64 binary of this build under qemu-aarch64-static (written by scripts/build-cpp-aarch64.sh).
+export LD_LIBRARY_PATH="$OV/openvino/libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec qemu-aarch64-static -L "$SYSROOT" "\$@"
+EOF
+chmod +x "$BUILD/run-aarch64"
+for binary in canvit_demo canvit_tests canvit_openvino_precisions; do
+    [ -e "$BUILD/$binary" ] && file "$BUILD/$binary"
+done
+"$BUILD/run-aarch64" "$BUILD/canvit_demo" --version

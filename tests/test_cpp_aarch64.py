@@ -1,0 +1,248 @@
+"""cpp_demo on 64-bit ARM (issue 16): cross-built on this x86-64 host by scripts/build-cpp-aarch64.sh (Debian's
+g++-aarch64-linux-gnu, multiarch libssl-dev:arm64 + libgtest-dev:arm64, the aarch64 OpenVINO wheel of .venv's
+version) with cpp_demo/cmake/aarch64-linux-gnu.cmake, and run under qemu-aarch64-static (qemu-user-static) on
+OpenVINO's ARM CPU plugin.
+
+Always (about 2 min): the toolchain file configures and compiles (guards it against rot), the build script makes
+aarch64 binaries, canvit_tests passes under emulation, and canvit_demo validates an artifact there.
+
+CANVIT_AARCH64_EMULATED=1 adds the runs that compile the ViT-S step in the ARM CPU plugin (a rollout against the
+x86 OpenVINO run, and the runtime-precision audit of the f32 hint and of a typed fp16 IR): under qemu-user on this
+host OpenVINO's compile_model does not finish in the suite's budget (EMULATED_SKIP says what was measured)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLCHAIN = ROOT / "cpp_demo/cmake/aarch64-linux-gnu.cmake"
+SCRIPT = ROOT / "scripts/build-cpp-aarch64.sh"
+PACKAGES = "g++-aarch64-linux-gnu qemu-user-static libssl-dev:arm64 libgtest-dev:arm64"
+APT = f"dpkg --add-architecture arm64 && apt-get update && apt-get install -y --no-install-recommends {PACKAGES}"
+EMULATED = os.environ.get("CANVIT_AARCH64_EMULATED") == "1"
+EMULATED_SKIP = ("OpenVINO 2026.4.1's ARM CPU plugin does not finish compile_model under qemu-aarch64-static 7.2 "
+                 "(Debian 12) on this host: the ViT-S step ran > 11 min of CPU (QEMU_CPU max and neoverse-n1), a "
+                 "two-MatMul model > 5 min (max) and > 80 s (cortex-a53, cortex-a76), the main thread in one tight guest "
+                 "loop (perf), past the suite's 10-min budget; set CANVIT_AARCH64_EMULATED=1 to run them anyway")
+# Canvas rel-L2, ARM CPU plugin vs x86 CPU plugin, same IR, scene and viewpoints, both f32. Not yet measured (see
+# EMULATED_SKIP): the bound is provisional, x86 C++ vs Python's own 1e-4 (tests/test_cpp_demo.py). The plugins use
+# other kernels (ACL/KleidiAI/oneDNN-aarch64 vs oneDNN-x64 JIT) and reduction orders: f32 round-off grown over 4
+# glimpses is expected to stay well under it; set it from the first measured run.
+ARM_VS_X86_REL_L2 = 1e-4
+
+
+def missing_packages() -> list[str]:
+    need = [p for p, ok in (("g++-aarch64-linux-gnu", shutil.which("aarch64-linux-gnu-g++")),
+                            ("qemu-user-static", shutil.which("qemu-aarch64-static")),
+                            ("libssl-dev:arm64", Path("/usr/lib/aarch64-linux-gnu/libcrypto.so").exists()),
+                            ("libgtest-dev:arm64", Path("/usr/lib/aarch64-linux-gnu/libgtest.a").exists())) if not ok]
+    headers = (("nlohmann/json.hpp", "nlohmann-json3-dev"), ("stb/stb_image.h", "libstb-dev"),
+               ("valijson/validator.hpp", "libvalijson-dev"))
+    need += [pkg for header, pkg in headers if not (Path("/usr/include") / header).exists()]
+    return need
+
+
+def need_cross_packages() -> None:
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is missing (apt-get install cmake)")
+    if need := missing_packages():
+        pytest.skip(f"the aarch64 cross build needs {' '.join(need)}: as root, {APT} (scripts/build-cpp-aarch64.sh "
+                    f"does it itself when run as root)")
+
+
+def test_toolchain_file_configures_and_compiles(tmp_path) -> None:
+    """cpp_demo/cmake/aarch64-linux-gnu.cmake: CMake configures with it (aarch64 g++, OpenSSL from the arm64 multiarch
+    folder, qemu as the cross-compiling emulator) and compiles a source into an AArch64 object."""
+    need_cross_packages()
+    build = tmp_path / "build"
+    configure = ["cmake", "-S", str(ROOT / "cpp_demo"), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}",
+                 "-DCANVIT_WITH_OPENVINO=OFF", "-DCANVIT_WITH_ONNXRUNTIME=OFF", "-DCANVIT_WITH_TENSORRT=OFF",
+                 "-DCANVIT_WITH_OPENCV=OFF", "-DCANVIT_WERROR=ON", "-DCANVIT_BUILD_TESTS=OFF", "-G", "Unix Makefiles"]
+    result = subprocess.run(configure, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cache = dict(line.split("=", 1) for line in (build / "CMakeCache.txt").read_text().splitlines()
+                 if "=" in line and not line.startswith(("#", "//")))
+    compiler = next((build / "CMakeFiles").glob("*/CMakeCXXCompiler.cmake")).read_text()
+    assert re.search(r'set\(CMAKE_CXX_COMPILER "\S*aarch64-linux-gnu-g\+\+"\)', compiler), compiler[:500]
+    assert 'set(CMAKE_CXX_LIBRARY_ARCHITECTURE "aarch64-linux-gnu")' in compiler, compiler
+    assert cache["OPENSSL_CRYPTO_LIBRARY:FILEPATH"] == "/usr/lib/aarch64-linux-gnu/libcrypto.so", cache
+    assert cache["CANVIT_QEMU_AARCH64:FILEPATH"].endswith("qemu-aarch64-static")
+    result = subprocess.run(["cmake", "--build", str(build), "--target", "src/policies.cpp.o"], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    described = subprocess.run(["file", str(build / "CMakeFiles/canvit.dir/src/policies.cpp.o")], capture_output=True,
+                               text=True, check=True).stdout
+    assert "ARM aarch64" in described and "relocatable" in described, described
+
+
+@pytest.fixture(scope="session")
+def arm_build(tmp_path_factory) -> Path:
+    """scripts/build-cpp-aarch64.sh into a fresh folder (the wheel downloaded anew: nothing cached across runs)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        need_cross_packages()  # the script installs them itself only as root
+    if shutil.which("file") is None:
+        pytest.skip("`file` is missing (apt-get install file)")
+    folder = tmp_path_factory.mktemp("aarch64")
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(SCRIPT), str(folder)], capture_output=True, text=True, timeout=1200, check=False)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and ("No matching distribution" in output or "Could not find a version" in output
+                                   or "NewConnectionError" in output):
+        pytest.skip(f"pip cannot download the aarch64 OpenVINO wheel: {output.strip().splitlines()[-1]}")
+    assert result.returncode == 0, output[-5000:]
+    print(f"aarch64 cross build: {time.monotonic() - started:.0f} s")
+    return folder
+
+
+def emulate(build: Path, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """An aarch64 binary of the build under qemu-aarch64-static, through the script's run-aarch64 wrapper."""
+    return subprocess.run([str(build / "run-aarch64"), *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, env={**os.environ, **(env or {})})
+
+
+def test_aarch64_binaries(arm_build) -> None:
+    """The binaries are AArch64 ELF files; the demo runs under emulation and lists only the OpenVINO backend (ONNX
+    Runtime, TensorRT and OpenCV are off in this cross build)."""
+    for binary in ("canvit_demo", "canvit_tests", "canvit_openvino_precisions"):
+        described = subprocess.run(["file", str(arm_build / binary)], capture_output=True, text=True, check=True).stdout
+        assert "ELF 64-bit" in described and "ARM aarch64" in described, described
+    version = emulate(arm_build, str(arm_build / "canvit_demo"), "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.split("backends:")[1].split() == ["openvino"], version.stdout
+
+
+def test_aarch64_unit_tests(arm_build) -> None:
+    """canvit_tests (GoogleTest) passes under qemu-aarch64-static."""
+    result = emulate(arm_build, str(arm_build / "canvit_tests"), "--gtest_brief=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "[  PASSED  ]" in result.stdout and " 0 tests" not in result.stdout, result.stdout[-1000:]
+
+
+@pytest.fixture(scope="module")
+def irs(export_artifact, tmp_path_factory) -> Callable[[str], Path]:
+    """irs(kind) -> an IR of ViT-S, canvas 16 (tests/conftest.py), exported once: "fp32" (stateful), "fp32-stateless",
+    "fp16-stateless" (from the typed fp16 ONNX export: its canvas path float32 in the graph)."""
+    from canvit_export.export.openvino import export_openvino
+
+    folder, made = tmp_path_factory.mktemp("aarch64_ir"), {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            precision = kind.split("-")[0]
+            export_openvino(export_artifact("vits16", canvas=16, precision=precision), folder / kind, precision=precision,
+                            stateful=not kind.endswith("-stateless"), quiet=True)
+            made[kind] = folder / kind
+        return made[kind]
+
+    return make
+
+
+def test_aarch64_demo_checks_an_artifact(arm_build, irs, tmp_path) -> None:
+    """Under emulation the demo validates an IR (JSON Schema, SHA-256 with the arm64 libcrypto) and refuses an
+    altered one with its one line."""
+    result = emulate(arm_build, str(arm_build / "canvit_demo"), "--artifact", str(irs("fp32")), "--check")
+    assert result.returncode == 0, result.stderr
+    assert "a valid canvit-export artifact (manifest format 1, files verified): openvino (stateful), precision fp32" \
+        in result.stdout, result.stdout
+    altered = tmp_path / "altered"
+    shutil.copytree(irs("fp32"), altered)
+    with (altered / "initial_state.bin").open("r+b") as f:
+        f.write(b"\x00\x01\x02\x03")
+    result = emulate(arm_build, str(arm_build / "canvit_demo"), "--artifact", str(altered), "--check")
+    assert result.returncode == 2 and "SHA-256 mismatch" in result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not EMULATED, reason=EMULATED_SKIP)
+def test_aarch64_rollout_matches_x86(arm_build, irs, photo, tmp_path) -> None:
+    """A 4-glimpse rollout of the stateful fp32 IR on the ARM CPU plugin (emulated) ends on the canvas the x86 CPU
+    plugin (canvit_runtime, the same IR, scene and viewpoints) gives, within ARM_VS_X86_REL_L2."""
+    import canvit_runtime
+    from canvit_runtime.policies import make_policy, to_json
+    from canvit_runtime.preprocess import scene_batch
+
+    viewpoints = make_policy("f-iid", batch=1, glimpses=4, seed=3)
+    (tmp_path / "vp.json").write_text(json.dumps(to_json(viewpoints)))
+    scene = scene_batch(photo, scene_px=512, batch=1)
+    np.save(tmp_path / "scene.npy", scene[0])
+    result = emulate(arm_build, str(arm_build / "canvit_demo"), "--artifact", str(irs("fp32")), "--image",
+                     str(tmp_path / "scene.npy"), "--policy", str(tmp_path / "vp.json"), "--glimpses", "4",
+                     "--canvas-out", str(tmp_path / "canvas.npy"), "--log", str(tmp_path / "log.json"), timeout=3600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "precision fp32" in result.stdout and "4 glimpses on openvino/CPU" in result.stdout, result.stdout
+    arm = np.load(tmp_path / "canvas.npy")
+    session = canvit_runtime.open(irs("fp32"), runtime="openvino")
+    for v in viewpoints:
+        x86 = session.step(scene, v.centers, v.scales).canvas
+    assert arm.shape == x86.shape == (1, 16 + 256, 1024)
+    rel = np.linalg.norm(arm.astype(np.float64) - x86) / np.linalg.norm(x86)
+    step_ms = json.loads((tmp_path / "log.json").read_text())["step_ms"]
+    print(f"ARM vs x86 canvas rel-L2 {rel:.2e}; emulated ms per glimpse {step_ms}")
+    assert rel <= ARM_VS_X86_REL_L2, rel
+    initial = session.manifest.initial_state_arrays(1)["canvas"]
+    assert np.linalg.norm(arm - initial) > 0.5 * np.linalg.norm(initial), "four glimpses moved the canvas"
+
+
+def arm_census(arm_build: Path, ir: Path, out: Path, hint: str = "demo") -> tuple[dict, list[dict]]:
+    """The ARM CPU plugin's compiled runtime model of `ir` (canvit_openvino_precisions under emulation), and its
+    nodes fused from the protected ops (the canvas path: precision.audit_onnx's `protected`, found in the IR by
+    tensor name as canvit_export.export.openvino.audit_compiled does on x86)."""
+    import onnx
+    import openvino as ov
+
+    from canvit_export.export.openvino import protected_ops
+    from canvit_export.precision import audit_onnx
+    from canvit_runtime.manifest import OpenVinoArtifact, load_manifest
+
+    result = emulate(arm_build, str(arm_build / "canvit_openvino_precisions"), str(ir / "step.xml"), "--out", str(out),
+                     "--hint", hint, timeout=3600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    artifact = load_manifest(ir).artifact
+    assert isinstance(artifact, OpenVinoArtifact), artifact
+    source = load_manifest(Path(artifact.source.path))  # the ONNX artifact the IR was converted from
+    protected_tensors = audit_onnx(onnx.load(str(source.file("graph")))).protected
+    protected = protected_ops(ov.Core().read_model(str(ir / "step.xml")), protected_tensors)  # IR keeps tensor names
+    nodes = [n for n in report["nodes"] if set(n["originalLayersNames"].split(",")) & protected]
+    return report, nodes
+
+
+def narrow_outputs(node: dict) -> list[str]:
+    return [p for p in node["outputPrecisions"].replace(",", " ").split() if p not in ("f32", "i32", "i64", "u8", "boolean")]
+
+
+@pytest.mark.skipif(not EMULATED, reason=EMULATED_SKIP)
+@pytest.mark.parametrize("ir_kind", ["fp32-stateless", "fp16-stateless"])
+def test_aarch64_canvas_path_stays_f32(arm_build, irs, tmp_path, ir_kind) -> None:
+    """On the emulated ARM CPU (qemu's `max`: fp16 arithmetic, where the ARM plugin's default inference precision is
+    f16), the demo's configuration (f32 hint) compiles the fp32 IR all in f32, and the typed fp16 IR with every node
+    of the canvas path outputting f32. The same judgement of canvit_openvino_precisions' x86 output gives the export
+    audit's own figures (43 canvas-path nodes, census f32 564 / i32 210 / dynamic 49 for this IR)."""
+    report, protected = arm_census(arm_build, irs(ir_kind), tmp_path / "census.json")
+    print(f"{ir_kind}: inference precision {report['inference_precision']}, runtime precisions "
+          f"{report['runtime_precisions']}, {len(protected)} canvas-path nodes")
+    assert report["inference_precision"] == "f32", report["inference_precision"]
+    assert len(protected) >= 10, "the audit cannot vouch for the canvas path: too few protected nodes found"
+    assert not [n for n in protected if narrow_outputs(n)], [n for n in protected if narrow_outputs(n)][:3]
+    if ir_kind == "fp32-stateless":  # the typed fp16 IR's own f16 ops may run in f16: only its canvas path is held
+        assert report["runtime_precisions"].get("f16", 0) == 0 and report["runtime_precisions"].get("bf16", 0) == 0
+
+
+@pytest.mark.skipif(not EMULATED, reason=EMULATED_SKIP)
+def test_aarch64_default_hint_would_narrow(arm_build, irs, tmp_path) -> None:
+    """Why the hint matters (the audit can fail): with the plugin's defaults, the emulated CPU (fp16 arithmetic)
+    infers the fp32 IR in f16, canvas path included."""
+    report, protected = arm_census(arm_build, irs("fp32-stateless"), tmp_path / "census.json", hint="default")
+    if "FP16" not in report["device_capabilities"]:
+        pytest.skip(f"this emulated CPU has no fp16 arithmetic (capabilities {report['device_capabilities']})")
+    assert report["inference_precision"] == "f16", report["inference_precision"]
+    assert [n for n in protected if narrow_outputs(n)], "f16 inference left the canvas path in f32"
