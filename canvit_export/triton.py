@@ -517,3 +517,30 @@ def default_python_env() -> Path:
     if "CANVIT_TRITON_ENV" in os.environ:
         return Path(os.environ["CANVIT_TRITON_ENV"])
     return Path(sys.prefix) / "triton"
+
+
+def glimpse_inputs(scene: np.ndarray | None, center: tuple[float, float], scale: float) -> list[Any]:
+    """A glimpse request's inputs for tritonclient.grpc: scene [1, 3, S, S] float32 (None: the Python model reuses the
+    sequence's last scene), centers [1, 2] and scales [1] float32 (scene coordinates in [-1, 1]; scale in (0, 1])."""
+    import tritonclient.grpc as grpcclient
+
+    arrays = ([] if scene is None else [("scene", scene)]) + [("centers", np.array([center], np.float32)),
+                                                               ("scales", np.array([scale], np.float32))]
+    tensors = []
+    for name, array in arrays:
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(array, np.float32))
+        tensors.append(tensor)
+    return tensors
+
+
+def random_viewpoints(seed: int, count: int) -> list[tuple[tuple[float, float], float]]:
+    """The full scene, then seeded random valid viewpoints ((row, col), scale): 0.1 <= scale <= 1 and |row|, |col| <=
+    1 - scale, so that every glimpse lies inside the scene. For load tests and the serving tests' streams."""
+    rng = np.random.default_rng(seed)
+    out = [((0.0, 0.0), 1.0)]
+    while len(out) < count:
+        scale = float(rng.uniform(0.1, 1.0))
+        row, col = rng.uniform(-(1 - scale), 1 - scale, size=2)
+        out.append(((float(row), float(col)), scale))
+    return out

@@ -25,29 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def views(seed: int, count: int) -> list[tuple[tuple[float, float], float]]:
-    """The full scene, then random valid viewpoints (0.1 <= scale <= 1, |row|, |col| <= 1 - scale)."""
-    rng = np.random.default_rng(seed)
-    out = [((0.0, 0.0), 1.0)]
-    while len(out) < count:
-        scale = float(rng.uniform(0.1, 1.0))
-        row, col = rng.uniform(-(1 - scale), 1 - scale, size=2)
-        out.append(((float(row), float(col)), scale))
-    return out
-
-
-def inputs(scene: np.ndarray | None, center: tuple[float, float], scale: float) -> list:
-    import tritonclient.grpc as grpcclient
-
-    arrays = ([] if scene is None else [("scene", scene)]) + [("centers", np.array([center], np.float32)),
-                                                               ("scales", np.array([scale], np.float32))]
-    tensors = []
-    for name, array in arrays:
-        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
+from canvit_export.triton import glimpse_inputs, random_viewpoints
 
 
 def run_streams(url: str, model: str, streams: int, glimpses: int, scene_shape: list[int], first_id: int,
@@ -62,14 +40,14 @@ def run_streams(url: str, model: str, streams: int, glimpses: int, scene_shape: 
     def one(stream: int) -> None:
         client = grpcclient.InferenceServerClient(url)
         scene = np.random.default_rng(stream).standard_normal(scene_shape).astype(np.float32)
-        for g, (center, scale) in enumerate(views(stream, glimpses)):
+        for g, (center, scale) in enumerate(random_viewpoints(stream, glimpses)):
             if time.monotonic() > deadline:
                 with lock:
                     errors.append("time budget spent")
                 return
             start = time.perf_counter()
             try:
-                client.infer(model, inputs(scene if g == 0 else None, center, scale), sequence_id=first_id + stream,
+                client.infer(model, glimpse_inputs(scene if g == 0 else None, center, scale), sequence_id=first_id + stream,
                              sequence_start=g == 0, sequence_end=g == glimpses - 1, outputs=[
                                  grpcclient.InferRequestedOutput("recurrent_cls_next")])
             except Exception as error:  # counted, reported
@@ -100,15 +78,15 @@ def restart_test(triton, model: str, artifact: Path, scene_shape: list[int], gli
     import canvit_runtime
 
     scene = np.random.default_rng(99).standard_normal(scene_shape).astype(np.float32)
-    plan = views(99, glimpses)
+    plan = random_viewpoints(99, glimpses)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     sid = 9000
     for g in range(3):
-        client.infer(model, inputs(scene if g == 0 else None, *plan[g]), sequence_id=sid, sequence_start=g == 0)
+        client.infer(model, glimpse_inputs(scene if g == 0 else None, *plan[g]), sequence_id=sid, sequence_start=g == 0)
     triton.kill()
     record: dict = {"killed_after_glimpses": 3}
     try:
-        client.infer(model, inputs(None, *plan[3]), sequence_id=sid)
+        client.infer(model, glimpse_inputs(None, *plan[3]), sequence_id=sid)
         record["while_down"] = "no error (unexpected)"
     except Exception as error:
         record["while_down"] = str(error).splitlines()[0]
@@ -117,12 +95,12 @@ def restart_test(triton, model: str, artifact: Path, scene_shape: list[int], gli
     record["restart_s"] = round(time.perf_counter() - start, 2)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     try:
-        client.infer(model, inputs(None, *plan[3]), sequence_id=sid)
+        client.infer(model, glimpse_inputs(None, *plan[3]), sequence_id=sid)
         record["continue_after_restart"] = "accepted (unexpected: the state was lost)"
     except Exception as error:
         record["continue_after_restart"] = str(error).splitlines()[0]
     for g, (center, scale) in enumerate(plan):
-        response = client.infer(model, inputs(scene if g == 0 else None, center, scale), sequence_id=sid,
+        response = client.infer(model, glimpse_inputs(scene if g == 0 else None, center, scale), sequence_id=sid,
                                 sequence_start=g == 0, sequence_end=g == glimpses - 1)
     reference = canvit_runtime.open(artifact)
     for center, scale in plan:

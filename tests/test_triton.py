@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from canvit_export.cli import main
+from canvit_export.triton import glimpse_inputs, random_viewpoints
 from canvit_runtime.manifest import load_manifest
 
 HAS_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
@@ -209,7 +210,7 @@ def test_scene_state_model_sends_the_scene_once_per_frame(export_artifact, tmp_p
     rng = np.random.default_rng(3)
     frames = [rng.standard_normal(scene_shape).astype(np.float32) for _ in range(2)]
     plan = [(frames[0], True), (frames[0], False), (frames[0], False), (frames[1], True), (frames[1], False)]
-    views = viewpoints(3, len(plan))
+    views = random_viewpoints(3, len(plan))
     state = {**manifest.initial_state_arrays(1), "scene_state": np.zeros(scene_shape, np.float32)}
     runner = canvit_runtime.open(artifact)
     controls = {"START": np.zeros(1, np.int32), "END": np.zeros(1, np.int32), "READY": np.ones(1, np.int32),
@@ -362,29 +363,6 @@ def server(export_artifact, tmp_path_factory):
         triton.stop()
 
 
-def glimpse_inputs(scene: np.ndarray | None, center: tuple[float, float], scale: float) -> list:
-    import tritonclient.grpc as grpcclient
-
-    tensors = [] if scene is None else [("scene", scene)]
-    tensors += [("centers", np.array([center], np.float32)), ("scales", np.array([scale], np.float32))]
-    inputs = []
-    for name, array in tensors:
-        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
-def viewpoints(seed: int, count: int) -> list[tuple[tuple[float, float], float]]:
-    rng = np.random.default_rng(seed)
-    views = [((0.0, 0.0), 1.0)]
-    while len(views) < count:
-        scale = float(rng.uniform(0.1, 1.0))
-        row, col = rng.uniform(-(1 - scale), 1 - scale, size=2)
-        views.append(((float(row), float(col)), scale))
-    return views
-
-
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_concurrent_sequences_match_single_stream_runs(server, runtime: str) -> None:
     """4 sequences x 8 glimpses at once (two send the scene once, two with every glimpse): each one's canvas and
@@ -399,7 +377,7 @@ def test_concurrent_sequences_match_single_stream_runs(server, runtime: str) -> 
     model, artifact = models[runtime]
     streams, glimpses = 4, 8
     scenes = [np.random.default_rng(10 + s).standard_normal((1, 3, 512, 512)).astype(np.float32) for s in range(streams)]
-    plans = [viewpoints(20 + s, glimpses) for s in range(streams)]
+    plans = [random_viewpoints(20 + s, glimpses) for s in range(streams)]
     results: dict[int, dict[str, np.ndarray]] = {}
     errors: list[BaseException] = []
 
@@ -497,7 +475,7 @@ def test_server_restart_mid_sequence(server) -> None:
     model, artifact = models["onnxruntime"]
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     scene = np.random.default_rng(5).standard_normal((1, 3, 512, 512)).astype(np.float32)
-    plan = viewpoints(5, 4)
+    plan = random_viewpoints(5, 4)
     for g in range(2):
         client.infer(model, glimpse_inputs(scene if g == 0 else None, *plan[g]), sequence_id=501, sequence_start=g == 0)
     triton.kill()
