@@ -244,7 +244,10 @@ def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[st
     """Per group and floor precision: the step's GFLOPs at the matmul rate measured now (matmul_rate), i.e. the
     latency if every FLOP ran as fast as the step's own matmul shape does here."""
     out = []
-    for group, manifest in {c.group: c.manifest for c in candidates}.items():
+    groups: dict[str, Manifest] = {}
+    for c in candidates:  # each group named by its first configuration (its eager reference's artifact)
+        groups.setdefault(c.group, c.manifest)
+    for group, manifest in groups.items():
         gflops = glimpse_gflops(manifest)
         m, k, n = matmul_shape(manifest)
         for precision, hint in FLOOR_HINTS.items():

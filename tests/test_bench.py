@@ -32,6 +32,7 @@ def test_bench_quick(export_artifact, tmp_path) -> None:
     for floor in floors:  # the step's GFLOPs at the MatMul rate measured in this run
         assert floor["GFLOP/s"] > 1 and abs(floor["median ms"] - 1e3 * floor["GFLOPs/glimpse"] / floor["GFLOP/s"]) < 1e-6
         assert "MatMul rate at 70x384x1536" in floor["config"], floor["config"]
+        assert floor["config"].startswith(f"floor ({fp32.name}): "), "named by the group's first artifact"
     fp32_floor = floors[0]["median ms"]
     assert names[0].startswith("PyTorch eager (") and names[3].startswith("canvit-pytorch live export")
     autocast, compiled = rows[1], rows[2]
