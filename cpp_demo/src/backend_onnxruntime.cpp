@@ -34,7 +34,7 @@ class OnnxRuntimeBackend : public Backend {
         : m_(m), device_(options.device.empty() ? "CPU" : options.device), env_(ORT_LOGGING_LEVEL_WARNING, "canvit_demo"),
           memory_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
         if (m.target != "onnx")
-            throw Error(m.dir.string() + " is a " + m.target + " artifact; the ONNX Runtime backend runs ONNX artifacts (step.onnx)");
+            throw Error(m.dir.string() + " is " + a_target(m.target) + " artifact; the ONNX Runtime backend runs ONNX artifacts (step.onnx)");
         const std::string where = m.files.at("graph").string();
         Ort::SessionOptions session_options;
         session_options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);

@@ -44,7 +44,7 @@ class OpenVinoBackend : public Backend {
    public:
     OpenVinoBackend(const Manifest& m, const BackendOptions& options) : m_(m), device_(options.device.empty() ? "CPU" : options.device) {
         if (m.target != "openvino" && m.target != "onnx")
-            throw Error(m.dir.string() + " is a " + m.target + " artifact; the OpenVINO backend runs IR or ONNX artifacts");
+            throw Error(m.dir.string() + " is " + a_target(m.target) + " artifact; the OpenVINO backend runs IR or ONNX artifacts");
         const auto path = m.target == "openvino" ? m.files.at("ir") : m.files.at("graph");
         const std::shared_ptr<ov::Model> model = core_.read_model(path.string());
         const std::string where = path.string();

@@ -110,7 +110,7 @@ class TensorRtBackend : public Backend {
         } else if (m.target == "onnx") {
             plan = onnx_plan(options.engine_cache, &where);
         } else {
-            throw Error(m.dir.string() + " is a " + m.target + " artifact; the TensorRT backend runs TensorRT engines "
+            throw Error(m.dir.string() + " is " + a_target(m.target) + " artifact; the TensorRT backend runs TensorRT engines "
                         "(canvit-export trt) or ONNX artifacts (built into an engine on this device)");
         }
         runtime_.reset(nvinfer1::createInferRuntime(logger_));

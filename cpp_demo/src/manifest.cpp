@@ -50,6 +50,13 @@ std::string shape_str(const std::vector<int64_t>& shape) {
     return out + "]";
 }
 
+std::string a_target(const std::string& target) {
+    static const std::map<std::string, std::string> names{
+        {"onnx", "an ONNX"}, {"openvino", "an OpenVINO IR"}, {"tensorrt", "a TensorRT engine"}, {"coreml", "a Core ML"}};
+    const auto it = names.find(target);
+    return it != names.end() ? it->second : "a " + target;
+}
+
 const TensorSpec& Manifest::tensor(const std::string& name) const {
     const auto it = specs.find(name);
     if (it == specs.end()) throw Error((dir / "manifest.json").string() + ": no tensor named '" + name + "'; re-export the artifact");
@@ -273,7 +280,7 @@ static void check_files_and_precision(const Manifest& m, const json& j, const Fa
     keys.insert(keys.end(), target_files.at(m.target).begin(), target_files.at(m.target).end());
     for (const auto& key : keys)
         if (!m.files.count(key)) missing.push_back(key);
-    if (!missing.empty()) fail("files lacks " + json(missing).dump() + " for a " + m.target + " artifact");
+    if (!missing.empty()) fail("files lacks " + json(missing).dump() + " for " + a_target(m.target) + " artifact");
     const std::string suffix = "-int8w";
     const size_t cut = m.precision.size() - std::min(m.precision.size(), suffix.size());
     const std::string base = m.precision.substr(cut) == suffix ? m.precision.substr(0, cut) : m.precision;

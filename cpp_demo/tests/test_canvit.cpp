@@ -589,3 +589,12 @@ TEST(Video, RefusedWithoutOpenCv) {
     EXPECT_NE(error_of([] { open_video("clip.mp4"); }).find("built without OpenCV"), std::string::npos);
 }
 #endif
+
+TEST(Messages, ArticleOfEachTarget) {
+    // canvit_runtime.manifest.TARGET_NAMES' words: "DIR is an ONNX artifact", never "a onnx"
+    EXPECT_EQ(canvit::a_target("onnx"), "an ONNX");
+    EXPECT_EQ(canvit::a_target("openvino"), "an OpenVINO IR");
+    EXPECT_EQ(canvit::a_target("tensorrt"), "a TensorRT engine");
+    EXPECT_EQ(canvit::a_target("coreml"), "a Core ML");
+    EXPECT_EQ(canvit::a_target("other"), "a other");
+}

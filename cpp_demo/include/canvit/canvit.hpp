@@ -37,6 +37,9 @@ struct Readout {
 };
 
 std::string shape_str(const std::vector<int64_t>& shape);  // "[1, 272, 1024]"
+// "an ONNX", "an OpenVINO IR", "a TensorRT engine", "a Core ML" (canvit_runtime.manifest.a_target's words), for
+// messages: "DIR is an ONNX artifact".
+std::string a_target(const std::string& target);
 
 struct Manifest {
     std::filesystem::path dir;
