@@ -128,6 +128,35 @@ def test_cpp_canvas_equals_python(demo, ir, stateless_ir, export_artifact, photo
     assert log["precision"] == "fp32" and log["target"] == session.manifest.target
 
 
+def test_cpp_onnxruntime_canvas_equals_openvino_and_python(demo, export_artifact, photo, tmp_path) -> None:
+    """Issue 17: the C++ ONNX Runtime backend's canvas after a rollout of the fp32 ONNX artifact equals the C++
+    OpenVINO backend's and canvit_runtime's ONNX Runtime session's (rel-L2 <= 1e-5) on the same scene and
+    viewpoints (canvit_runtime's 21 C2F glimpses, given to the demo as a viewpoints file)."""
+    if "onnxruntime" not in compiled_backends(demo):
+        pytest.skip("canvit_demo was built without onnxruntime: needs ../shared/third_party/onnxruntime/include and "
+                    "the onnxruntime wheel (see onnxruntime_release)")
+    artifact = export_artifact("vits16", canvas=16)
+    scene = scene_batch(photo, scene_px=512, batch=1)
+    np.save(tmp_path / "scene.npy", scene[0])
+    viewpoints = make_policy("c2f", batch=1, glimpses=21)
+    (tmp_path / "vp.json").write_text(json.dumps(to_json(viewpoints)))
+    canvases = {}
+    for backend in ("onnxruntime", "openvino"):
+        result = run(demo, "--artifact", str(artifact), "--image", str(tmp_path / "scene.npy"), "--policy",
+                     str(tmp_path / "vp.json"), "--glimpses", "21", "--backend", backend, "--canvas-out", str(tmp_path / f"{backend}.npy"))
+        assert result.returncode == 0, result.stderr
+        assert f"glimpses on {backend}/CPU" in result.stdout, result.stdout
+        canvases[backend] = np.load(tmp_path / f"{backend}.npy").astype(np.float64)
+    session = canvit_runtime.open(artifact, runtime="onnxruntime")
+    for v in viewpoints:
+        python = session.step(scene, v.centers, v.scales).canvas
+    initial = session.manifest.initial_state_arrays(1)["canvas"]
+    assert np.linalg.norm(python - initial) > 0.5 * np.linalg.norm(initial), "21 glimpses moved the canvas"
+    for name, other in (("openvino", canvases["openvino"]), ("python", python)):
+        rel = np.linalg.norm(canvases["onnxruntime"] - other) / np.linalg.norm(other)
+        assert rel <= 1e-5, (name, rel)
+
+
 def test_cpp_runs_a_photo_with_c2f(demo, ir, tmp_path) -> None:
     import skimage.data
     from PIL import Image
