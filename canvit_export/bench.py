@@ -263,6 +263,50 @@ def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[st
     return out
 
 
+def stream_rows(candidates: list[Candidate], streams: int, image: Any, *, iters: int, warmup: int,
+                threads: int | None, floors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Multi-stream throughput of every stateful IR on OpenVINO (canvit_runtime.openvino.OpenVinoStreams: the
+    THROUGHPUT hint, one infer request and state per stream, `streams` C2F rollouts of the scene stepped at once),
+    measured alone after the interleaved run (it occupies every core). median/p10/p90 ms: one round, i.e. each
+    stream's glimpse latency under that load; glimpses/s: streams x rounds / their time; "vs eager" and "x floor"
+    compare the time per glimpse (1000 / glimpses/s) with eager's median and the floor."""
+    from canvit_runtime.openvino import OpenVinoStreams
+
+    eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.reference}
+    floor_ms = {(f["group"], f["precision"]): f["median ms"] for f in floors}
+    out = []
+    for c in candidates:
+        if not (c.runtime == "openvino" and c.manifest.target == "openvino" and c.manifest.stateful):
+            continue
+        runner = OpenVinoStreams(c.manifest, streams, threads=threads)
+        scene = scene_batch(image, scene_px=c.manifest.scene_px, batch=c.manifest.batch)
+        policy = make_policy("c2f", batch=c.manifest.batch, glimpses=21)
+        rounds_ms = []
+        with console.status(f"{c.name}: {streams} streams under OpenVINO's throughput hint"):
+            for t in range(warmup + iters):
+                if t % 21 == 0:
+                    runner.reset()
+                v = policy[t % 21]
+                start = time.perf_counter()
+                runner.step([scene] * streams, [v.centers] * streams, [v.scales] * streams)
+                if t >= warmup:
+                    rounds_ms.append((time.perf_counter() - start) * 1e3)
+        runner.close()
+        per_glimpse = sum(rounds_ms) / (len(rounds_ms) * streams * c.manifest.batch)  # ms of machine time per glimpse
+        floor = floor_ms.get((c.group, FLOOR_OF.get(c.precision, "")))
+        gflops = glimpse_gflops(c.manifest)
+        out.append({
+            "config": f"{c.name.removesuffix(' [openvino]')} [openvino, throughput hint, {streams} streams]",
+            "runtime": "openvino", "precision": c.precision, "canvas": c.manifest.canvas_grid,
+            "batch": c.manifest.batch, "median ms": float(np.median(rounds_ms)),
+            "p10 ms": float(np.percentile(rounds_ms, 10)), "p90 ms": float(np.percentile(rounds_ms, 90)),
+            "glimpses/s": 1e3 / per_glimpse, "vs eager": eager[c.group] / per_glimpse,
+            "x floor": per_glimpse / floor if floor else None, "peak RSS MB": None, "size MB": c.size_bytes / 1e6,
+            "worst rel-L2": None, "worst cosine": None, "GFLOPs/glimpse": gflops, "GFLOP/s": gflops / (per_glimpse / 1e3),
+        })
+    return out
+
+
 def rows(candidates: list[Candidate], rss: dict[str, float | None],
          floors: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.reference}
@@ -357,11 +401,15 @@ def check_out(out: Path) -> None:
 
 
 def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | None, iters: int, warmup: int,
-                  out: Path, peer: bool, image: Path | None, baselines: tuple[str, ...] = ()) -> dict[str, Any]:
+                  out: Path, peer: bool, image: Path | None, baselines: tuple[str, ...] = (),
+                  streams: int = 1) -> dict[str, Any]:
     """Run the benchmark and write out/bench.json, out/bench.md and out/bench.png; return the JSON.
-    `baselines`: PyTorch baselines besides eager fp32 (BASELINES)."""
+    `baselines`: PyTorch baselines besides eager fp32 (BASELINES); `streams` > 1 adds the multi-stream throughput
+    rows of stateful IRs on OpenVINO (stream_rows)."""
     if iters < 1 or warmup < 0:
         raise ExportError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
+    if streams < 1:
+        raise ExportError(f"--streams {streams}: need 1 (no multi-stream rows) or more")
     if not runtimes:
         raise ExportError(f"--runtimes is empty: choose from {', '.join(COMPATIBLE)}")
     if unknown := [r for r in runtimes if r not in COMPATIBLE]:
@@ -374,15 +422,24 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
     with tempfile.TemporaryDirectory(prefix="canvit-bench-") as tmp:
         workdir = Path(tmp)
         candidates = build_candidates(artifacts, runtimes, threads, workdir, peer, baselines)
-        run_bench(candidates, default_image() if image is None else image, iters=iters, warmup=warmup)
+        photo = default_image() if image is None else image
+        run_bench(candidates, photo, iters=iters, warmup=warmup)
         with console.status("measuring the floors: OpenVINO's MatMul rate at the step's shape, f32 and bf16"):
             floors = floor_rows(candidates, threads)
+        streamed = []
+        if streams > 1:
+            if not any(c.runtime == "openvino" and c.manifest.target == "openvino" and c.manifest.stateful
+                       for c in candidates):
+                console.print(f"[yellow]note[/yellow]: --streams {streams} measures stateful OpenVINO IRs on "
+                              f"openvino, and none of --artifacts is one")
+            streamed = stream_rows(candidates, streams, photo, iters=iters, warmup=warmup, threads=threads,
+                                   floors=floors)
         rss = {}
         with console.status("measuring peak resident memory, one child process per configuration"):
             for c in candidates:
                 rss[c.name] = peak_rss_mb(c.child)
     facts = machine_facts(threads)
-    table = rows(candidates, rss, floors)  # out was created by check_out, before the work
+    table = rows(candidates, rss, floors) + streamed  # out was created by check_out, before the work
     report = {"machine": facts, "iters": iters, "warmup": warmup, "image": str(image or "skimage.data.astronaut()"),
               "policy": "c2f (21 glimpses, reset after each 21)", "columns": list(COLUMNS), "rows": table}
     (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -312,11 +312,15 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
 @click.option("--baselines", default="bf16-autocast", show_default=True,
               help="PyTorch baselines besides eager fp32, comma-separated: bf16-autocast (torch.autocast bfloat16), "
                    "compile (torch.compile, inductor: compiles in the warm-up, minutes for CanViT-B); '' for none.")
+@click.option("--streams", type=int, default=1, show_default=True,
+              help="With N > 1, also N concurrent C2F streams of each stateful OpenVINO IR under OpenVINO's throughput "
+                   "hint (one infer request and state per stream), as glimpses/s.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="Photograph [default: skimage astronaut].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 @one_line_errors
-def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, baselines, image, out) -> None:
+def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, baselines, streams, image,
+          out) -> None:
     """Latency, throughput, memory, size and error of every artifact x runtime vs PyTorch eager, in one run."""
     from canvit_export.bench import bench_command
     from canvit_export.progress import console
@@ -325,7 +329,7 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
         iters, warmup = 2, 1
     report = bench_command(artifacts=[*artifacts, *more_artifacts], runtimes=[r for r in runtimes.split(",") if r],
                            threads=threads, iters=iters, warmup=warmup, out=out, peer=not no_peer, image=image,
-                           baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()))
+                           baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()), streams=streams)
     console.print((out / "bench.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report['rows'])} rows)")
 
@@ -357,6 +361,54 @@ def calibrate(artifact, images, policies, glimpses, seed, threads, out, force) -
     index = calibration.index
     console.print(f"wrote {out}: {calibration.count} samples ({len(index['images'])} images x "
                   f"{', '.join(index['policies'])} x {index['glimpses']} glimpses), {calibration.bytes / 1e6:.1f} MB")
+
+
+@main.command()
+@click.option("--artifact", type=click.Path(path_type=Path), required=True,
+              help="Artifact folder: ONNX (either runtime) or OpenVINO IR (openvino).")
+@click.option("--runtime", type=click.Choice(["openvino", "onnxruntime"]), default="openvino", show_default=True,
+              help="Whose per-node times: OpenVINO's performance counters or ONNX Runtime's profiler.")
+@click.option("--glimpses", type=int, default=21, show_default=True, help="Profiled glimpses of a C2F rollout.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed glimpses first.")
+@click.option("--threads", type=int, default=None, help="Runtime threads [default: its own choice].")
+@click.option("--top", type=int, default=15, show_default=True, help="Node types listed, slowest first.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the whole profile (every node type) to this JSON file.")
+@click.option("--image", type=click.Path(path_type=Path), default=None, help="Photograph [default: skimage astronaut].")
+@one_line_errors
+def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) -> None:
+    """Where a glimpse's time goes: time per node type, and the shares of matmuls, of data movement (slices, concats,
+    gathers, transposes, casts, reorders, Q/DQ) and of the rest."""
+    import json
+
+    from rich.table import Table
+
+    from canvit_export.profile import profile_step
+    from canvit_export.progress import console
+
+    if json_out is not None and (json_out.exists() or not json_out.parent.is_dir()):
+        raise ExportError(f"--json {json_out}: " + ("it exists; choose another file" if json_out.exists() else
+                                                    "its folder does not exist; create it or choose another file"))
+    photo = None
+    if image is not None:
+        import numpy as np
+        from PIL import Image
+
+        photo = np.asarray(Image.open(image).convert("RGB"))
+    with console.status(f"profiling {glimpses} glimpses of {artifact} on {runtime}"):
+        report = profile_step(artifact, runtime, glimpses=glimpses, warmup=warmup, threads=threads, image=photo)
+    table = Table(title=f"{artifact} on {runtime} ({report['precision']}): {report['ms_per_glimpse']:.1f} ms of nodes "
+                        f"per glimpse, mean of {glimpses}")
+    for column in ("node type", "kind", "ms/glimpse", "share", "nodes", "kernels"):
+        table.add_column(column, justify="right" if column in ("ms/glimpse", "share", "nodes") else "left")
+    for row in report["types"][:top]:
+        table.add_row(row["name"], row["kind"], f"{row['ms']:.2f}", f"{row['ms'] / report['ms_per_glimpse']:.1%}",
+                      str(row["nodes"]), ", ".join(row["kernels"])[:60])
+    console.print(table)
+    console.print("shares: " + ", ".join(f"{kind} {share:.1%}" for kind, share in report["shares"].items()))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        console.print(f"wrote {json_out}")
 
 
 main.add_command(runtime_info, name="info")

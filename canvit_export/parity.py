@@ -170,24 +170,37 @@ def _readout_errors(manifest: Manifest, got: dict[str, np.ndarray], want: dict[s
 
 def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: LoadedModel, scene: np.ndarray,
                policy: str | list[Viewpoints], *, glimpses: int, tolerances: dict[str, float], seed: int = 0,
-               last_readouts: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+               last_readouts: dict[str, np.ndarray] | None = None,
+               reference: canvit_runtime.Runner | None = None) -> dict[str, Any]:
     """Roll out `runner` and the reference (reference.EagerRunner, with the manifest's readout heads) from the
     initial state, under `policy` (a list of viewpoints, a policy name, or "eg-c2f"); return the report dict.
     `last_readouts`, when given, receives the runtime's readouts after the last glimpse.
+    `reference`, when given, replaces PyTorch: a runner of an fp32 artifact of the same weights and geometry whose own
+    parity with PyTorch was shown (a long rollout of a narrow artifact then costs two runtime steps per glimpse, not
+    an eager one); it must output the readouts the artifact has, and cannot drive EG-C2F (canvit-pytorch's policy).
     Raises ExportError when the artifact's initial state is not the reference model's, or EG-C2F is asked of an
-    artifact without a segmentation readout."""
+    artifact without a segmentation readout or with an injected reference."""
     from canvit_export.readouts import heads_from_records
 
-    heads = heads_from_records(loaded, manifest.readouts) if manifest.readouts else None
-    reference = EagerRunner(manifest, loaded, heads=heads)
     registers = manifest.num_canvas_registers
     initial = manifest.initial_state_arrays(manifest.batch)
-    with torch.no_grad():  # the artifact's initial state must be the model's
-        model_state = reference.canvit.init_state(batch_size=manifest.batch, canvas_grid_size=manifest.canvas_grid)
-        if not (np.array_equal(model_state.canvas.numpy(), initial["canvas"])
-                and np.array_equal(model_state.recurrent_cls.numpy(), initial["recurrent_cls"])):
-            raise ExportError("the artifact's initial_state.bin differs from the reference model's init_state: "
-                              "the weights differ; pass the exported weights with --model")
+    if reference is None:
+        heads = heads_from_records(loaded, manifest.readouts) if manifest.readouts else None
+        reference = eager = EagerRunner(manifest, loaded, heads=heads)
+        with torch.no_grad():  # the artifact's initial state must be the model's
+            model_state = eager.canvit.init_state(batch_size=manifest.batch, canvas_grid_size=manifest.canvas_grid)
+            reference_state = {"canvas": model_state.canvas.numpy(), "recurrent_cls": model_state.recurrent_cls.numpy()}
+        reference_name = "PyTorch eager fp32 (canvit-pytorch CanViT)"
+    else:
+        if policy == "eg-c2f":
+            raise ExportError("EG-C2F parity compares with canvit-pytorch's own policy: use the PyTorch reference")
+        if missing := {r.name for r in manifest.readouts} - {r.name for r in reference.manifest.readouts}:
+            raise ExportError(f"the reference {reference.manifest.directory} lacks the readouts {sorted(missing)}")
+        reference_state = reference.manifest.initial_state_arrays(manifest.batch)
+        reference_name = f"{reference.manifest.directory} on {reference.name} ({reference.manifest.precision.name})"
+    if not all(np.array_equal(reference_state[k], initial[k]) for k in ("canvas", "recurrent_cls")):
+        raise ExportError("the artifact's initial_state.bin differs from the reference model's init_state: "
+                          "the weights differ; pass the exported weights with --model")
     adaptive = policy == "eg-c2f"
     try:
         if adaptive:
@@ -195,7 +208,7 @@ def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: Loaded
                 raise ValueError(f"--policy eg-c2f reads the segmentation entropy, and {manifest.directory} has no "
                                  f"segmentation readout: re-export with --readout segmentation")
             ours = EntropyGuidedC2F(batch=manifest.batch, glimpses=glimpses, canvas_grid=manifest.canvas_grid)
-            theirs = _ReferenceEGC2F(reference, manifest, glimpses)
+            theirs = _ReferenceEGC2F(eager, manifest, glimpses)
             fixed: list[Viewpoints] = []
         else:
             fixed = policy if isinstance(policy, list) else make_policy(policy, batch=manifest.batch,
@@ -282,6 +295,7 @@ def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: Loaded
     return {
         "artifact": str(manifest.directory),
         "runtime": runner.name,
+        "reference": reference_name,
         "emulated": runner.emulated,
         "precision": manifest.precision.name,
         "model": manifest.model.model_dump(mode="json", by_alias=True),

@@ -9,9 +9,10 @@
 #    openvino/libs (libopenvino.so.*, libopenvino_arm_cpu_plugin.so, libtbb.so.12, ...) are what the board needs.
 # 3. CMake with cpp_demo/cmake/aarch64-linux-gnu.cmake: canvit_demo, canvit_tests, canvit_openvino_precisions, with
 #    the OpenVINO backend only (ONNX Runtime, TensorRT and OpenCV off: `canvit_demo --version` lists the backends).
-# 4. BUILD_DIR/run-aarch64: runs one of them under qemu-aarch64-static (-L the aarch64 libc, LD_LIBRARY_PATH the
-#    wheel's libs), e.g. BUILD_DIR/run-aarch64 BUILD_DIR/canvit_tests; QEMU_CPU=cortex-a53 emulates a CPU without
-#    fp16 arithmetic (qemu's default, max, has it).
+# 4. BUILD_DIR/run-aarch64: runs one of them under qemu-aarch64-static (-L the cross glibc; LD_LIBRARY_PATH that
+#    glibc's own folder first, then the wheel's libs: see the comment at step 4), e.g. BUILD_DIR/run-aarch64
+#    BUILD_DIR/canvit_tests; QEMU_CPU=cortex-a53 emulates a CPU without fp16 arithmetic (qemu's default, max, has it).
+#    The script checks that, under the wrapper, the demo's libc.so.6 is the loader's own.
 # Environment: PYTHON (default .venv/bin/python, for pip and the OpenVINO version), OPENVINO_VERSION (default: that
 # venv's openvino), JOBS (default 2).
 set -euo pipefail
@@ -20,6 +21,7 @@ BUILD="$(realpath -m "${1:-$ROOT/build/aarch64}")"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 JOBS="${JOBS:-2}"
 SYSROOT=/usr/aarch64-linux-gnu
+INTERP=/lib/ld-linux-aarch64.so.1  # PT_INTERP of AArch64 glibc programs (the ABI's loader path; checked in step 4)
 
 # 1. packages
 need=""
@@ -68,17 +70,38 @@ fi
 cmake -S "$ROOT/cpp_demo" -B "$BUILD" -DCMAKE_TOOLCHAIN_FILE="$ROOT/cpp_demo/cmake/aarch64-linux-gnu.cmake" \
     -DCANVIT_AARCH64_SYSROOT="$SYSROOT" -DOpenVINO_DIR="$OV/openvino/cmake" -DCANVIT_WITH_OPENVINO=ON \
     -DCANVIT_WITH_ONNXRUNTIME=OFF -DCANVIT_WITH_TENSORRT=OFF -DCANVIT_WITH_OPENCV=OFF -DCANVIT_WERROR=ON
-cmake --build "$BUILD" -j"$JOBS"
+# The loader qemu runs: PT_INTERP under -L SYSROOT when it is there (libc6-arm64-cross, which g++-aarch64-linux-gnu
+# pulls in), else the host's own (the multiarch libc6:arm64). Its glibc folder goes first on the guest's
+# LD_LIBRARY_PATH (step 4); QEMU_SET_ENV does the same for CMake's emulator (gtest_discover_tests).
+if [ -e "$SYSROOT$INTERP" ]; then LOADER="$(realpath "$SYSROOT$INTERP")"; else LOADER="$(realpath "$INTERP")"; fi
+LIBC_DIR="$(dirname "$LOADER")"
+[ -e "$LIBC_DIR/libc.so.6" ] || { echo "error: no libc.so.6 beside the aarch64 loader $LOADER" >&2; exit 1; }
+QEMU_SET_ENV="LD_LIBRARY_PATH=$LIBC_DIR:$OV/openvino/libs" cmake --build "$BUILD" -j"$JOBS"
 
-# 4. the emulator wrapper
+# 4. the emulator wrapper. qemu runs the loader from -L SYSROOT ($LOADER), but that loader finds libc.so.6, libm
+# and libgcc_s through /etc/ld.so.cache: with no SYSROOT/etc/ld.so.cache, the host's, which lists the multiarch
+# /lib/aarch64-linux-gnu (libc6:arm64, installed with libssl-dev:arm64: another glibc build). A loader and a libc of
+# two builds disagree on the layout of glibc's private _rtld_global (Debian 12: 2.36-8 cross, 0x11a0 bytes, vs
+# 2.36-9+deb12u14 multiarch, 0x11a8), and pthread_create then loops forever in its stack-cache walk: every program
+# that starts a thread (OpenVINO's compile_model) hangs. So the loader's own folder comes first on LD_LIBRARY_PATH:
+# loader, libc, libm, libgcc_s and libstdc++ from one build, then the wheel's libs (libcrypto.so.3 still comes from
+# the multiarch folder, through the cache: it only uses glibc's public, versioned symbols).
 cat > "$BUILD/run-aarch64" <<EOF
 #!/bin/sh
 # Runs an aarch64 binary of this build under qemu-aarch64-static (written by scripts/build-cpp-aarch64.sh).
-export LD_LIBRARY_PATH="$OV/openvino/libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+# The loader qemu runs, $LOADER, must load its own glibc: its folder comes first (see the script).
+export LD_LIBRARY_PATH="$LIBC_DIR:$OV/openvino/libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec qemu-aarch64-static -L "$SYSROOT" "\$@"
 EOF
 chmod +x "$BUILD/run-aarch64"
 for binary in canvit_demo canvit_tests canvit_openvino_precisions; do
     [ -e "$BUILD/$binary" ] && file "$BUILD/$binary"
 done
+file "$BUILD/canvit_demo" | grep -q "interpreter $INTERP," \
+    || { echo "error: $BUILD/canvit_demo does not request the loader $INTERP" >&2; exit 1; }
+# what the loader resolves under the wrapper (ldd's trace, in the guest): libc.so.6 must be the loader's own
+libc="$(QEMU_SET_ENV=LD_TRACE_LOADED_OBJECTS=1 "$BUILD/run-aarch64" "$BUILD/canvit_demo" \
+        | awk '$1 == "libc.so.6" {print $3}')"
+[ "$libc" = "$LIBC_DIR/libc.so.6" ] || {
+    echo "error: under run-aarch64 libc.so.6 resolves to '$libc', not the loader's $LIBC_DIR/libc.so.6" >&2; exit 1; }
 "$BUILD/run-aarch64" "$BUILD/canvit_demo" --version

@@ -45,6 +45,47 @@ def export_artifact(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
     return make
 
 
+INT8_READOUT = "segmentation,classification"
+
+
+@pytest.fixture(scope="session")
+def readout_fp32(export_artifact) -> Path:
+    """The seeded ViT-S canvas-16 fp32 step with segmentation and classification readouts: what INT8 is quantized
+    from."""
+    return export_artifact("vits16", canvas=16, readout=INT8_READOUT)
+
+
+@pytest.fixture(scope="session")
+def calibration(readout_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from canvit_export.calibration import record_calibration
+
+    out = tmp_path_factory.mktemp("calibration") / "set"
+    record_calibration(readout_fp32, out, glimpses=4, quiet=True)  # 4 photos x (c2f, f-iid, eg-c2f) x 4 glimpses
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8(readout_fp32: Path, calibration: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """int8(kind) -> the static INT8 artifact: "onnx" (ONNX Runtime Q/DQ) or "openvino" (NNCF, stateful IR)."""
+    folder = tmp_path_factory.mktemp("int8")
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        from canvit_export.export.int8 import export_onnx_int8
+        from canvit_export.export.openvino import export_openvino
+
+        if kind not in made:
+            out = folder / kind
+            if kind == "onnx":
+                export_onnx_int8(readout_fp32, out, calibration=calibration, quiet=True)
+            else:
+                export_openvino(readout_fp32, out, precision="int8", calibration=calibration, quiet=True)
+            made[kind] = out
+        return made[kind]
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real photograph: skimage.data.chelsea() (451 x 300 RGB), not square, so resize and crop both act."""

@@ -143,7 +143,8 @@ def test_cpp_onnxruntime_canvas_equals_openvino_and_python(demo, export_artifact
     canvases = {}
     for backend in ("onnxruntime", "openvino"):
         result = run(demo, "--artifact", str(artifact), "--image", str(tmp_path / "scene.npy"), "--policy",
-                     str(tmp_path / "vp.json"), "--glimpses", "21", "--backend", backend, "--canvas-out", str(tmp_path / f"{backend}.npy"))
+                     str(tmp_path / "vp.json"), "--glimpses", "21", "--backend", backend, "--canvas-out",
+                     str(tmp_path / f"{backend}.npy"))
         assert result.returncode == 0, result.stderr
         assert f"glimpses on {backend}/CPU" in result.stdout, result.stdout
         canvases[backend] = np.load(tmp_path / f"{backend}.npy").astype(np.float64)
@@ -155,6 +156,25 @@ def test_cpp_onnxruntime_canvas_equals_openvino_and_python(demo, export_artifact
     for name, other in (("openvino", canvases["openvino"]), ("python", python)):
         rel = np.linalg.norm(canvases["onnxruntime"] - other) / np.linalg.norm(other)
         assert rel <= 1e-5, (name, rel)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the demo reads resident memory from Linux's /proc")
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_cpp_1000_glimpses_keep_memory_flat(demo, ir, export_artifact, scene_npy, tmp_path, backend) -> None:
+    """Issue 15: 1000 F-IID glimpses in C++ (stateful IR on OpenVINO; ONNX on ONNX Runtime) end finite, and the
+    demo's resident memory (--log resident_mb, after every glimpse) grows < 1% over glimpses 100-1000: no leak."""
+    if backend not in compiled_backends(demo):
+        pytest.skip(f"canvit_demo was built without {backend} (see onnxruntime_release)")
+    artifact = ir if backend == "openvino" else export_artifact("vits16", canvas=16)
+    result = run(demo, "--artifact", str(artifact), "--image", str(scene_npy), "--policy", "f-iid", "--glimpses",
+                 "1000", "--backend", backend, "--log", str(tmp_path / "log.json"), "--canvas-out",
+                 str(tmp_path / "canvas.npy"))
+    assert result.returncode == 0, result.stderr
+    resident = json.loads((tmp_path / "log.json").read_text())["resident_mb"]
+    assert len(resident) == 1000 and resident[0] > 10, resident[:3]
+    growth = (max(resident[100:]) - resident[100]) / resident[100]
+    assert growth < 0.01, f"resident memory grew {growth:.2%} over glimpses 100-1000 ({resident[100]:.0f} MB)"
+    assert np.isfinite(np.load(tmp_path / "canvas.npy")).all()
 
 
 def test_cpp_runs_a_photo_with_c2f(demo, ir, tmp_path) -> None:

@@ -19,8 +19,7 @@ from canvit_export.parity import parity_command
 from canvit_export.precision import audit_onnx
 from canvit_runtime.manifest import load_manifest
 from canvit_runtime.preprocess import scene_batch
-
-READOUT = "segmentation,classification"
+from conftest import INT8_READOUT as READOUT
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -28,50 +27,16 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="module")
-def fp32(export_artifact) -> Path:
-    return export_artifact("vits16", canvas=16, readout=READOUT)
-
-
-@pytest.fixture(scope="module")
-def calibration(fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("calibration") / "set"
-    record_calibration(fp32, out, glimpses=4, quiet=True)  # 4 photos x (c2f, f-iid, eg-c2f) x 4 glimpses
-    return out
-
-
-@pytest.fixture(scope="module")
-def int8(fp32: Path, calibration: Path, tmp_path_factory: pytest.TempPathFactory):
-    """int8(kind) -> the static INT8 artifact: "onnx" (ONNX Runtime Q/DQ) or "openvino" (NNCF, stateful IR)."""
-    from canvit_export.export.int8 import export_onnx_int8
-    from canvit_export.export.openvino import export_openvino
-
-    folder = tmp_path_factory.mktemp("int8")
-    made: dict[str, Path] = {}
-
-    def make(kind: str) -> Path:
-        if kind not in made:
-            out = folder / kind
-            if kind == "onnx":
-                export_onnx_int8(fp32, out, calibration=calibration, quiet=True)
-            else:
-                export_openvino(fp32, out, precision="int8", calibration=calibration, quiet=True)
-            made[kind] = out
-        return made[kind]
-
-    return make
-
-
-def test_calibration_set_holds_the_rollouts_states(fp32: Path, calibration: Path, photo) -> None:
-    calib = load_calibration(calibration, load_manifest(fp32))
+def test_calibration_set_holds_the_rollouts_states(readout_fp32: Path, calibration: Path, photo) -> None:
+    calib = load_calibration(calibration, load_manifest(readout_fp32))
     index = json.loads((calibration / "calibration.json").read_text())
     assert index["images"] == ["chelsea", "astronaut", "coffee", "rocket"]
     assert index["policies"] == ["c2f", "f-iid", "eg-c2f"] and calib.count == 4 * 3 * 4
     assert calib.bytes == sum(p.stat().st_size for p in calibration.glob("*.npy"))
     samples = list(calib.samples())
-    assert {k: v.shape for k, v in samples[0].items()} == {t.name: tuple(t.shape) for t in load_manifest(fp32).inputs}
+    assert {k: v.shape for k, v in samples[0].items()} == {t.name: tuple(t.shape) for t in load_manifest(readout_fp32).inputs}
     # Sample 0 is the first glimpse of chelsea under C2F: the learned initial state and the whole-scene viewpoint.
-    session = canvit_runtime.open(fp32, runtime="onnxruntime")
+    session = canvit_runtime.open(readout_fp32, runtime="onnxruntime")
     session.reset()
     np.testing.assert_array_equal(samples[0]["canvas"], session.state("canvas"))
     np.testing.assert_array_equal(samples[0]["scene"], scene_batch(photo, scene_px=512, batch=1))
@@ -82,24 +47,24 @@ def test_calibration_set_holds_the_rollouts_states(fp32: Path, calibration: Path
     assert np.isfinite(np.stack([s["canvas"] for s in samples])).all()
 
 
-def test_calibration_refusals(fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
+def test_calibration_refusals(readout_fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="is an fp16 graph: calibration records the states of the fp32 step"):
         record_calibration(export_artifact("vits16", canvas=16, precision="fp16"), tmp_path / "a", quiet=True)
     with pytest.raises(ExportError, match="no images"):
-        record_calibration(fp32, tmp_path / "b", images=tmp_path, quiet=True)
+        record_calibration(readout_fp32, tmp_path / "b", images=tmp_path, quiet=True)
     with pytest.raises(ExportError, match="recorded for inputs"):
         load_calibration(calibration, load_manifest(export_artifact("vits16", canvas=8)))
-    code, output = run("calibrate", "--artifact", str(fp32), "--out", str(calibration))
+    code, output = run("calibrate", "--artifact", str(readout_fp32), "--out", str(calibration))
     assert code == 2 and "already exists: pass --force" in output, output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_calibrate_command_reports_size(fp32: Path, tmp_path: Path, photo) -> None:
+def test_calibrate_command_reports_size(readout_fp32: Path, tmp_path: Path, photo) -> None:
     from PIL import Image
 
     (tmp_path / "photos").mkdir()
     Image.fromarray(photo).save(tmp_path / "photos" / "mine.jpg")
-    code, output = run("calibrate", "--artifact", str(fp32), "--images", str(tmp_path / "photos"), "--policies",
+    code, output = run("calibrate", "--artifact", str(readout_fp32), "--images", str(tmp_path / "photos"), "--policies",
                        "c2f", "--glimpses", "3", "--out", str(tmp_path / "set"))
     assert code == 0, output
     assert "3 samples (1 images x c2f x 3 glimpses)" in output and " MB" in output, output
@@ -117,13 +82,13 @@ def test_int8_parity_gates(int8, kind: str, runtime: str, policy: str, glimpses:
     assert report["worst"]["canvas_rel_l2"] > 1e-3, "the step really was quantized"
 
 
-def test_int8_artifacts_record_their_calibration_and_keep_the_canvas_float32(int8, fp32: Path) -> None:
+def test_int8_artifacts_record_their_calibration_and_keep_the_canvas_float32(int8, readout_fp32: Path) -> None:
     for kind, quantizer in (("onnx", "onnxruntime"), ("openvino", "nncf")):
         manifest = load_manifest(int8(kind))
         p = manifest.precision
         assert (p.name, p.matmul_dtype, p.stream_dtype, p.weights) == ("int8", "int8", "float32", "int8-sym-per-channel")
         assert p.calibration is not None and p.calibration.samples == 48 and p.calibration.quantizer.startswith(quantizer)
-        assert p.calibration.graph_sha256 == load_manifest(fp32).files["graph"].sha256
+        assert p.calibration.graph_sha256 == load_manifest(readout_fp32).files["graph"].sha256
         assert p.calibration.quantizers > 20 and p.calibration.excluded_ops > 20
     graph = onnx.load(str(int8("onnx") / "step.onnx"))
     assert audit_onnx(graph).ok
@@ -133,7 +98,7 @@ def test_int8_artifacts_record_their_calibration_and_keep_the_canvas_float32(int
     initializers = {i.name: i for i in graph.graph.initializer}
     assert all(onnx.numpy_helper.to_array(initializers[z]).max() == 0 for z in zero_points if z in initializers), \
         "symmetric (zero point 0), as TensorRT's INT8 Q/DQ requires"
-    assert (int8("onnx") / "step.onnx").stat().st_size < 0.4 * (fp32 / "step.onnx").stat().st_size
+    assert (int8("onnx") / "step.onnx").stat().st_size < 0.4 * (readout_fp32 / "step.onnx").stat().st_size
 
 
 def test_qdq_audit_catches_a_quantized_canvas(int8) -> None:
@@ -150,14 +115,14 @@ def test_qdq_audit_catches_a_quantized_canvas(int8) -> None:
     assert "QuantizeLinear bad_q quantizes protected tensor canvas" in report.violations
 
 
-def test_int8_cli(fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
+def test_int8_cli(readout_fp32: Path, calibration: Path, export_artifact, tmp_path: Path) -> None:
     code, output = run("openvino", "--artifact", str(export_artifact("vits16", canvas=16, precision="bf16")),
                        "--precision", "int8", "--out", str(tmp_path / "x"))
     assert code == 2 and "for int8, export the fp32 graph first" in output, output
-    code, output = run("openvino", "--artifact", str(fp32), "--calibration", str(calibration), "--out",
+    code, output = run("openvino", "--artifact", str(readout_fp32), "--calibration", str(calibration), "--out",
                        str(tmp_path / "y"))
     assert code == 2 and "--calibration calibrates static INT8: pass it with --precision int8" in output, output
-    code, output = run("openvino", "--artifact", str(fp32), "--precision", "int8", "--calibration",
+    code, output = run("openvino", "--artifact", str(readout_fp32), "--precision", "int8", "--calibration",
                        str(tmp_path / "nowhere"), "--out", str(tmp_path / "z"))
     assert code == 2 and "no such folder" in output, output
     assert not list(tmp_path.iterdir()), "nothing half-written"

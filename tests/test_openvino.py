@@ -13,7 +13,7 @@ from canvit_export.errors import ExportError
 from canvit_export.export.openvino import audit_compiled, export_openvino, protected_ops
 from canvit_export.parity import parity_command
 from canvit_export.precision import audit_onnx
-from canvit_runtime.manifest import OpenVinoArtifact
+from canvit_runtime.manifest import ManifestError, OpenVinoArtifact, load_manifest
 from canvit_runtime.policies import make_policy
 from canvit_runtime.preprocess import scene_batch
 from conftest import manifest_round_trip
@@ -147,3 +147,35 @@ def test_bad_openvino_inputs(export_artifact, tmp_path) -> None:
     with pytest.raises(ValueError, match="OpenVINO device 'NPU' is not available"):
         canvit_runtime.open(export_artifact("vits16", canvas=16), runtime="openvino", device="NPU")
     assert not (tmp_path / "o").exists()
+
+
+def test_streams_keep_their_own_state(ir, photo) -> None:
+    """OpenVinoStreams (the throughput hint, one infer request per stream): three streams of one compiled model on
+    three different viewpoint sequences and two scenes each end where a lone stateful runner ends on that stream's
+    inputs; a reset returns every stream to the initial state."""
+    import skimage.data
+
+    from canvit_runtime.openvino import OpenVinoStatefulRunner, OpenVinoStreams
+
+    manifest = load_manifest(ir())
+    streams = OpenVinoStreams(manifest, 3, threads=2)
+    scenes = [scene_batch(image, scene_px=512, batch=1) for image in (photo, skimage.data.coffee(), photo)]
+    sequences = [make_policy("f-iid", batch=1, glimpses=5, seed=seed) for seed in (1, 2, 3)]
+    for t in range(5):
+        results = streams.step(scenes, [s[t].centers for s in sequences], [s[t].scales for s in sequences])
+    canvases = [r.canvas for r in results]
+    alone = OpenVinoStatefulRunner(manifest, threads=2)
+    for scene, sequence, canvas in zip(scenes, sequences, canvases, strict=True):
+        alone.reset()
+        for v in sequence:
+            expected = alone.step(scene, v.centers, v.scales).canvas
+        assert np.linalg.norm(canvas - expected) / np.linalg.norm(expected) < 1e-6
+    assert np.linalg.norm(canvases[0] - canvases[2]) > 1e-3 * np.linalg.norm(canvases[0]), "streams differ"
+    streams.reset()
+    initial = manifest.initial_state_arrays(1)["canvas"]
+    assert all(np.array_equal(r.state("canvas"), initial) for r in streams.runners)
+    with pytest.raises(ValueError, match="3 streams: give one scene, centers and scales per stream"):
+        streams.step(scenes[:2], [sequences[0][0].centers] * 2, [sequences[0][0].scales] * 2)
+    streams.close()
+    with pytest.raises(ManifestError, match="is not a stateful OpenVINO IR"):
+        OpenVinoStreams(load_manifest(ir(stateful=False)), 2)

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "canvit/canvit.hpp"
 
@@ -52,7 +53,7 @@ usage: canvit_demo --artifact DIR (--image PHOTO|SCENE.npy | --video SOURCE) [op
   --overlay-video PATH     one frame per glimpse (10 fps): the scene with that glimpse's segmentation blended on
                            it and the boxes of the glimpses on that scene; PATH.avi (Motion JPEG) or PATH.mp4
                            (needs OpenCV)
-  --log PATH               JSON log: configuration, viewpoints and per-glimpse latency
+  --log PATH               JSON log: configuration, viewpoints, per-glimpse latency and resident memory
   --check                  validate the artifact (manifest.json against its JSON Schema and itself, every file's
                            SHA-256), print what it holds and exit
   --version                the backends compiled into this build
@@ -86,6 +87,15 @@ int parse_int(const std::map<std::string, std::string>& args, const std::string&
 
 double ms_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// This process's resident set in MB (1e6 bytes), from Linux's /proc/self/statm (second field, in pages); a negative
+// value where there is no /proc (the --log then leaves resident_mb out).
+double resident_mb() {
+    std::ifstream statm("/proc/self/statm");
+    long long size = 0, resident = -1;
+    if (!(statm >> size >> resident) || resident < 0) return -1.0;
+    return double(resident) * double(sysconf(_SC_PAGESIZE)) / 1e6;
 }
 
 // What an artifact holds, for --check: "openvino (stateful), precision fp32, batch 1, scene 512 px, canvas 16x16".
@@ -211,7 +221,7 @@ int main(int argc, char** argv) {
         std::unique_ptr<FrameSink> overlay;  // opened before the run: a bad path fails before any glimpse
         if (args.count("--overlay-video")) overlay = open_video_writer(args["--overlay-video"], m.scene_px, m.scene_px, 10.0);
 
-        std::vector<double> step_ms, frame_ms, policy_ms;
+        std::vector<double> step_ms, frame_ms, policy_ms, rss_mb;  // rss_mb: resident memory after each glimpse
         std::vector<Viewpoints> used;           // the viewpoints of every glimpse run
         std::vector<float> entropy;              // EG-C2F: the last step's seg_entropy [B, G, G]
         std::vector<std::array<float, 3>> boxes;  // the overlay: scene 0's viewpoints since its scene last changed
@@ -245,6 +255,7 @@ int main(int argc, char** argv) {
                 policy_ms.push_back(choose_ms + ms_since(read));
             }
             used.push_back(v);
+            rss_mb.push_back(resident_mb());
             if (overlay) {
                 boxes.push_back({v.centers[0], v.centers[1], v.scales[0]});
                 const bool segmented = m.readout("segmentation") != nullptr;
@@ -293,6 +304,7 @@ int main(int argc, char** argv) {
                                {"readouts", readout_names}, {"viewpoints", vps}, {"step_ms", step_ms}, {"min_ms", step.min},
                                {"median_ms", step.median}, {"p90_ms", step.p90}, {"glimpses_per_s", 1000.0 * m.batch / step.median}};
             if (policy.adaptive()) log["policy_ms"] = policy_ms;
+            if (!rss_mb.empty() && rss_mb.front() >= 0) log["resident_mb"] = rss_mb;
             if (video)
                 log["video"] = {{"source", video->description()}, {"frames", frames}, {"glimpses_per_frame", per_frame},
                                 {"frame_ms", frame_ms}, {"ended_early", ended}};

@@ -75,11 +75,13 @@ class OnnxRuntimeRunner(HostStateRunner):
     """Runs step.onnx with ONNX Runtime; `providers` defaults to ["CPUExecutionProvider"], `threads` sets
     intra-op threads (None: ONNX Runtime's default, one per physical core). A bfloat16 graph on the CPU
     provider (the manifest's matmul dtype) runs through emulate_bfloat16 (`self.emulated` is then "bfloat16"),
-    which needs the onnx package."""
+    which needs the onnx package. `profile`: a file-name prefix: ONNX Runtime's profiler records every node's time
+    (Chrome trace JSON, written by `self.session.end_profiling()`)."""
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None,
+                 profile: str | None = None) -> None:
         import onnxruntime as ort
 
         super().__init__(manifest)
@@ -91,6 +93,8 @@ class OnnxRuntimeRunner(HostStateRunner):
         if threads is not None:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if profile is not None:
+            options.enable_profiling, options.profile_file_prefix = True, profile
         graph: str | bytes = str(manifest.file("graph"))
         if providers == ["CPUExecutionProvider"] and manifest.precision.matmul_dtype == "bfloat16":
             try:

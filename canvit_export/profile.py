@@ -1,0 +1,117 @@
+"""Where a glimpse's time goes: per-node-type time of the step on OpenVINO (its per-node performance counters) or ONNX
+Runtime (its profiler), over a C2F rollout of a photo, with the share of matmuls, of data movement ("glue": the
+Slice/Concat/Gather chains of the RoPE rotation, transposes and reshapes around attention, casts and reorders) and of
+the rest. Issue 13's "closer to the floor" starts from this table (`canvit-export profile`)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import canvit_runtime
+from canvit_export.errors import ExportError
+from canvit_runtime.policies import make_policy
+from canvit_runtime.preprocess import scene_batch
+
+MATMUL_TYPES = {"MatMul", "FullyConnected", "Gemm", "FusedMatMul", "MatMulInteger", "QLinearMatMul",
+                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ScaledDotProductAttention", "Attention",
+                "MultiHeadAttention", "FullyConnectedCompressed"}
+"""Node types whose time is matrix multiplication (ONNX Runtime's and OpenVINO's CPU names)."""
+GLUE_TYPES = {"Slice", "StridedSlice", "Concat", "Gather", "GatherElements", "GatherND", "Transpose", "Reshape",
+              "Squeeze", "Unsqueeze", "Split", "VariadicSplit", "Expand", "Broadcast", "Tile", "Pad", "ShapeOf",
+              "Cast", "Convert", "Reorder", "Identity", "Flatten", "Range", "ScatterUpdate", "ScatterND", "Shape",
+              "QuantizeLinear", "DequantizeLinear", "FakeQuantize", "DynamicQuantizeLinear"}
+"""Node types that move, reshape, re-type or (de)quantize data without arithmetic of the model's own."""
+
+
+@dataclass
+class NodeType:
+    """One node type's time per glimpse: `ms` (mean over the profiled glimpses), `nodes` (executed nodes of that
+    type per glimpse), `kind` (matmul | glue | other) and, on OpenVINO, the kernels that ran it (exec types)."""
+
+    name: str
+    kind: str
+    ms: float
+    nodes: int
+    kernels: list[str]
+
+
+def kind_of(node_type: str) -> str:
+    if node_type in MATMUL_TYPES:
+        return "matmul"
+    return "glue" if node_type in GLUE_TYPES else "other"
+
+
+def _openvino(artifact: Path, glimpses: int, warmup: int, threads: int | None, scene: np.ndarray
+              ) -> tuple[dict[str, float], dict[str, int], dict[str, set[str]]]:
+    runner = canvit_runtime.open(artifact, runtime="openvino", threads=threads, profile=True)
+    ms: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    kernels: dict[str, set[str]] = defaultdict(set)
+    for t, v in enumerate(make_policy("c2f", batch=runner.manifest.batch, glimpses=warmup + glimpses)):
+        runner.step(scene, v.centers, v.scales)
+        if t < warmup:
+            continue
+        for info in runner.request.get_profiling_info():  # type: ignore[attr-defined]
+            if str(info.status).endswith("EXECUTED"):
+                ms[info.node_type] += info.real_time.total_seconds() * 1e3
+                nodes[info.node_type] += 1
+                kernels[info.node_type].add(info.exec_type)
+    return ms, nodes, kernels
+
+
+def _onnxruntime(artifact: Path, glimpses: int, warmup: int, threads: int | None, scene: np.ndarray
+                 ) -> tuple[dict[str, float], dict[str, int], dict[str, set[str]]]:
+    with tempfile.TemporaryDirectory(prefix="canvit-profile-") as tmp:
+        runner = canvit_runtime.open(artifact, runtime="onnxruntime", threads=threads, profile=str(Path(tmp) / "ort"))
+        policy = make_policy("c2f", batch=runner.manifest.batch, glimpses=warmup + glimpses)
+        for v in policy:
+            runner.step(scene, v.centers, v.scales)
+        trace = json.loads(Path(runner.session.end_profiling()).read_text())  # type: ignore[attr-defined]
+    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if len(runs) != len(policy):
+        raise ExportError(f"ONNX Runtime's profile holds {len(runs)} runs for {len(policy)} glimpses")
+    start = runs[warmup]["ts"]  # the first profiled glimpse's run begins here
+    ms: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    kernels: dict[str, set[str]] = defaultdict(set)
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
+            op = event["args"]["op_name"]
+            ms[op] += event["dur"] / 1e3
+            nodes[op] += 1
+            kernels[op].add(event["args"].get("provider", ""))
+    return ms, nodes, kernels
+
+
+def profile_step(artifact: Path, runtime: str, *, glimpses: int = 21, warmup: int = 3, threads: int | None = None,
+                 image: Any = None) -> dict[str, Any]:
+    """Profile `glimpses` glimpses of a C2F rollout of `image` (default skimage astronaut; RGB uint8 [H, W, 3])
+    after `warmup` untimed ones. Returns {"runtime", "artifact", "precision", "glimpses", "ms_per_glimpse" (the nodes'
+    summed time per glimpse), "shares" ({matmul, glue, other}: fractions of it), "types" (NodeType rows as dicts,
+    slowest first)}. Raises ExportError for a runtime other than openvino / onnxruntime or too few glimpses."""
+    if runtime not in ("openvino", "onnxruntime"):
+        raise ExportError(f"--runtime {runtime}: profile reads OpenVINO's performance counters or ONNX Runtime's "
+                          f"profiler: choose openvino or onnxruntime")
+    if glimpses < 1 or warmup < 0:
+        raise ExportError(f"--glimpses {glimpses} / --warmup {warmup}: need glimpses >= 1 and warmup >= 0")
+    manifest = canvit_runtime.load_manifest(artifact)
+    if image is None:
+        import skimage.data
+
+        image = skimage.data.astronaut()
+    scene = scene_batch(image, scene_px=manifest.scene_px, batch=manifest.batch)
+    measure = _openvino if runtime == "openvino" else _onnxruntime
+    ms, nodes, kernels = measure(artifact, glimpses, warmup, threads, scene)
+    total = sum(ms.values()) / glimpses
+    types = sorted((NodeType(name, kind_of(name), value / glimpses, nodes[name] // glimpses, sorted(kernels[name]))
+                    for name, value in ms.items()), key=lambda r: -r.ms)
+    shares = {kind: sum(r.ms for r in types if r.kind == kind) / total for kind in ("matmul", "glue", "other")}
+    return {"runtime": runtime, "artifact": str(artifact), "precision": manifest.precision.name, "glimpses": glimpses,
+            "ms_per_glimpse": total, "shares": shares, "types": [r.__dict__ for r in types]}
