@@ -386,6 +386,8 @@ def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) 
     from canvit_export.profile import profile_step
     from canvit_export.progress import console
 
+    if top < 1:
+        raise ExportError(f"--top {top}: list at least one node type")
     if json_out is not None and (json_out.exists() or not json_out.parent.is_dir()):
         raise ExportError(f"--json {json_out}: " + ("it exists; choose another file" if json_out.exists() else
                                                     "its folder does not exist; create it or choose another file"))

@@ -194,6 +194,13 @@ def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: Loaded
     else:
         if policy == "eg-c2f":
             raise ExportError("EG-C2F parity compares with canvit-pytorch's own policy: use the PyTorch reference")
+        ref = reference.manifest
+        if ref.precision.name != "fp32":
+            raise ExportError(f"the reference {ref.directory} is {ref.precision.name}: it must be fp32")
+        if (ref.batch, ref.canvas_grid, ref.scene_px, ref.glimpse_px) != \
+                (manifest.batch, manifest.canvas_grid, manifest.scene_px, manifest.glimpse_px):
+            raise ExportError(f"the reference {ref.directory} has another geometry (batch, canvas, scene, glimpse "
+                              f"px) than {manifest.directory}")
         if missing := {r.name for r in manifest.readouts} - {r.name for r in reference.manifest.readouts}:
             raise ExportError(f"the reference {reference.manifest.directory} lacks the readouts {sorted(missing)}")
         reference_state = reference.manifest.initial_state_arrays(manifest.batch)

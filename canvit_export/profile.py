@@ -21,19 +21,24 @@ from canvit_runtime.preprocess import scene_batch
 
 MATMUL_TYPES = {"MatMul", "FullyConnected", "Gemm", "FusedMatMul", "MatMulInteger", "QLinearMatMul",
                 "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ScaledDotProductAttention", "Attention",
-                "MultiHeadAttention", "FullyConnectedCompressed"}
+                "MultiHeadAttention", "FullyConnectedCompressed", "QGemm", "QAttention", "MatMulNBits"}
 """Node types whose time is matrix multiplication (ONNX Runtime's and OpenVINO's CPU names)."""
 GLUE_TYPES = {"Slice", "StridedSlice", "Concat", "Gather", "GatherElements", "GatherND", "Transpose", "Reshape",
               "Squeeze", "Unsqueeze", "Split", "VariadicSplit", "Expand", "Broadcast", "Tile", "Pad", "ShapeOf",
               "Cast", "Convert", "Reorder", "Identity", "Flatten", "Range", "ScatterUpdate", "ScatterND", "Shape",
-              "QuantizeLinear", "DequantizeLinear", "FakeQuantize", "DynamicQuantizeLinear"}
-"""Node types that move, reshape, re-type or (de)quantize data without arithmetic of the model's own."""
+              "QuantizeLinear", "DequantizeLinear", "FakeQuantize", "DynamicQuantizeLinear", "ReadValue", "Assign"}
+"""Node types that move, reshape, re-type or (de)quantize data, or read and write the state, without arithmetic of
+the model's own."""
+FUSED_TYPES = {"Subgraph"}
+"""OpenVINO CPU's Snippets kernels: several ops fused into one node (e.g. attention's MatMul-Softmax-MatMul, or a
+chain of element-wise ops), so neither matmul nor the rest alone."""
 
 
 @dataclass
 class NodeType:
     """One node type's time per glimpse: `ms` (mean over the profiled glimpses), `nodes` (executed nodes of that
-    type per glimpse), `kind` (matmul | glue | other) and, on OpenVINO, the kernels that ran it (exec types)."""
+    type per glimpse), `kind` (matmul | glue | fused | other) and `kernels`: on OpenVINO the kernels that ran it
+    (exec types), on ONNX Runtime its execution provider."""
 
     name: str
     kind: str
@@ -45,6 +50,8 @@ class NodeType:
 def kind_of(node_type: str) -> str:
     if node_type in MATMUL_TYPES:
         return "matmul"
+    if node_type in FUSED_TYPES:
+        return "fused"
     return "glue" if node_type in GLUE_TYPES else "other"
 
 
@@ -75,8 +82,9 @@ def _onnxruntime(artifact: Path, glimpses: int, warmup: int, threads: int | None
             runner.step(scene, v.centers, v.scales)
         trace = json.loads(Path(runner.session.end_profiling()).read_text())  # type: ignore[attr-defined]
     runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    if len(runs) != len(policy):
-        raise ExportError(f"ONNX Runtime's profile holds {len(runs)} runs for {len(policy)} glimpses")
+    if len(runs) != len(policy):  # the profiler stops recording at its event cap
+        raise ExportError(f"ONNX Runtime's profile holds {len(runs)} runs for {len(policy)} glimpses (its profiler "
+                          f"stops at a fixed number of events): profile fewer --glimpses")
     start = runs[warmup]["ts"]  # the first profiled glimpse's run begins here
     ms: dict[str, float] = defaultdict(float)
     nodes: dict[str, int] = defaultdict(int)
@@ -94,24 +102,26 @@ def profile_step(artifact: Path, runtime: str, *, glimpses: int = 21, warmup: in
                  image: Any = None) -> dict[str, Any]:
     """Profile `glimpses` glimpses of a C2F rollout of `image` (default skimage astronaut; RGB uint8 [H, W, 3])
     after `warmup` untimed ones. Returns {"runtime", "artifact", "precision", "glimpses", "ms_per_glimpse" (the nodes'
-    summed time per glimpse), "shares" ({matmul, glue, other}: fractions of it), "types" (NodeType rows as dicts,
-    slowest first)}. Raises ExportError for a runtime other than openvino / onnxruntime or too few glimpses."""
+    summed time per glimpse), "shares" ({matmul, glue, fused, other}: fractions of it), "types" (NodeType rows as
+    dicts, slowest first)}. Raises ExportError for a runtime other than openvino / onnxruntime, too few glimpses, or
+    a runtime that is not installed."""
     if runtime not in ("openvino", "onnxruntime"):
         raise ExportError(f"--runtime {runtime}: profile reads OpenVINO's performance counters or ONNX Runtime's "
                           f"profiler: choose openvino or onnxruntime")
     if glimpses < 1 or warmup < 0:
         raise ExportError(f"--glimpses {glimpses} / --warmup {warmup}: need glimpses >= 1 and warmup >= 0")
-    manifest = canvit_runtime.load_manifest(artifact)
-    if image is None:
-        import skimage.data
+    from canvit_export.parity import default_image
 
-        image = skimage.data.astronaut()
-    scene = scene_batch(image, scene_px=manifest.scene_px, batch=manifest.batch)
+    manifest = canvit_runtime.load_manifest(artifact)
+    scene = scene_batch(default_image() if image is None else image, scene_px=manifest.scene_px, batch=manifest.batch)
     measure = _openvino if runtime == "openvino" else _onnxruntime
-    ms, nodes, kernels = measure(artifact, glimpses, warmup, threads, scene)
+    try:
+        ms, nodes, kernels = measure(artifact, glimpses, warmup, threads, scene)
+    except canvit_runtime.RuntimeUnavailable as error:
+        raise ExportError(str(error)) from error
     total = sum(ms.values()) / glimpses
     types = sorted((NodeType(name, kind_of(name), value / glimpses, nodes[name] // glimpses, sorted(kernels[name]))
                     for name, value in ms.items()), key=lambda r: -r.ms)
-    shares = {kind: sum(r.ms for r in types if r.kind == kind) / total for kind in ("matmul", "glue", "other")}
+    shares = {kind: sum(r.ms for r in types if r.kind == kind) / total for kind in ("matmul", "glue", "fused", "other")}
     return {"runtime": runtime, "artifact": str(artifact), "precision": manifest.precision.name, "glimpses": glimpses,
             "ms_per_glimpse": total, "shares": shares, "types": [r.__dict__ for r in types]}

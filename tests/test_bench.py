@@ -70,25 +70,30 @@ def test_bench_refuses_an_unknown_baseline(export_artifact, tmp_path) -> None:
 
 
 def test_bench_streams(export_artifact, tmp_path) -> None:
-    """--streams 3: a throughput row for the stateful IR (none for the ONNX artifact), its glimpses/s the streams'
-    glimpses over their time, its ratios from the time per glimpse; no speed is asserted."""
+    """--streams 3: a throughput row per stateful IR (none for the ONNX artifact), its glimpses/s the streams'
+    glimpses (batch x steps) over their time, its ratios from the machine time per step (batch 1 and 2); no speed is
+    asserted."""
     from canvit_export.export.openvino import export_openvino
 
     onnx_artifact = export_artifact("vits16", canvas=16)
-    ir = tmp_path / "ir"
-    export_openvino(onnx_artifact, ir, precision="fp32", quiet=True)
+    export_openvino(onnx_artifact, tmp_path / "ir", precision="fp32", quiet=True)
+    export_openvino(export_artifact("vits16", canvas=16, batch=2), tmp_path / "ir2", precision="fp32", quiet=True)
     out = tmp_path / "bench"
-    result = CliRunner().invoke(main, ["bench", "--artifacts", str(onnx_artifact), str(ir), "--runtimes", "openvino",
-                                       "--quick", "--threads", "2", "--baselines", "", "--no-peer", "--streams", "3",
-                                       "--out", str(out)])
+    result = CliRunner().invoke(main, ["bench", "--artifacts", str(onnx_artifact), str(tmp_path / "ir"),
+                                       str(tmp_path / "ir2"), "--runtimes", "openvino", "--quick", "--threads", "2",
+                                       "--baselines", "", "--no-peer", "--streams", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    rows = json.loads((out / "bench.json").read_text())["rows"]
-    streamed = [r for r in rows if "throughput hint" in r["config"]]
-    assert [r["config"] for r in streamed] == ["ir [openvino, throughput hint, 3 streams]"], [r["config"] for r in rows]
-    row, eager = streamed[0], rows[0]
-    assert set(row) == set(COLUMNS) and row["runtime"] == "openvino" and row["p10 ms"] <= row["median ms"]
-    assert abs(row["vs eager"] - eager["median ms"] * row["glimpses/s"] / 1e3) < 1e-9 * row["vs eager"]
-    assert abs(row["GFLOP/s"] - row["GFLOPs/glimpse"] * row["glimpses/s"]) < 1e-6 * row["GFLOP/s"]
+    rows = {r["config"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    streamed = {name: row for name, row in rows.items() if "throughput hint" in name}
+    eager_of = {"ir [openvino, throughput hint, 3 streams]": f"PyTorch eager ({onnx_artifact.name})",
+                "ir2 [openvino, throughput hint, 3 streams]": "PyTorch eager (ir2)"}
+    assert sorted(streamed) == sorted(eager_of), list(rows)
+    for name, row in streamed.items():
+        per_step = 1e3 * row["batch"] / row["glimpses/s"]  # ms of machine time per step of `batch` scenes
+        assert set(row) == set(COLUMNS) and row["runtime"] == "openvino" and row["p10 ms"] <= row["median ms"]
+        assert abs(row["vs eager"] - rows[eager_of[name]]["median ms"] / per_step) < 1e-9 * row["vs eager"], name
+        assert abs(row["GFLOP/s"] - row["GFLOPs/glimpse"] / (per_step / 1e3)) < 1e-6 * row["GFLOP/s"], name
+    assert streamed["ir2 [openvino, throughput hint, 3 streams]"]["batch"] == 2
     result = CliRunner().invoke(main, ["bench", "--artifacts", str(onnx_artifact), "--streams", "0", "--quick",
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and result.output.strip() == "error: --streams 0: need 1 (no multi-stream rows) or more"

@@ -1,6 +1,7 @@
 """Long rollouts (issue 15): 1000 glimpses on every runtime and precision that runs here stay finite and within their
-precision's parity tolerances of PyTorch (parity.TOLERANCES), and resident memory stays flat (no leak in the runners
-or the runtimes they drive). ViT-S, canvas 16; the CanViT-B figures are in the README's hardening section."""
+precision's parity tolerances (parity.TOLERANCES; fp32 against PyTorch, the narrower precisions against the fp32
+artifact of the same weights on ONNX Runtime), and resident memory stays flat (no leak in the runners or the runtimes
+they drive). ViT-S, canvas 16; the CanViT-B figures are in the README's parity section."""
 
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def test_1000_glimpses_within_tolerance(long_artifact, readout_fp32, vits16, pho
                                         configuration: str) -> None:
     """1000 F-IID glimpses (the pretraining distribution: every scale and place) against the precision's own
     tolerances at every glimpse; a NaN fails every comparison. fp32 is compared with PyTorch; the narrower
-    precisions with the fp32 artifact of the same weights on ONNX Runtime (the fp32 cases prove it equal to PyTorch
-    within 1e-4 over the same 1000 glimpses, far inside their tolerances), which keeps the suite minutes shorter."""
+    precisions with the fp32 artifact of the same weights on ONNX Runtime (the fp32 cases prove that export equal to
+    PyTorch within 1e-4 over the same 1000 glimpses, far inside their tolerances; the INT8 artifacts' reference is the
+    same step with readout heads, exported the same way), which keeps the suite minutes shorter."""
     kind, runtime = CONFIGURATIONS[configuration]
     if kind == "fp32":
         report = parity_command(artifact=long_artifact(kind), runtime=runtime, loaded=None, image=photo,
@@ -103,8 +105,9 @@ def test_1000_glimpses_keep_memory_flat(long_artifact, photo, configuration: str
     assert growth < 0.01, f"resident memory grew {growth:.2%} over glimpses 100-{GLIMPSES} ({resident[100]:.0f} MB)"
 
 
-def test_an_injected_reference_is_checked(long_artifact, readout_fp32, vits16, photo) -> None:
-    """run_parity's reference= must carry the artifact's readouts and cannot drive EG-C2F (canvit-pytorch's)."""
+def test_an_injected_reference_is_checked(long_artifact, export_artifact, readout_fp32, vits16, photo) -> None:
+    """run_parity's reference= must be fp32, of the artifact's geometry, carry its readouts, and cannot drive EG-C2F
+    (canvit-pytorch's policy)."""
     from canvit_export.errors import ExportError
 
     scene = scene_batch(photo, scene_px=512, batch=1)
@@ -117,6 +120,13 @@ def test_an_injected_reference_is_checked(long_artifact, readout_fp32, vits16, p
     with pytest.raises(ExportError, match="EG-C2F parity compares with canvit-pytorch's own policy"):
         run_parity(with_readouts.manifest, with_readouts, vits16, scene, "eg-c2f", glimpses=2, tolerances=tolerances,
                    reference=canvit_runtime.open(readout_fp32))
+    with pytest.raises(ExportError, match="is fp16: it must be fp32"):
+        run_parity(plain.manifest, plain, vits16, scene, "c2f", glimpses=2, tolerances=tolerances,
+                   reference=canvit_runtime.open(long_artifact("fp16")))
+    other_canvas = canvit_runtime.open(export_artifact("vits16", canvas=8))
+    with pytest.raises(ExportError, match="has another geometry"):
+        run_parity(plain.manifest, plain, vits16, scene, "c2f", glimpses=2, tolerances=tolerances,
+                   reference=other_canvas)
     report = run_parity(plain.manifest, plain, vits16, scene, "c2f", glimpses=3, tolerances=tolerances,
                         reference=canvit_runtime.open(long_artifact("fp32")))
     assert report["passed"] and report["worst"]["canvas_rel_l2"] == 0.0, "the same artifact on the same runtime"

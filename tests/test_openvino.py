@@ -179,3 +179,42 @@ def test_streams_keep_their_own_state(ir, photo) -> None:
     streams.close()
     with pytest.raises(ManifestError, match="is not a stateful OpenVINO IR"):
         OpenVinoStreams(load_manifest(ir(stateful=False)), 2)
+
+
+def test_bf16_matmul_rows_padded() -> None:
+    """pad_bf16_rows: the two bf16 MatMuls of a toy MLP (71 rows) share one zero padding to 72 rows, sliced off after
+    the row-wise bias Add, GELU and Convert; the f32 MatMul with 71 rows and the residual Add are left alone; the output
+    is unchanged; a model without bf16 MatMuls is untouched."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import pad_bf16_rows
+
+    def toy(narrow: bool) -> ov.Model:
+        rng = np.random.default_rng(0)
+        x = ops.parameter([1, 71, 64], ov.Type.f32, name="x")
+        kind = ov.Type.bf16 if narrow else ov.Type.f32
+        h = ops.convert(x, kind)
+        w1 = ops.constant(rng.standard_normal((256, 64)).astype(np.float32) * 0.1, kind)
+        b1 = ops.constant(rng.standard_normal(256).astype(np.float32), kind)
+        h = ops.gelu(ops.add(ops.matmul(h, w1, False, True), b1), "erf")
+        w2 = ops.constant(rng.standard_normal((64, 256)).astype(np.float32) * 0.1, kind)
+        h = ops.convert(ops.matmul(h, w2, False, True), ov.Type.f32)
+        w3 = ops.constant(rng.standard_normal((64, 64)).astype(np.float32))
+        return ov.Model([ops.add(ops.matmul(h, w3, False, True), x)], [x])
+
+    x = np.random.default_rng(1).standard_normal((1, 71, 64)).astype(np.float32)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    expected = ov.Core().compile_model(toy(True), "CPU", config)([x])[0]
+    model = toy(True)
+    assert pad_bf16_rows(model) == 2
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert kinds.count("Concat") == 1 and kinds.count("Slice") == 1, kinds
+    cut = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Slice")
+    assert cut.input_value(0).get_node().get_type_name() == "Convert" and list(cut.input_value(0).get_shape()) == [1, 72, 64]
+    padded = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    assert [list(op.input_value(0).get_shape())[1] for op in padded] == [72, 72, 71], "the f32 MatMul is not padded"
+    got = ov.Core().compile_model(model, "CPU", config)([x])[0]
+    assert got.shape == expected.shape == (1, 71, 64)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-2  # only the accumulation order differs
+    plain = toy(False)
+    assert pad_bf16_rows(plain) == 0 and "Concat" not in [op.get_type_name() for op in plain.get_ordered_ops()]

@@ -28,8 +28,9 @@ def test_profile_accounts_for_the_step(export_artifact, runtime: str) -> None:
 
 
 def test_node_kinds() -> None:
-    assert [kind_of(t) for t in ("MatMul", "FullyConnected", "Transpose", "Gather", "Convert", "Softmax", "MVN")] == \
-        ["matmul", "matmul", "glue", "glue", "glue", "other", "other"]
+    assert [kind_of(t) for t in ("MatMul", "FullyConnected", "Transpose", "Gather", "Convert", "ReadValue", "Subgraph",
+                                 "Softmax", "MVN")] == \
+        ["matmul", "matmul", "glue", "glue", "glue", "glue", "fused", "other", "other"]
 
 
 def test_profile_cli(export_artifact, tmp_path: Path) -> None:
@@ -43,3 +44,5 @@ def test_profile_cli(export_artifact, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["profile", "--artifact", str(artifact), "--json", str(tmp_path / "p.json")])
     assert result.exit_code == 2 and result.output.strip() == \
         f"error: --json {tmp_path / 'p.json'}: it exists; choose another file", result.output
+    result = CliRunner().invoke(main, ["profile", "--artifact", str(artifact), "--top", "0"])
+    assert result.exit_code == 2 and result.output.strip() == "error: --top 0: list at least one node type"

@@ -48,8 +48,8 @@ class _CompiledStep:
 
     def _compile(self, manifest: Manifest, device: str, threads: int | None, inference_precision: str | None,
                  compiled: Any = None, profile: bool = False) -> None:
-        self.compiled = compiled or compile_step(manifest, device=device, threads=threads,
-                                                 inference_precision=inference_precision, profile=profile)
+        self.compiled = compiled if compiled is not None else compile_step(
+            manifest, device=device, threads=threads, inference_precision=inference_precision, profile=profile)
         self.request = self.compiled.create_infer_request()
         self._output_names = [o.get_any_name() for o in self.compiled.outputs]
 
@@ -75,7 +75,8 @@ class OpenVinoStatefulRunner(_CompiledStep, Runner):
     """A stateful IR: canvas and recurrent CLS are OpenVINO variables, read back only when asked for.
 
     `compiled`: an OpenVINO CompiledModel of this IR to share (OpenVinoStreams): this runner then owns one more infer
-    request of it, and with it its own state variables. `profile`: per-node performance counters, as OpenVinoRunner.
+    request of it, and with it its own state variables (threads, device, inference_precision and profile are then
+    the compiled model's). `profile`: per-node performance counters, as OpenVinoRunner.
     """
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, device: str = "CPU",
@@ -108,8 +109,8 @@ class OpenVinoStreams:
     OpenVINO's THROUGHPUT hint (it picks the number of CPU streams and their threads): one infer request, hence one
     canvas and recurrent CLS, per stream, all stepped at once.
 
-    runners: one OpenVinoStatefulRunner per stream (reset() or state() one stream through it).
-    Raises ManifestError for an artifact that is not a stateful IR, ValueError for streams < 1.
+    runners: one OpenVinoStatefulRunner per stream (reset() or state() one stream through it). A context manager
+    (close() on exit). Raises ManifestError for an artifact that is not a stateful IR, ValueError for streams < 1.
     """
 
     def __init__(self, manifest: Manifest, streams: int, *, threads: int | None = None, device: str = "CPU",
@@ -142,7 +143,14 @@ class OpenVinoStreams:
                                    range(len(self.runners))))
 
     def close(self) -> None:
+        """Stop the stepping threads."""
         self._pool.shutdown()
+
+    def __enter__(self) -> OpenVinoStreams:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def make_runner(manifest: Manifest, **options: Any) -> Runner:
