@@ -107,7 +107,7 @@ def pad_bf16_rows(model: Any, multiple: int = ROW_MULTIPLE) -> int:
     GELU, Convert): the MLP's two matmuls share one padding. Rows are independent in these ops, so the result is the
     same but for the kernels' accumulation order. Why: OpenVINO 2026.4's CPU bf16 brgemm ran M = 71 at ~70% of the
     rate of M = 72 (measured on AVX-512 BF16: 24 MLP pairs, 768 x 3072, 32.3 ms vs 21.6 ms), and the CanViT-B bf16 step
-    1.24x faster padded; f32 and INT8 MatMuls are left alone (no gain measured: 0.97x, 0.93x). Returns how many
+    1.24x faster padded; f32 and INT8 MatMuls are left alone (no gain measured: 0.97x; INT8 0.93-0.96x). Returns how many
     MatMuls were padded; the model is changed in place."""
     import numpy as np
     import openvino as ov
