@@ -272,8 +272,6 @@ def stream_rows(candidates: list[Candidate], streams: int, image: Any, *, iters:
     and GFLOP/s use the machine time per step (a round's time / streams), as the other rows use their step."""
     from canvit_runtime.openvino import OpenVinoStreams
 
-    eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.reference}
-    floor_ms = {(f["group"], f["precision"]): f["median ms"] for f in floors}
     out = []
     for c in candidates:
         if not (c.runtime == "openvino" and c.manifest.target == "openvino" and c.manifest.stateful):
@@ -292,38 +290,36 @@ def stream_rows(candidates: list[Candidate], streams: int, image: Any, *, iters:
                 if t >= warmup:
                     rounds_ms.append((time.perf_counter() - start) * 1e3)
         per_step = sum(rounds_ms) / (len(rounds_ms) * streams)  # ms of machine time per step (batch scenes)
-        floor = floor_ms.get((c.group, FLOOR_OF.get(c.precision, "")))
-        gflops = glimpse_gflops(c.manifest)
-        out.append({
-            "config": f"{c.name.removesuffix(' [openvino]')} [openvino, throughput hint, {streams} streams]",
-            "runtime": "openvino", "precision": c.precision, "canvas": c.manifest.canvas_grid,
-            "batch": c.manifest.batch, "median ms": float(np.median(rounds_ms)),
-            "p10 ms": float(np.percentile(rounds_ms, 10)), "p90 ms": float(np.percentile(rounds_ms, 90)),
-            "glimpses/s": 1e3 * c.manifest.batch / per_step, "vs eager": eager[c.group] / per_step,
-            "x floor": per_step / floor if floor else None, "peak RSS MB": None, "size MB": c.size_bytes / 1e6,
-            "worst rel-L2": None, "worst cosine": None, "GFLOPs/glimpse": gflops, "GFLOP/s": gflops / (per_step / 1e3),
-        })
+        out.append(timed_row(candidates, floors, c, f"{c.name.removesuffix(' [openvino]')} [openvino, throughput "
+                             f"hint, {streams} streams]", rounds_ms, per_step, rss=None, rel_l2=None, cosine=None))
     return out
+
+
+def timed_row(candidates: list[Candidate], floors: list[dict[str, Any]], c: Candidate, config: str,
+              times_ms: list[float], per_step: float, *, rss: float | None, rel_l2: float | None,
+              cosine: float | None) -> dict[str, Any]:
+    """The table row of configuration `c` named `config`: latency columns from `times_ms`; glimpses/s, "vs eager"
+    (its group's eager median), "x floor" (its precision's floor in `floors`) and GFLOP/s from `per_step`, the machine
+    time per step of `batch` scenes in ms; memory and error as measured (None: not measured)."""
+    eager = next(float(np.median(e.times_ms)) for e in candidates if e.reference and e.group == c.group)
+    floor = next((f["median ms"] for f in floors
+                  if (f["group"], f["precision"]) == (c.group, FLOOR_OF.get(c.precision, ""))), None)
+    gflops = glimpse_gflops(c.manifest)
+    return {
+        "config": config, "runtime": c.runtime, "precision": c.precision, "canvas": c.manifest.canvas_grid,
+        "batch": c.manifest.batch, "median ms": float(np.median(times_ms)),
+        "p10 ms": float(np.percentile(times_ms, 10)), "p90 ms": float(np.percentile(times_ms, 90)),
+        "glimpses/s": 1e3 * c.manifest.batch / per_step, "vs eager": eager / per_step,
+        "x floor": per_step / floor if floor else None, "peak RSS MB": rss, "size MB": c.size_bytes / 1e6,
+        "worst rel-L2": rel_l2, "worst cosine": cosine, "GFLOPs/glimpse": gflops, "GFLOP/s": gflops / (per_step / 1e3),
+    }
 
 
 def rows(candidates: list[Candidate], rss: dict[str, float | None],
          floors: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    eager = {c.group: float(np.median(c.times_ms)) for c in candidates if c.reference}
-    floor_ms = {(f["group"], f["precision"]): f["median ms"] for f in floors or []}
-    out = []
-    for c in candidates:
-        median = float(np.median(c.times_ms))
-        gflops = glimpse_gflops(c.manifest)
-        floor = floor_ms.get((c.group, FLOOR_OF.get(c.precision, "")))
-        out.append({
-            "config": c.name, "runtime": c.runtime, "precision": c.precision, "canvas": c.manifest.canvas_grid,
-            "batch": c.manifest.batch, "median ms": median, "p10 ms": float(np.percentile(c.times_ms, 10)),
-            "p90 ms": float(np.percentile(c.times_ms, 90)), "glimpses/s": 1e3 * c.manifest.batch / median,
-            "vs eager": eager[c.group] / median, "x floor": median / floor if floor else None,
-            "peak RSS MB": rss.get(c.name), "size MB": c.size_bytes / 1e6,
-            "worst rel-L2": max(c.rel_l2) if c.rel_l2 else 0.0, "worst cosine": min(c.cosine) if c.cosine else 1.0,
-            "GFLOPs/glimpse": gflops, "GFLOP/s": gflops / (median / 1e3),
-        })
+    out = [timed_row(candidates, floors or [], c, c.name, c.times_ms, float(np.median(c.times_ms)),
+                     rss=rss.get(c.name), rel_l2=max(c.rel_l2) if c.rel_l2 else 0.0,
+                     cosine=min(c.cosine) if c.cosine else 1.0) for c in candidates]
     for f in floors or []:
         out.append({key: value for key, value in f.items() if key != "group"})
     return out
@@ -427,12 +423,11 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
             floors = floor_rows(candidates, threads)
         streamed = []
         if streams > 1:
-            if not any(c.runtime == "openvino" and c.manifest.target == "openvino" and c.manifest.stateful
-                       for c in candidates):
-                console.print(f"[yellow]note[/yellow]: --streams {streams} measures stateful OpenVINO IRs on "
-                              f"openvino, and none of --artifacts is one")
             streamed = stream_rows(candidates, streams, photo, iters=iters, warmup=warmup, threads=threads,
                                    floors=floors)
+            if not streamed:
+                console.print(f"[yellow]note[/yellow]: --streams {streams} measures stateful OpenVINO IRs on "
+                              f"openvino, and none of --artifacts is one")
         rss = {}
         with console.status("measuring peak resident memory, one child process per configuration"):
             for c in candidates:

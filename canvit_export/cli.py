@@ -391,14 +391,8 @@ def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) 
     if json_out is not None and (json_out.exists() or not json_out.parent.is_dir()):
         raise ExportError(f"--json {json_out}: " + ("it exists; choose another file" if json_out.exists() else
                                                     "its folder does not exist; create it or choose another file"))
-    photo = None
-    if image is not None:
-        import numpy as np
-        from PIL import Image
-
-        photo = np.asarray(Image.open(image).convert("RGB"))
     with console.status(f"profiling {glimpses} glimpses of {artifact} on {runtime}"):
-        report = profile_step(artifact, runtime, glimpses=glimpses, warmup=warmup, threads=threads, image=photo)
+        report = profile_step(artifact, runtime, glimpses=glimpses, warmup=warmup, threads=threads, image=image)
     table = Table(title=f"{artifact} on {runtime} ({report['precision']}): {report['ms_per_glimpse']:.1f} ms of nodes "
                         f"per glimpse, mean of {glimpses}")
     for column in ("node type", "kind", "ms/glimpse", "share", "nodes", "kernels"):

@@ -201,10 +201,10 @@ def run_parity(manifest: Manifest, runner: canvit_runtime.Runner, loaded: Loaded
                 (manifest.batch, manifest.canvas_grid, manifest.scene_px, manifest.glimpse_px):
             raise ExportError(f"the reference {ref.directory} has another geometry (batch, canvas, scene, glimpse "
                               f"px) than {manifest.directory}")
-        if missing := {r.name for r in manifest.readouts} - {r.name for r in reference.manifest.readouts}:
-            raise ExportError(f"the reference {reference.manifest.directory} lacks the readouts {sorted(missing)}")
-        reference_state = reference.manifest.initial_state_arrays(manifest.batch)
-        reference_name = f"{reference.manifest.directory} on {reference.name} ({reference.manifest.precision.name})"
+        if missing := {r.name for r in manifest.readouts} - {r.name for r in ref.readouts}:
+            raise ExportError(f"the reference {ref.directory} lacks the readouts {sorted(missing)}")
+        reference_state = ref.initial_state_arrays(manifest.batch)
+        reference_name = f"{ref.directory} on {reference.name} ({ref.precision.name})"
     if not all(np.array_equal(reference_state[k], initial[k]) for k in ("canvas", "recurrent_cls")):
         raise ExportError("the artifact's initial_state.bin differs from the reference model's init_state: "
                           "the weights differ; pass the exported weights with --model")

@@ -55,26 +55,24 @@ def kind_of(node_type: str) -> str:
     return "glue" if node_type in GLUE_TYPES else "other"
 
 
-def _openvino(artifact: Path, glimpses: int, warmup: int, threads: int | None, scene: np.ndarray
-              ) -> tuple[dict[str, float], dict[str, int], dict[str, set[str]]]:
+Executed = tuple[str, float, str]
+"""One node executed in a profiled glimpse: (node type, ms, kernel or execution provider)."""
+
+
+def _openvino(artifact: Path, glimpses: int, warmup: int, threads: int | None, scene: np.ndarray) -> list[Executed]:
     runner = canvit_runtime.open(artifact, runtime="openvino", threads=threads, profile=True)
-    ms: dict[str, float] = defaultdict(float)
-    nodes: dict[str, int] = defaultdict(int)
-    kernels: dict[str, set[str]] = defaultdict(set)
+    executed = []
     for t, v in enumerate(make_policy("c2f", batch=runner.manifest.batch, glimpses=warmup + glimpses)):
         runner.step(scene, v.centers, v.scales)
-        if t < warmup:
-            continue
-        for info in runner.request.get_profiling_info():  # type: ignore[attr-defined]
-            if str(info.status).endswith("EXECUTED"):
-                ms[info.node_type] += info.real_time.total_seconds() * 1e3
-                nodes[info.node_type] += 1
-                kernels[info.node_type].add(info.exec_type)
-    return ms, nodes, kernels
+        if t >= warmup:
+            executed += [(info.node_type, info.real_time.total_seconds() * 1e3, info.exec_type)
+                         for info in runner.request.get_profiling_info()  # type: ignore[attr-defined]
+                         if str(info.status).endswith("EXECUTED")]
+    return executed
 
 
 def _onnxruntime(artifact: Path, glimpses: int, warmup: int, threads: int | None, scene: np.ndarray
-                 ) -> tuple[dict[str, float], dict[str, int], dict[str, set[str]]]:
+                 ) -> list[Executed]:
     with tempfile.TemporaryDirectory(prefix="canvit-profile-") as tmp:
         runner = canvit_runtime.open(artifact, runtime="onnxruntime", threads=threads, profile=str(Path(tmp) / "ort"))
         policy = make_policy("c2f", batch=runner.manifest.batch, glimpses=warmup + glimpses)
@@ -86,21 +84,14 @@ def _onnxruntime(artifact: Path, glimpses: int, warmup: int, threads: int | None
         raise ExportError(f"ONNX Runtime's profile holds {len(runs)} runs for {len(policy)} glimpses (its profiler "
                           f"stops at a fixed number of events): profile fewer --glimpses")
     start = runs[warmup]["ts"]  # the first profiled glimpse's run begins here
-    ms: dict[str, float] = defaultdict(float)
-    nodes: dict[str, int] = defaultdict(int)
-    kernels: dict[str, set[str]] = defaultdict(set)
-    for event in trace:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
-            op = event["args"]["op_name"]
-            ms[op] += event["dur"] / 1e3
-            nodes[op] += 1
-            kernels[op].add(event["args"].get("provider", ""))
-    return ms, nodes, kernels
+    return [(event["args"]["op_name"], event["dur"] / 1e3, event["args"].get("provider", "")) for event in trace
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start]
 
 
 def profile_step(artifact: Path, runtime: str, *, glimpses: int = 21, warmup: int = 3, threads: int | None = None,
                  image: Any = None) -> dict[str, Any]:
-    """Profile `glimpses` glimpses of a C2F rollout of `image` (default skimage astronaut; RGB uint8 [H, W, 3])
+    """Profile `glimpses` glimpses of a C2F rollout of `image` (a photo's path or an RGB array, as
+    canvit_runtime.preprocess.scene_batch takes; default skimage astronaut)
     after `warmup` untimed ones. Returns {"runtime", "artifact", "precision", "glimpses", "ms_per_glimpse" (the nodes'
     summed time per glimpse), "shares" ({matmul, glue, fused, other}: fractions of it), "types" (NodeType rows as
     dicts, slowest first)}. Raises ExportError for a runtime other than openvino / onnxruntime, too few glimpses, or
@@ -116,9 +107,16 @@ def profile_step(artifact: Path, runtime: str, *, glimpses: int = 21, warmup: in
     scene = scene_batch(default_image() if image is None else image, scene_px=manifest.scene_px, batch=manifest.batch)
     measure = _openvino if runtime == "openvino" else _onnxruntime
     try:
-        ms, nodes, kernels = measure(artifact, glimpses, warmup, threads, scene)
+        executed = measure(artifact, glimpses, warmup, threads, scene)
     except canvit_runtime.RuntimeUnavailable as error:
         raise ExportError(str(error)) from error
+    ms: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    kernels: dict[str, set[str]] = defaultdict(set)
+    for node_type, time_ms, kernel in executed:
+        ms[node_type] += time_ms
+        nodes[node_type] += 1
+        kernels[node_type].add(kernel)
     total = sum(ms.values()) / glimpses
     types = sorted((NodeType(name, kind_of(name), value / glimpses, nodes[name] // glimpses, sorted(kernels[name]))
                     for name, value in ms.items()), key=lambda r: -r.ms)
