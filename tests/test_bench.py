@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from click.testing import CliRunner
 
 from canvit_export.bench import COLUMNS
@@ -97,3 +98,27 @@ def test_bench_streams(export_artifact, tmp_path) -> None:
     result = CliRunner().invoke(main, ["bench", "--artifacts", str(onnx_artifact), "--streams", "0", "--quick",
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and result.output.strip() == "error: --streams 0: need 1 (no multi-stream rows) or more"
+
+
+def test_error_metrics_stay_off_blas(monkeypatch) -> None:
+    """parity.compare runs between timed steps (bench and parity): numpy's dot/norm of a canvas-sized array would wake
+    OpenBLAS's worker threads, which spin on after it and slowed the next timed step by half on 2 cores. compare must
+    not call them, and gives the float64 rel-L2 / max-abs / cosine (checked against math.fsum)."""
+    import math
+
+    from canvit_export.parity import compare
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("BLAS call between timed steps")
+
+    monkeypatch.setattr(np, "dot", forbidden)
+    monkeypatch.setattr(np.linalg, "norm", forbidden)
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((2, 40, 8)).astype(np.float32)
+    actual = reference + rng.standard_normal((2, 40, 8)).astype(np.float32) * 0.01
+    rel, max_abs, cosine = compare(actual, reference)
+    a, r = actual.astype(float).reshape(2, -1), reference.astype(float).reshape(2, -1)
+    expected_rel = math.sqrt(math.fsum(((a - r) ** 2).ravel())) / math.sqrt(math.fsum((r ** 2).ravel()))
+    expected_cos = min(math.fsum(a[b] * r[b]) / math.sqrt(math.fsum(a[b] ** 2) * math.fsum(r[b] ** 2)) for b in range(2))
+    assert math.isclose(rel, expected_rel, rel_tol=1e-12) and math.isclose(cosine, expected_cos, rel_tol=1e-12)
+    assert max_abs == float(np.abs(a - r).max())

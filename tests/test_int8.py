@@ -138,3 +138,103 @@ def test_tensorrt_takes_the_qdq_graph(int8) -> None:
     here (no GPU): the build itself is untested on this machine."""
     code, output = run("trt", "--artifact", str(int8("onnx")), "--precision", "int8", "--print-trtexec")
     assert code == 0 and "--stronglyTyped" in output and "--int8" not in output, output
+
+
+def test_qdq_graph_keeps_attention_float(int8) -> None:
+    """Only matmuls with constant weights are quantized: attention's Q K^T and P V (two activations) and the softmax
+    between them stay float (export.int8.is_attention_matmul), as the float canvas attention needs no requantization."""
+    graph = onnx.load(str(int8("onnx") / "step.onnx"))
+    producer = {out: node for node in graph.graph.node for out in node.output}
+    initializers = {i.name for i in graph.graph.initializer}
+    matmuls = [n for n in graph.graph.node if n.op_type == "MatMul"]
+    quantized = [n for n in matmuls if all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                                           for i in n.input)]
+    assert len(quantized) > 20
+    for node in quantized:  # the weight input is a dequantized int8 initializer, never a dequantized activation
+        assert producer[node.input[1]].input[0] in initializers, node.name
+    attention = [n for n in matmuls if n.input[1] not in initializers and n not in quantized]
+    assert len(attention) >= 2 * 12, "each ViT-S block's Q K^T and P V run float"
+    softmax_outputs = {n.output[0] for n in graph.graph.node if n.op_type == "Softmax"}
+    assert not [n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in softmax_outputs]
+
+
+def qdq_matmul_graph(weights: np.ndarray, weight_scales: np.ndarray, x_scale: float, y_scale: float):
+    """x -> Q/DQ (int8, zero point 0) -> MatMul(DQ(int8 weights, per column)) -> Q/DQ -> y: the pattern of the Q/DQ
+    export, by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = weights.shape
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["m"]),
+             helper.make_node("QuantizeLinear", ["m", "sy", "z"], ["mq"]),
+             helper.make_node("DequantizeLinear", ["mq", "sy", "z"], ["y"])]
+    inits = [numpy_helper.from_array(np.float32(x_scale), "sx"), numpy_helper.from_array(np.float32(y_scale), "sy"),
+             numpy_helper.from_array(np.int8(0), "z"), numpy_helper.from_array(weights, "w"),
+             numpy_helper.from_array(weight_scales, "sw"), numpy_helper.from_array(np.zeros(n, np.int8), "zw")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 71, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 71, n])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_unsigned_activations_compute_the_same_int8_matmul() -> None:
+    """unsigned_activations turns the activation Q/DQ pairs to uint8 / zero point 128 and leaves the int8 weights;
+    ONNX Runtime then gives the INT8 matmul's exact value (integer accumulation, requantized), as for the int8 graph."""
+    import onnxruntime as ort
+
+    from canvit_runtime.onnxruntime import unsigned_activations
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, (256, 384)).astype(np.int8)
+    weight_scales = (rng.random(384) * 1e-4 + 1e-5).astype(np.float32)
+    x = (rng.standard_normal((1, 71, 256)) * 2).astype(np.float32)
+    model = qdq_matmul_graph(weights, weight_scales, 0.05, 0.01)
+    # The INT8 arithmetic by hand, in float64: round half to even, saturate to int8, accumulate exactly.
+    xq = np.clip(np.round(x / np.float32(0.05)), -128, 127)
+    expected = np.clip(np.round(xq @ weights.astype(np.float64) * 0.05 * weight_scales / 0.01), -128, 127) * 0.01
+    signed = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    rewritten, count = unsigned_activations(qdq_matmul_graph(weights, weight_scales, 0.05, 0.01))
+    assert count == 2
+    types = {i.name: i.data_type for i in rewritten.graph.initializer}
+    assert types["w"] == onnx.TensorProto.INT8 and "z" not in types, "weights stay int8; the unread int8 zero point is gone"
+    unsigned = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+    for got in (signed, unsigned):  # at most a rounding tie away from the exact value, at a handful of outputs
+        assert np.mean(np.abs(got - expected) > 0.005) < 1e-3
+    np.testing.assert_array_equal(unsigned, signed)
+
+
+def test_unsigned_activations_leave_other_quantizers() -> None:
+    """A QuantizeLinear that also feeds something other than a DequantizeLinear, or whose output is a graph output,
+    keeps its int8 zero point (rewriting it would change what that consumer reads)."""
+    from onnx import TensorProto, helper
+
+    from canvit_runtime.onnxruntime import unsigned_activations
+
+    model = qdq_matmul_graph(np.ones((8, 8), np.int8), np.ones(8, np.float32), 0.1, 0.1)
+    model.graph.output.append(helper.make_tensor_value_info("xq", TensorProto.INT8, [1, 71, 8]))
+    model.graph.node.append(helper.make_node("Identity", ["mq"], ["mq_copy"]))
+    model.graph.output.append(helper.make_tensor_value_info("mq_copy", TensorProto.INT8, [1, 71, 8]))
+    rewritten, count = unsigned_activations(model)
+    assert count == 0
+    assert all(n.input[2] == "z" for n in rewritten.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+               and n.input[0] != "w")
+
+
+def test_onnxruntime_runs_the_qdq_graph_unsigned(int8, photo) -> None:
+    """The CPU runner of a Q/DQ artifact runs it with unsigned activations, close to the int8 graph as exported
+    (the same quantized arithmetic; ONNX Runtime fuses a few matmuls differently, float roundings INT8 requantizes)."""
+    import onnxruntime as ort
+
+    runner = canvit_runtime.open(int8("onnx"), runtime="onnxruntime")
+    assert runner.activations == "uint8"
+    runner.reset()
+    feeds = {"scene": scene_batch(photo, scene_px=runner.manifest.scene_px, batch=1), "canvas": runner.state("canvas"),
+             "recurrent_cls": runner.state("recurrent_cls"), "centers": np.zeros((1, 2), np.float32),
+             "scales": np.ones(1, np.float32)}
+    exported = ort.InferenceSession(str(int8("onnx") / "step.onnx"), providers=["CPUExecutionProvider"])
+    canvas = exported.run(["canvas_next"], feeds)[0]
+    got = runner.step(feeds["scene"], feeds["centers"], feeds["scales"]).canvas
+    assert np.linalg.norm(got - canvas) / np.linalg.norm(canvas) < 5e-3
+    assert runner.manifest.precision.calibration is not None
+    assert "attention matmuls float" in runner.manifest.precision.calibration.quantizer

@@ -54,7 +54,9 @@ class _CompiledStep:
         self._output_names = [o.get_any_name() for o in self.compiled.outputs]
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.request.infer(feeds)
+        # share_inputs: the request reads the (contiguous, checked) host arrays in place during this synchronous call
+        # instead of copying the 3 MB scene first (CanViT-B bf16 IR, canvas 32: 36.6 -> 35.9 ms per glimpse).
+        results = self.request.infer(feeds, share_inputs=True)
         return {name: np.array(results[i], copy=True) for i, name in enumerate(self._output_names)}
 
 
