@@ -162,9 +162,10 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
 
 
 SETTLE_SECONDS = 0.02
-"""Untimed pause before each timed step: ONNX Runtime's and OpenMP's worker threads spin for a while after a run,
-and on a 2-core machine they would slow whichever configuration runs next (measured: the configuration right
-after another ONNX Runtime session lost about 25%)."""
+"""Untimed pause before each timed step: runtimes' worker threads (OpenMP, TBB) may spin for a while after a run,
+and on a 2-core machine they would slow whichever configuration runs next. ONNX Runtime's spin outlasted it (its
+workers slowed the configurations after them by ~20%): its runners here do not spin (OnnxRuntimeRunner's
+`spinning`), and the errors computed between steps stay off BLAS (parity.l2)."""
 
 
 def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: int, seed: int = 0) -> None:

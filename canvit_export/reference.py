@@ -143,6 +143,7 @@ class PeerRunner(HostStateRunner):
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxRuntimeRunner's default
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         (self._canvas, self._canvas_next), (self._cls, self._cls_next) = manifest.state_pairs

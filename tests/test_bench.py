@@ -122,3 +122,21 @@ def test_error_metrics_stay_off_blas(monkeypatch) -> None:
     expected_cos = min(math.fsum(a[b] * r[b]) / math.sqrt(math.fsum(a[b] ** 2) * math.fsum(r[b] ** 2)) for b in range(2))
     assert math.isclose(rel, expected_rel, rel_tol=1e-12) and math.isclose(cosine, expected_cos, rel_tol=1e-12)
     assert max_abs == float(np.abs(a - r).max())
+
+
+def test_onnxruntime_sessions_do_not_spin(export_artifact, tmp_path) -> None:
+    """ONNX Runtime's intra-op workers spin between runs by default, which slowed the configurations benched after
+    them (and an application's other work) on 2 cores: the runner and the peer baseline turn it off; the runner can
+    turn it back on."""
+    import canvit_runtime
+    from canvit_export.reference import PeerRunner, export_peer
+    from canvit_export.source import load_from_record
+
+    key = "session.intra_op.allow_spinning"
+    artifact = export_artifact("vits16", canvas=8)
+    runner = canvit_runtime.open(artifact, runtime="onnxruntime", threads=2)
+    assert runner.session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = canvit_runtime.open(artifact, runtime="onnxruntime", threads=2, spinning=True)
+    assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+    peer = PeerRunner(runner.manifest, export_peer(load_from_record(runner.manifest.model), runner.manifest, tmp_path))
+    assert peer.session.get_session_options().get_session_config_entry(key) == "0"

@@ -39,6 +39,10 @@ class OnnxRuntimeBackend : public Backend {
         Ort::SessionOptions session_options;
         session_options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
         if (options.threads > 0) session_options.SetIntraOpNumThreads(options.threads);
+        // No spinning between glimpses: on a small device the workers' spin takes the cores from the rest of the
+        // application (capture, the policy, another runtime); the step was no slower without it (canvit_runtime's
+        // OnnxRuntimeRunner, same default).
+        session_options.AddConfigEntry("session.intra_op.allow_spinning", "0");
         try {
             if (device_ == "CUDA") {
                 OrtCUDAProviderOptions cuda{};

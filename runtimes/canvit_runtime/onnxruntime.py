@@ -136,14 +136,17 @@ class OnnxRuntimeRunner(HostStateRunner):
     provider (the manifest's matmul dtype) runs through emulate_bfloat16 (`self.emulated` is then "bfloat16"),
     which needs the onnx package; an int8 graph on it runs with unsigned activations (`unsigned_activations`, exact;
     `self.activations` is then "uint8"). `profile`: a file-name prefix: ONNX Runtime's profiler records every node's time
-    (Chrome trace JSON, written by `self.session.end_profiling()`)."""
+    (Chrome trace JSON, written by `self.session.end_profiling()`). `spinning`: let the intra-op workers spin
+    between steps (ONNX Runtime's default). Off here: on 2 cores their spinning, long after a step, slowed whatever
+    ran next, PyTorch or OpenVINO, by ~20% (in one bench run: PyTorch eager 134.5 -> 111.9 ms, OpenVINO's INT8 IR
+    30.9 -> 24.6 ms), and the step itself was no slower without it (CanViT-B fp32: 58.7 ms spinning, 57.6 not)."""
 
     name = "onnxruntime"
     activations: str | None = None
     """"uint8" when an int8 graph's activations run unsigned (unsigned_activations); None otherwise."""
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         super().__init__(manifest)
@@ -154,6 +157,7 @@ class OnnxRuntimeRunner(HostStateRunner):
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if profile is not None:
             options.enable_profiling, options.profile_file_prefix = True, profile
