@@ -193,7 +193,9 @@ def test_unsigned_activations_compute_the_same_int8_matmul() -> None:
     # The INT8 arithmetic by hand, in float64: round half to even, saturate to int8, accumulate exactly.
     xq = np.clip(np.round(x / np.float32(0.05)), -128, 127)
     expected = np.clip(np.round(xq @ weights.astype(np.float64) * 0.05 * weight_scales / 0.01), -128, 127) * 0.01
-    signed = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    options = ort.SessionOptions()  # keep the graph S8S8 (on x86 ONNX Runtime would turn this simple one U8 itself)
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    signed = ort.InferenceSession(model.SerializeToString(), options).run(None, {"x": x})[0]
     rewritten, count = unsigned_activations(qdq_matmul_graph(weights, weight_scales, 0.05, 0.01))
     assert count == 2
     types = {i.name: i.data_type for i in rewritten.graph.initializer}
@@ -221,7 +223,7 @@ def test_unsigned_activations_leave_other_quantizers() -> None:
                and n.input[0] != "w")
 
 
-def test_onnxruntime_runs_the_qdq_graph_unsigned(int8, photo) -> None:
+def test_onnxruntime_runs_the_qdq_graph_unsigned(int8, photo, tmp_path: Path) -> None:
     """The CPU runner of a Q/DQ artifact runs it with unsigned activations, close to the int8 graph as exported
     (the same quantized arithmetic; ONNX Runtime fuses a few matmuls differently, float roundings INT8 requantizes)."""
     import onnxruntime as ort
@@ -236,5 +238,21 @@ def test_onnxruntime_runs_the_qdq_graph_unsigned(int8, photo) -> None:
     canvas = exported.run(["canvas_next"], feeds)[0]
     got = runner.step(feeds["scene"], feeds["centers"], feeds["scales"]).canvas
     assert np.linalg.norm(got - canvas) / np.linalg.norm(canvas) < 5e-3
+    report = parity_command(artifact=int8("onnx"), runtime="onnxruntime", loaded=None, image=photo, policy="c2f",
+                            glimpses=2, seed=0, threads=None, report_path=tmp_path / "r.json")
+    assert report["activations"] == "uint8"
     assert runner.manifest.precision.calibration is not None
     assert "attention matmuls float" in runner.manifest.precision.calibration.quantizer
+
+
+def test_qdq_graph_runs_as_written_without_onnx(int8, photo, monkeypatch) -> None:
+    """The unsigned rewrite is a speed-up only: without the onnx package (a device that installed only the
+    onnxruntime extra) the Q/DQ artifact still runs, S8S8 as written."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    runner = canvit_runtime.open(int8("onnx"), runtime="onnxruntime")
+    assert runner.activations is None
+    result = runner.step(scene_batch(photo, scene_px=runner.manifest.scene_px, batch=1), np.zeros((1, 2), np.float32),
+                         np.ones(1, np.float32))
+    assert np.isfinite(result.canvas).all()

@@ -52,6 +52,9 @@ class Runner(ABC):
     name: str = "?"
     emulated: str | None = None
     """Set when the backend cannot run the graph's types natively and emulates them (e.g. "bfloat16")."""
+    activations: str | None = None
+    """Set when the backend runs a quantized graph's activations in another type of the same values (ONNX Runtime on
+    x86-64: "uint8" for an int8 Q/DQ graph, onnxruntime.unsigned_activations)."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest

@@ -129,6 +129,8 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
         np.save(cls_out, cls)
     steady = times[1:] or times
     emulated = f", {session.emulated} emulated" if session.emulated else ""
+    if session.activations:
+        emulated += f", {session.activations} activations"
     click.echo(f"{len(times)} glimpses of {image.name} on {session.name} ({manifest.precision.name}{emulated}), "
                f"{policy}: median step {np.median(steady):.1f} ms (first {times[0]:.1f} ms), "
                f"{1e3 * manifest.batch / np.median(steady):.1f} glimpses/s")

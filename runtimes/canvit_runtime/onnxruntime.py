@@ -6,9 +6,12 @@ produced (Cast to bfloat16 and back), so storage rounding is exact and arithmeti
 on GPUs with float32 accumulation. The report of such a run says "bfloat16 emulated".
 
 A static INT8 graph (canvit-export onnx --precision int8) is S8S8: int8 activations with zero point 0, the only
-Q/DQ form TensorRT takes. ONNX Runtime's x86 integer matmuls (MLAS, AVX2/AVX-512 VNNI) take unsigned activations,
-so on the CPU provider `unsigned_activations` rewrites every activation Q/DQ pair to uint8 with zero point 128,
-which represents the same values exactly: the same quantized arithmetic, 1.6x faster here (CanViT-B, canvas 32,
+Q/DQ form TensorRT takes. ONNX Runtime's x86 integer matmuls (MLAS, AVX2/AVX-512 VNNI) take unsigned activations;
+ONNX Runtime itself turns S8 activations to U8 on x86 (its QDQS8ToU8Transformer), but not where a
+DequantizeLinear feeds several nodes, as in this graph. So on the CPU provider of an x86-64 machine (on ARM ONNX
+Runtime runs S8S8 natively) `unsigned_activations` rewrites every activation Q/DQ pair to uint8 with zero point 128,
+which represents the same values: the same quantized arithmetic (with ONNX Runtime's own U8S8 caveat: on AVX2
+without VNNI its kernels may saturate int16 sums), 1.6x faster here (CanViT-B, canvas 32,
 2 threads, one interleaved run: step 52.9 -> 32.6 ms). The two runs are not bitwise equal: ONNX Runtime fuses
 a few matmuls differently (integer instead of float on dequantized weights), and INT8's requantization amplifies
 those float roundings (canvas 3e-3 apart after one glimpse); both are 1.5e-2 from the fp32 graph over 21 C2F
@@ -16,6 +19,8 @@ glimpses.
 """
 
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 
@@ -87,11 +92,16 @@ def unsigned_activations(model):  # onnx.ModelProto -> tuple[onnx.ModelProto, in
     Exact: DQ(Q_u8(x)) = (clamp(round(x / s) + 128, 0, 255) - 128) s = clamp(round(x / s), -128, 127) s = DQ(Q_s8(x)),
     and ONNX Runtime's fused integer matmuls subtract the zero points before accumulating in int32. Weights
     (int8 initializers behind a DequantizeLinear, no QuantizeLinear) stay int8. A QuantizeLinear whose output is a
-    graph output or feeds anything but DequantizeLinear nodes with an int8 zero point 0 is left as it is.
+    graph output or feeds anything but DequantizeLinear nodes with an int8 zero point 0 is left as it is; a graph
+    with subgraphs (If, Loop, Scan) is returned unchanged (their reads are not followed here).
     """
+    import onnx
     from onnx import TensorProto, numpy_helper
 
     graph = model.graph
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in graph.node
+           for attr in node.attribute):
+        return model, 0
     inits = {init.name: init for init in graph.initializer}
     consumers: dict[str, list] = {}
     for node in graph.node:
@@ -123,7 +133,7 @@ def unsigned_activations(model):  # onnx.ModelProto -> tuple[onnx.ModelProto, in
     for value in graph.value_info:
         if value.name in rewritten:
             value.type.tensor_type.elem_type = TensorProto.UINT8
-    used = {name for node in graph.node for name in node.input}
+    used = {name for node in graph.node for name in node.input} | {v.name for v in (*graph.input, *graph.output)}
     kept = [init for init in graph.initializer if init.name in used or init.name not in consumers]
     del graph.initializer[:]
     graph.initializer.extend(kept)  # the int8 zero points no node reads now (ONNX Runtime warns of each)
@@ -134,16 +144,16 @@ class OnnxRuntimeRunner(HostStateRunner):
     """Runs step.onnx with ONNX Runtime; `providers` defaults to ["CPUExecutionProvider"], `threads` sets
     intra-op threads (None: ONNX Runtime's default, one per physical core). A bfloat16 graph on the CPU
     provider (the manifest's matmul dtype) runs through emulate_bfloat16 (`self.emulated` is then "bfloat16"),
-    which needs the onnx package; an int8 graph on it runs with unsigned activations (`unsigned_activations`, exact;
-    `self.activations` is then "uint8"). `profile`: a file-name prefix: ONNX Runtime's profiler records every node's time
-    (Chrome trace JSON, written by `self.session.end_profiling()`). `spinning`: let the intra-op workers spin
-    between steps (ONNX Runtime's default). Off here: on 2 cores their spinning, long after a step, slowed whatever
-    ran next, PyTorch or OpenVINO, by ~20% (in one bench run: PyTorch eager 134.5 -> 111.9 ms, OpenVINO's INT8 IR
-    30.9 -> 24.6 ms), and the step itself was no slower without it (CanViT-B fp32: 58.7 ms spinning, 57.6 not)."""
+    which needs the onnx package; an int8 graph on it runs on x86-64 with unsigned activations
+    (`unsigned_activations`: the same quantized values, not bitwise the same step; `self.activations` is then
+    "uint8"; without the onnx package it runs as written). `profile`: a file-name prefix: ONNX Runtime's profiler
+    records every node's time (Chrome trace JSON, written by `self.session.end_profiling()`). `spinning`: let the
+    intra-op workers spin between steps (ONNX Runtime's default). Off here: on 2 cores their spinning, long after a
+    step, slowed whatever ran next, PyTorch or OpenVINO, by ~20% (in one bench run: PyTorch eager 134.5 -> 111.9 ms,
+    OpenVINO's INT8 IR 30.9 -> 24.6 ms), and the step itself was no slower without it (CanViT-B fp32: 58.7 ms
+    spinning, 57.6 not)."""
 
     name = "onnxruntime"
-    activations: str | None = None
-    """"uint8" when an int8 graph's activations run unsigned (unsigned_activations); None otherwise."""
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None,
                  profile: str | None = None, spinning: bool = False) -> None:
@@ -169,15 +179,16 @@ class OnnxRuntimeRunner(HostStateRunner):
                 raise ImportError("a bf16 graph runs on ONNX Runtime's CPU provider only emulated, which rewrites it "
                                   "with the onnx package: pip install onnx") from error
             graph, self.emulated = emulate_bfloat16(onnx.load(str(graph))).SerializeToString(), "bfloat16"
-        elif providers == ["CPUExecutionProvider"] and manifest.precision.matmul_dtype == "int8":
+        elif (providers == ["CPUExecutionProvider"] and manifest.precision.matmul_dtype == "int8"
+              and platform.machine().lower() in ("x86_64", "amd64")):
             try:
-                import onnx
-            except ImportError as error:
-                raise ImportError("an int8 graph runs on ONNX Runtime's CPU provider with unsigned activations, "
-                                  "rewritten with the onnx package: pip install onnx") from error
-            model, rewritten = unsigned_activations(onnx.load(str(graph)))
-            if rewritten:
-                graph, self.activations = model.SerializeToString(), "uint8"
+                from onnx import load
+            except ImportError:  # only a speed-up: without onnx the S8S8 graph runs as written
+                pass
+            else:
+                model, rewritten = unsigned_activations(load(str(graph)))
+                if rewritten:
+                    graph, self.activations = model.SerializeToString(), "uint8"
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self._output_names = [o.name for o in self.session.get_outputs()]
 
