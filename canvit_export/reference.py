@@ -22,6 +22,7 @@ import numpy as np
 
 from canvit_runtime.base import HostStateRunner
 from canvit_runtime.manifest import ROLE_CENTERS, ROLE_SCALES, ROLE_SCENE, Manifest
+from canvit_runtime.onnxruntime import session_options
 
 if TYPE_CHECKING:
     from canvit_export.readouts import Heads
@@ -140,12 +141,8 @@ class PeerRunner(HostStateRunner):
         import onnxruntime as ort
 
         super().__init__(manifest)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxRuntimeRunner's default
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         (self._canvas, self._canvas_next), (self._cls, self._cls_next) = manifest.state_pairs
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -89,7 +89,7 @@ def unsigned_activations(model):  # onnx.ModelProto -> tuple[onnx.ModelProto, in
     """`model` with each activation QuantizeLinear -> DequantizeLinear pair of int8, zero point 0 turned into uint8,
     zero point 128; returns it and the number of QuantizeLinear nodes rewritten.
 
-    Exact: DQ(Q_u8(x)) = (clamp(round(x / s) + 128, 0, 255) - 128) s = clamp(round(x / s), -128, 127) s = DQ(Q_s8(x)),
+    Exact per op: DQ(Q_u8(x)) = (clamp(round(x / s) + 128, 0, 255) - 128) s = clamp(round(x / s), -128, 127) s = DQ(Q_s8(x)),
     and ONNX Runtime's fused integer matmuls subtract the zero points before accumulating in int32. Weights
     (int8 initializers behind a DequantizeLinear, no QuantizeLinear) stay int8. A QuantizeLinear whose output is a
     graph output or feeds anything but DequantizeLinear nodes with an int8 zero point 0 is left as it is; a graph
@@ -140,6 +140,20 @@ def unsigned_activations(model):  # onnx.ModelProto -> tuple[onnx.ModelProto, in
     return model, len(rewritten)
 
 
+def session_options(threads: int | None = None, *, spinning: bool = False):  # -> onnxruntime.SessionOptions
+    """The options of every ONNX Runtime session here (OnnxRuntimeRunner, canvit-export's peer baseline): `threads`
+    intra-op threads (None: ONNX Runtime's default), every graph optimization, and the intra-op workers spinning
+    between runs only with `spinning` (why: OnnxRuntimeRunner)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class OnnxRuntimeRunner(HostStateRunner):
     """Runs step.onnx with ONNX Runtime; `providers` defaults to ["CPUExecutionProvider"], `threads` sets
     intra-op threads (None: ONNX Runtime's default, one per physical core). A bfloat16 graph on the CPU
@@ -164,11 +178,7 @@ class OnnxRuntimeRunner(HostStateRunner):
             raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; ONNX Runtime "
                                 f"runs ONNX artifacts (canvit-export onnx)")
         providers = providers or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(threads, spinning=spinning)
         if profile is not None:
             options.enable_profiling, options.profile_file_prefix = True, profile
         graph: str | bytes = str(manifest.file("graph"))
