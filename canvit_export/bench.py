@@ -365,7 +365,12 @@ def chart(table: list[dict[str, Any]], path: Path) -> None:
     bars.barh(range(len(table)), medians, xerr=errors, color="tab:blue", alpha=0.8)
     bars.set_yticks(range(len(table)), names, fontsize=8)
     bars.invert_yaxis()
-    bars.set_xlabel("step latency, ms (median, p10-p90)")
+    if medians.max() > 20 * medians.min():  # e.g. batch-8 rows beside batch-1 rows: linear bars would hide the small
+        bars.set_xscale("log")
+        bars.set_xlabel("step latency, ms (median, p10-p90; log scale)")
+    else:
+        bars.set_xlabel("step latency, ms (median, p10-p90)")
+    bars.grid(axis="x", alpha=0.3)
     if curves is not None:
         # One line per configuration (runtime, precision, target, batch), its points the canvas sizes it ran at.
         series: dict[str, list[tuple[int, float]]] = {}
@@ -380,7 +385,7 @@ def chart(table: list[dict[str, Any]], path: Path) -> None:
         curves.legend(fontsize=7)
         curves.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long configuration names would clip the axis label
     plt.close(fig)
 
 
