@@ -33,7 +33,7 @@ from canvit_export.reference import EagerRunner, PeerRunner, export_peer
 from canvit_export.source import load_from_record
 from canvit_runtime.artifact import file_on_path
 from canvit_runtime.base import Runner
-from canvit_runtime.manifest import Manifest, load_manifest
+from canvit_runtime.manifest import Manifest, ManifestError, a_target, load_manifest
 from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
 
@@ -42,11 +42,16 @@ TARGET_NAMES = {"onnxruntime": "ONNX artifacts", "openvino": "ONNX and OpenVINO 
                 "tensorrt": "TensorRT engine artifacts"}
 COLUMNS = ("config", "runtime", "precision", "canvas", "batch", "median ms", "p10 ms", "p90 ms", "glimpses/s",
            "vs eager", "x floor", "peak RSS MB", "size MB", "worst rel-L2", "worst cosine", "GFLOPs/glimpse", "GFLOP/s")
-FLOOR_HINTS = {"fp32": "f32", "bf16": "bf16"}
-"""The floors measured: OpenVINO's MatMul rate at the step's shape under each inference precision hint."""
+FLOOR_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""The floors measured, each under its OpenVINO inference precision hint: the step's matmuls in float32, in bfloat16,
+and quantized to INT8 by NNCF (weights and activations; the hint then only types what is left between them)."""
 FLOOR_OF = {"fp32": "fp32", "fp32-int8w": "fp32", "bf16": "bf16", "bf16-int8w": "bf16", "fp16": "bf16",
-            "fp16-int8w": "bf16", "fp16-all": "bf16", "bf16-autocast": "bf16"}
-"""Which floor a row's precision is held to (fp16 on a CPU without fp16 matmuls: the bf16 rate); int8: none yet."""
+            "fp16-int8w": "bf16", "fp16-all": "bf16", "bf16-autocast": "bf16", "int8": "int8"}
+"""Which floor a row's precision is held to (fp16 on a CPU without fp16 matmuls: the bf16 rate)."""
+FLOOR_ROW_MULTIPLE = 8
+"""Rows (M) of a floor matmul are also tried padded to a multiple of this: oneDNN's bf16 and INT8 kernels run
+M=71 (a CanViT-B glimpse's tokens) markedly slower than M=72 here (export.openvino.pad_rows); the floor takes
+the faster of the two, as an export may pad."""
 
 
 @dataclass
@@ -209,58 +214,178 @@ def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: in
             status.update(f"benchmark: glimpse {t + 1}/{total} of {len(candidates)} configurations")
 
 
-def matmul_shape(manifest: Manifest) -> tuple[int, int, int]:
-    """(M, K, N) of the backbone MLP's first matmul in one glimpse: M = B x the glimpse's tokens (patches, CLS,
-    backbone registers), K = the backbone width, N = 4K."""
-    arch = manifest.architecture
-    tokens = (manifest.glimpse_px // arch.patch_px) ** 2 + 1 + arch.num_backbone_registers
-    return manifest.batch * tokens, arch.backbone_dim, 4 * arch.backbone_dim
+@dataclass(frozen=True)
+class StepMatMul:
+    """One matrix product of the step: `a` [..., M, K] times `b` [..., K, N] (shapes before the transposes, as in the
+    graph), `weights` when b is a constant of the graph (a weight matrix) and not an activation (attention's Q K^T and
+    P V)."""
+
+    a: tuple[int, ...]
+    b: tuple[int, ...]
+    transpose_a: bool
+    transpose_b: bool
+    weights: bool
+
+    @property
+    def flops(self) -> int:
+        """2 x M x K x N x the batch dimensions: one multiply-accumulate counts two FLOPs (canvit_pytorch.flops)."""
+        k = self.a[-2] if self.transpose_a else self.a[-1]
+        m = self.a[-1] if self.transpose_a else self.a[-2]
+        n = self.b[-2] if self.transpose_b else self.b[-1]
+        return 2 * int(np.prod(self.a[:-2], dtype=np.int64)) * m * k * n
 
 
-def matmul_rate(manifest: Manifest, hint: str, threads: int | None, repeats: int = 200) -> float:
-    """GFLOP/s of one OpenVINO MatMul at matmul_shape(manifest) (constant weights, as the step's) under the
-    inference precision hint `hint` (f32, bf16): the rate the step's matmuls could reach here, median of repeats."""
+def step_matmuls(manifest: Manifest) -> list[StepMatMul]:
+    """Every matrix product of the artifact's step graph (its ONNX graph or OpenVINO IR, read with OpenVINO), in graph
+    order: the MatMuls, the two products of each ScaledDotProductAttention (Q K^T, P V), and the convolutions as the
+    matmuls they compute (patch embedding: [M = patches, K = 3 x p x p]
+    x [K, N = backbone width]; the segmentation probe's 1x1 convolution). ManifestError for other targets (a TensorRT
+    engine or Core ML package cannot be read back as a graph)."""
+    import openvino as ov
+
+    key = {"onnx": "graph", "openvino": "ir"}.get(manifest.artifact.target)
+    if key is None:
+        raise ManifestError(f"{manifest.directory} is {a_target(manifest.artifact.target)} artifact: the floor reads the "
+                            f"step's matmuls from an ONNX graph or OpenVINO IR")
+    model = ov.Core().read_model(manifest.file(key))
+    constant: dict[str, bool] = {}
+
+    def is_constant(node: Any) -> bool:  # computed from Constants alone (Convert/FakeQuantize/Multiply of weights)
+        name = node.get_friendly_name()
+        if name not in constant:
+            kind = node.get_type_name()
+            constant[name] = kind == "Constant" or (
+                kind not in ("Parameter", "ReadValue") and node.get_input_size() > 0
+                and all(is_constant(i.get_source_output().get_node()) for i in node.inputs()))
+        return constant[name]
+
+    out = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "MatMul":
+            flags = op.get_attributes()
+            out.append(StepMatMul(tuple(int(d) for d in op.input(0).get_shape()),
+                                  tuple(int(d) for d in op.input(1).get_shape()),
+                                  bool(flags["transpose_a"]), bool(flags["transpose_b"]),
+                                  is_constant(op.input(1).get_source_output().get_node())))
+        elif kind == "ScaledDotProductAttention":  # attention fused by OpenVINO's conversion: its two products
+            queries, keys, values = (tuple(int(d) for d in op.input(i).get_shape()) for i in range(3))
+            out.append(StepMatMul(queries, keys, False, True, False))
+            out.append(StepMatMul((*queries[:-1], keys[-2]), values, False, False, False))
+        elif kind == "Convolution":
+            weight, result = [int(d) for d in op.input(1).get_shape()], [int(d) for d in op.output(0).get_shape()]
+            rows, depth = int(np.prod(result[:1] + result[2:])), int(np.prod(weight[1:]))
+            out.append(StepMatMul((rows, depth), (depth, weight[0]), False, False, True))
+    return out
+
+
+def floor_model(matmuls: list[StepMatMul], kind: str, rows_multiple: int = 1) -> tuple[Any, list[Any]]:
+    """An OpenVINO model of the step's matmuls alone, side by side (their shapes, each weight matrix its own constant,
+    so the step's weight bytes stream through memory as in the step), typed `kind` (f32, bf16), rows padded to a
+    multiple of `rows_multiple`; activations are Parameters (one per shape), fed zeros. Returns (model, feeds)."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    m, k, n = matmul_shape(manifest)
+    element = ov.Type.bf16 if kind == "bf16" else ov.Type.f32
     rng = np.random.default_rng(0)
-    x = ops.parameter([m, k], ov.Type.f32)
-    model = ov.Model([ops.matmul(x, ops.constant(rng.standard_normal((k, n)).astype(np.float32)), False, False)], [x])
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
+    parameters: dict[tuple[int, ...], Any] = {}
+
+    def activation(shape: tuple[int, ...]) -> Any:
+        if shape not in parameters:
+            parameters[shape] = ops.parameter(list(shape), element)
+        return parameters[shape]
+
+    outputs = []
+    for mm in matmuls:
+        a = mm.a
+        if not mm.transpose_a:
+            a = (*a[:-2], -(-a[-2] // rows_multiple) * rows_multiple, a[-1])
+        b = ops.constant((0.02 * rng.standard_normal(mm.b)).astype(np.float32), element) if mm.weights \
+            else activation(mm.b)
+        outputs.append(ops.matmul(activation(a), b, mm.transpose_a, mm.transpose_b))
+    model = ov.Model(outputs, list(parameters.values()))
+    feeds = []
+    for p in parameters.values():
+        tensor = ov.Tensor(element, list(p.get_output_shape(0)))
+        tensor.data[...] = 0
+        feeds.append(tensor)
+    return model, feeds
+
+
+def floor_latency_ms(matmuls: list[StepMatMul], precision: str, threads: int | None, rows_multiple: int = 1,
+                     repeats: int = 50) -> float:
+    """Median latency (ms) of floor_model(matmuls, rows_multiple) on OpenVINO's CPU plugin at `precision` (FLOOR_HINTS;
+    int8: the f32 model quantized by nncf.quantize, weights and activations, attention's products included, from one
+    random sample), `repeats` runs after 10 warm-ups."""
+    import openvino as ov
+
+    model, feeds = floor_model(matmuls, "bf16" if precision == "bf16" else "f32", rows_multiple)
+    if precision == "int8":
+        model = quantized_floor(model)
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": FLOOR_HINTS[precision]}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
-    data = rng.standard_normal((m, k)).astype(np.float32)
     times = []
-    for i in range(repeats + 20):
+    for i in range(repeats + 10):
         start = time.perf_counter()
-        request.infer([data])
-        if i >= 20:
+        request.infer(feeds, share_inputs=True, share_outputs=True)
+        if i >= 10:
             times.append(time.perf_counter() - start)
-    return 2 * m * k * n / float(np.median(times)) / 1e9
+    return 1e3 * float(np.median(times))
+
+
+def quantized_floor(model: Any) -> Any:
+    """floor_model's f32 model with every matmul INT8 (nncf.quantize, TRANSFORMER, SmoothQuant off as in the INT8
+    export, export.int8.quantize_openvino), calibrated on one random sample: only its speed is used."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # NNCF imports torch: no CUDA warning
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.WARNING)
+    rng = np.random.default_rng(0)
+    sample = [rng.standard_normal(list(p.get_output_shape(0))).astype(np.float32) for p in model.get_parameters()]
+    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    return nncf.quantize(model, nncf.Dataset([sample]), subset_size=1, model_type=nncf.ModelType.TRANSFORMER,
+                         advanced_parameters=advanced)
 
 
 def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[str, Any]]:
-    """Per group and floor precision: the step's GFLOPs at the matmul rate measured now (matmul_rate), i.e. the
-    latency if every FLOP ran as fast as the step's own matmul shape does here."""
+    """Per group and floor precision (FLOOR_HINTS): the latency of the step's own matmuls alone (step_matmuls of the
+    group's first artifact, timed as floor_model: every product, its shapes, its weight bytes), the faster of their
+    rows as in the graph and padded to FLOOR_ROW_MULTIPLE. A group whose first artifact is not a graph (TensorRT,
+    Core ML) has no floor."""
     out = []
     groups: dict[str, Manifest] = {}
     for c in candidates:  # each group named by its first configuration (its eager reference's artifact)
         groups.setdefault(c.group, c.manifest)
     for group, manifest in groups.items():
-        gflops = glimpse_gflops(manifest)
-        m, k, n = matmul_shape(manifest)
-        for precision, hint in FLOOR_HINTS.items():
-            rate = matmul_rate(manifest, hint, threads)
-            ms = 1e3 * gflops / rate
+        try:
+            matmuls = step_matmuls(manifest)
+        except ManifestError as error:
+            console.print(f"[yellow]note[/yellow]: no floor for {manifest.directory.name}: {error}")
+            continue
+        gflops = sum(mm.flops for mm in matmuls) / 1e9
+        weights = sum(mm.weights for mm in matmuls)
+        for precision in FLOOR_HINTS:
+            console.print(f"floor ({manifest.directory.name}): {len(matmuls)} matmuls in {precision}, rows as in the "
+                          f"graph and padded to {FLOOR_ROW_MULTIPLE}")
+            timed = {multiple: floor_latency_ms(matmuls, precision, threads, multiple)
+                     for multiple in (1, FLOOR_ROW_MULTIPLE)}
+            multiple = min(timed, key=lambda k: timed[k])
+            ms = timed[multiple]
+            rows_note = f", rows padded to {multiple}" if multiple > 1 else ""
             out.append({
-                "config": f"floor ({manifest.directory.name}): {gflops:.1f} GFLOPs at {rate:.0f} GFLOP/s, the OpenVINO "
-                          f"{precision} MatMul rate at {m}x{k}x{n}", "runtime": "floor", "precision": precision,
+                "config": f"floor ({manifest.directory.name}): the step's {len(matmuls)} matmuls alone ({weights} of "
+                          f"weights, {gflops:.1f} GFLOPs), {precision} on OpenVINO{rows_note}",
+                "runtime": "floor", "precision": precision,
                 "canvas": manifest.canvas_grid, "batch": manifest.batch, "median ms": ms, "p10 ms": ms, "p90 ms": ms,
                 "glimpses/s": 1e3 * manifest.batch / ms, "vs eager": None, "x floor": 1.0, "peak RSS MB": None,
-                "size MB": None, "worst rel-L2": None, "worst cosine": None, "GFLOPs/glimpse": gflops, "GFLOP/s": rate,
-                "group": group})
+                "size MB": None, "worst rel-L2": None, "worst cosine": None, "GFLOPs/glimpse": gflops,
+                "GFLOP/s": gflops / (ms / 1e3), "group": group,
+                "rows as in the graph ms": timed[1], f"rows padded to {FLOOR_ROW_MULTIPLE} ms": timed[FLOOR_ROW_MULTIPLE]})
     return out
 
 
@@ -425,8 +550,7 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
         candidates = build_candidates(artifacts, runtimes, threads, workdir, peer, baselines)
         photo = default_image() if image is None else image
         run_bench(candidates, photo, iters=iters, warmup=warmup)
-        with console.status("measuring the floors: OpenVINO's MatMul rate at the step's shape, f32 and bf16"):
-            floors = floor_rows(candidates, threads)
+        floors = floor_rows(candidates, threads)
         streamed = []
         if streams > 1:
             streamed = stream_rows(candidates, streams, photo, iters=iters, warmup=warmup, threads=threads,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -218,3 +219,52 @@ def test_bf16_matmul_rows_padded() -> None:
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-2  # only the accumulation order differs
     plain = toy(False)
     assert pad_bf16_rows(plain) == 0 and "Concat" not in [op.get_type_name() for op in plain.get_ordered_ops()]
+
+
+def test_int8_matmul_rows_padded() -> None:
+    """pad_rows(kind="int8"): a FakeQuantize read by two MatMuls is padded once at its input (72 rows), a MatMul whose
+    quantized input passes a Reshape gets a Pad of its own, an f32 MatMul is left at 71 rows; the compiled INT8
+    FullyConnected nodes then read 72 rows as u8 (not i8, not f32), and the output is unchanged."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import pad_rows
+
+    def toy() -> ov.Model:
+        rng = np.random.default_rng(0)
+        x = ops.parameter([1, 71, 64], ov.Type.f32, name="x")
+
+        def quantized(node: Any) -> Any:  # NNCF's form: an 8-bit FakeQuantize with constant ranges
+            lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+            return ops.fake_quantize(node, lo, hi, lo, hi, 256)
+
+        def weights(k: int, n: int) -> Any:
+            w = np.round(rng.standard_normal((n, k)) * 40).clip(-127, 127).astype(np.int8)
+            return ops.multiply(ops.convert(ops.constant(w), ov.Type.f32), ops.constant(np.full((n, 1), 0.01, np.float32)))
+
+        shared = quantized(x)
+        a = ops.matmul(shared, weights(64, 32), False, True)
+        b = ops.matmul(shared, weights(64, 32), False, True)
+        heads = ops.reshape(quantized(ops.reshape(x, [1, 71, 4, 16], False)), [1, 71, 64], False)
+        c = ops.matmul(heads, weights(64, 32), False, True)
+        d = ops.matmul(x, ops.constant(rng.standard_normal((32, 64)).astype(np.float32)), False, True)
+        return ov.Model([ops.concat([a, b, c, d], 2)], [x])
+
+    x = np.random.default_rng(1).uniform(-3, 3, (1, 71, 64)).astype(np.float32)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    expected = ov.Core().compile_model(toy(), "CPU", config)([x])[0]
+    model = toy()
+    assert pad_rows(model, "int8") == 3
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert kinds.count("Pad") == 2 and kinds.count("Slice") == 3 and "Concat" not in kinds[:-2], kinds
+    rows = [list(op.input_value(0).get_shape())[1] for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    assert rows == [72, 72, 72, 71], "the f32 MatMul is not padded"
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    if "avx512_core_vnni" in open("/proc/cpuinfo").read() or "avx_vnni" in open("/proc/cpuinfo").read():
+        runtime = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+        fc = [(i["runtimePrecision"].astype(str), i["layerType"].astype(str)) for i in runtime
+              if i["layerType"].astype(str).startswith("FullyConnected")]
+        assert fc.count(("u8", "FullyConnected")) == 3 and len(fc) == 4, fc
+    got = compiled([x])[0]
+    assert got.shape == expected.shape == (1, 71, 128)
+    assert np.array_equal(got[..., :96], expected[..., :96]) or \
+        np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max(), np.abs(got - expected).max()

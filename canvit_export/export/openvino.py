@@ -13,9 +13,9 @@ under which OpenVINO executes the graph's own types (its bf16 matmuls in bf16). 
 PyTorch: asking for another compute precision than the artifact's is refused with the export to run first. The
 export compiles the IR on the CPU and audits the compiled model's runtime info (`audit_compiled`): every node fused
 from a protected op (precision.audit_onnx's `protected`: canvas stream, coordinates, RoPE, VPE, canvas LayerNorm)
-must output f32. A bf16 IR's bf16 MatMuls get their rows padded to a multiple of 8 (`pad_bf16_rows`: 1.24x on
-CanViT-B). `--precision <its precision>-int8w` compresses the matmul weights to INT8 (asymmetric, per
-channel) with NNCF, leaving the protected ops (the VPE's Fourier features) untouched.
+must output f32. A bf16 IR's bf16 MatMuls and a static INT8 IR's INT8 MatMuls get their rows padded to a multiple
+of 8 (`pad_rows`: 1.24x and 1.14x on CanViT-B). `--precision <its precision>-int8w` compresses the matmul weights to
+INT8 (asymmetric, per channel) with NNCF, leaving the protected ops (the VPE's Fourier features) untouched.
 """
 
 from __future__ import annotations
@@ -88,57 +88,112 @@ def compress_int8(model: Any, protected: set[str]) -> Any:
 
 
 ROW_MULTIPLE = 8
-"""pad_bf16_rows pads a bf16 MatMul's rows to a multiple of this."""
+"""pad_rows pads a bf16 or INT8 MatMul's rows to a multiple of this."""
 ROW_WISE_UNARY = {"Gelu", "Relu", "Sigmoid", "Tanh", "Swish", "HSwish", "Convert", "Erf", "Clamp"}
 ROW_WISE_BINARY = {"Add", "Multiply", "Subtract"}
 
 
 def _from_constant(output: Any) -> bool:
-    """Whether `output` is a Constant, possibly behind Convert/Reshape/Transpose (weights, biases, scales)."""
+    """Whether `output` is computed from Constants alone (weights, biases, scales: a Constant, possibly behind
+    Convert/Reshape/Transpose, or a decompression Subtract/Multiply or FakeQuantize of constants)."""
     node = output.get_node()
-    while node.get_type_name() in ("Convert", "Reshape", "Transpose"):
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return True
+    if kind in ("Convert", "Reshape", "Transpose", "Subtract", "Multiply", "FakeQuantize"):
+        return all(_from_constant(node.input_value(i)) for i in range(node.get_input_size()))
+    return False
+
+
+def _quantizer(output: Any) -> Any:
+    """The FakeQuantize producing `output` when its ranges are constants and every reader of it is a MatMul with
+    constant weights (its input may then be padded for all of them), else None."""
+    node = output.get_node()
+    if node.get_type_name() != "FakeQuantize" or not all(_from_constant(node.input_value(i)) for i in range(1, 5)):
+        return None
+    for target in output.get_target_inputs():
+        reader = target.get_node()
+        if reader.get_type_name() != "MatMul" or target.get_index() != 0 or not _from_constant(reader.input_value(1)) \
+                or reader.get_attributes().get("transpose_a"):
+            return None
+    return node
+
+
+def _behind_layout(output: Any) -> bool:
+    """Whether `output` is a FakeQuantize's, through Reshape/Transpose nodes (attention's heads merged before the output
+    projection): the MatMul then runs in INT8, and its input is padded (a Pad there keeps it INT8)."""
+    node = output.get_node()
+    while node.get_type_name() in ("Reshape", "Transpose"):
         node = node.input_value(0).get_node()
-    return bool(node.get_type_name() == "Constant")
+    return bool(node.get_type_name() == "FakeQuantize")
 
 
 def pad_bf16_rows(model: Any, multiple: int = ROW_MULTIPLE) -> int:
-    """Pad the rows of every bf16 MatMul with constant weights whose activation [B, M, K] has M % multiple != 0
+    """pad_rows of the bf16 MatMuls (the bf16 IR)."""
+    return pad_rows(model, "bf16", multiple)
+
+
+def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
+    """Pad the rows of every MatMul with constant weights whose activation [B, M, K] has M % multiple != 0
     (the glimpse's 71 tokens) with zero rows, and slice them off after the row-wise ops that follow it (bias Add,
-    GELU, Convert): the MLP's two matmuls share one padding. Rows are independent in these ops, so the result is the
-    same but for the kernels' accumulation order. Why: OpenVINO 2026.4's CPU bf16 brgemm ran M = 71 at ~70% of the
-    rate of M = 72 (measured on AVX-512 BF16: 24 MLP pairs, 768 x 3072, 32.3 ms vs 21.6 ms), and the CanViT-B bf16 step
-    1.24x faster padded; f32 and INT8 MatMuls are left alone (no gain measured: 0.97x; INT8 0.93-0.96x). Returns how many
-    MatMuls were padded; the model is changed in place."""
+    GELU, Convert): the MLP's two matmuls share one padding. kind "bf16": the MatMuls of a bf16 activation; "int8": the
+    MatMuls of an activation quantized by a FakeQuantize (NNCF's static INT8), padded at the FakeQuantize's input so
+    that the quantizer still feeds the MatMul (OpenVINO fuses the pair into one INT8 FullyConnected; padding between
+    them left the MatMuls in f32). Rows are independent in these ops, so the result is the same but for the kernels'
+    accumulation order. Why: OpenVINO 2026.4's CPU bf16 brgemm ran M = 71 at ~70% of the rate of M = 72 (measured on
+    AVX-512 BF16: 24 MLP pairs, 768 x 3072, 32.3 ms vs 21.6 ms), and the CanViT-B bf16 step 1.24x faster padded; the
+    step's matmuls alone in INT8 (bench.floor_model) 17.9 ms vs 12.9 ms padded. f32 MatMuls are left alone (no gain
+    measured: 0.97x). Returns how many MatMuls were padded; the model is changed in place."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
-    padded, slices = 0, set()
+    padded, slices, pads = 0, set(), set()
+    element = ov.Type.bf16 if kind == "bf16" else ov.Type.f32
     for op in list(model.get_ordered_ops()):
-        if op.get_type_name() != "MatMul" or not _from_constant(op.input_value(1)):
-            continue
-        source, shape = op.input_value(0), op.input_value(0).get_partial_shape()
-        if source.get_element_type() != ov.Type.bf16 or not shape.is_static or len(shape) != 3 \
+        if op.get_type_name() != "MatMul" or not _from_constant(op.input_value(1)) \
                 or op.get_attributes().get("transpose_a"):
             continue
-        batch, rows, width = (d.get_length() for d in shape)
-        if rows % multiple == 0:
-            continue
-        if source.get_node().get_friendly_name() in slices:  # rows already padded upstream: use the padded tensor
-            wide = source.get_node().input_value(0)
+        port = op.input(0)  # where the padded rows enter: the MatMul, or the FakeQuantize feeding it
+        if kind == "int8":
+            quantizer = _quantizer(op.input_value(0))
+            if quantizer is not None:
+                port = quantizer.input(0)
+            elif not _behind_layout(op.input_value(0)):  # an f32 MatMul: no gain padded
+                continue
+        source = port.get_source_output()
+        if source.get_node().get_friendly_name() in pads:  # a quantizer shared with an earlier MatMul: padded
+            rows = source.get_node().input_value(0).get_partial_shape()[1].get_length()
+            op.validate_and_infer_types()
         else:
-            zeros = ops.constant(np.zeros((batch, -rows % multiple, width), np.float32), ov.Type.bf16)
-            wide = ops.concat([source, zeros], 1).output(0)
-        op.input(0).replace_source_output(wide)
+            shape = source.get_partial_shape()
+            if source.get_element_type() != element or not shape.is_static or len(shape) != 3:
+                continue
+            batch, rows, width = (d.get_length() for d in shape)
+            if rows % multiple == 0:
+                continue
+            if source.get_node().get_friendly_name() in slices:  # rows already padded upstream: the padded tensor
+                wide = source.get_node().input_value(0)
+            elif kind == "bf16":
+                zeros = ops.constant(np.zeros((batch, -rows % multiple, width), np.float32), element)
+                wide = ops.concat([source, zeros], 1).output(0)
+            else:  # Pad, not Concat: OpenVINO quantized a Concat's rows to i8 and ran those MatMuls in f32
+                pad = ops.pad(source, np.array([0, 0, 0]), np.array([0, -rows % multiple, 0]), "constant",
+                              ops.constant(np.zeros((), np.float32), element))
+                pads.add(pad.get_friendly_name())
+                wide = pad.output(0)
+            port.replace_source_output(wide)
+            port.get_node().validate_and_infer_types()
+            op.validate_and_infer_types()
         tail = op
         while len(targets := list(tail.output(0).get_target_inputs())) == 1:
-            following, kind = targets[0].get_node(), targets[0].get_node().get_type_name()
-            if kind in ROW_WISE_BINARY:  # the other operand must be a constant that broadcasts over the rows
+            following, kind_of = targets[0].get_node(), targets[0].get_node().get_type_name()
+            if kind_of in ROW_WISE_BINARY:  # the other operand must be a constant that broadcasts over the rows
                 other = following.input_value(1 - targets[0].get_index())
                 other_shape = other.get_partial_shape()
                 if not _from_constant(other) or (len(other_shape) >= 2 and other_shape[len(other_shape) - 2] != 1):
                     break
-            elif kind not in ROW_WISE_UNARY:
+            elif kind_of not in ROW_WISE_UNARY:
                 break
             tail = following
             tail.validate_and_infer_types()
@@ -214,6 +269,8 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
         if calib is not None:
             with stages.stage(f"quantizing to static INT8 with NNCF ({calib.count} calibration samples)"):
                 model, int8_facts = quantize_openvino(model, calib, protected)
+                padded = pad_rows(model, "int8")
+                int8_facts["quantizer"] += f"; rows of {padded} INT8 MatMuls padded to a multiple of {ROW_MULTIPLE}"
         with stages.stage("compiling on CPU and auditing the canvas path in the compiled model's runtime info"):
             # Audited before MakeStateful: OpenVINO's runtime model of a result-less stateful graph lists only its
             # inputs. MakeStateful swaps the state's Parameter/Result pairs for ReadValue/Assign and nothing else.
