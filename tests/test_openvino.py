@@ -268,3 +268,60 @@ def test_int8_matmul_rows_padded() -> None:
     assert got.shape == expected.shape == (1, 71, 128)
     assert np.array_equal(got[..., :96], expected[..., :96]) or \
         np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max(), np.abs(got - expected).max()
+
+
+def test_identity_layout_chains_dropped() -> None:
+    """drop_identity_layouts: K^T written by torch's export (Reshape, Transpose, Reshape) then transposed back (as
+    OpenVINO's SDPA conversion does) is bypassed, its reader fed the original tensor; a chain that does reorder the
+    data (one transpose, reshaped) and a single transpose are left; the output is unchanged."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import drop_identity_layouts
+
+    def toy() -> ov.Model:
+        x = ops.parameter([1, 8, 10, 4], ov.Type.f32, name="x")
+        k_t = ops.reshape(ops.transpose(ops.reshape(x, [8, 10, 4], False), [0, 2, 1]), [1, 8, 4, 10], False)
+        back = ops.transpose(k_t, [0, 1, 3, 2])  # [1, 8, 10, 4] again, the same elements in the same places
+        moved = ops.reshape(ops.transpose(ops.reshape(x, [8, 10, 4], False), [0, 2, 1]), [1, 8, 10, 4], False)
+        single = ops.transpose(x, [0, 1, 2, 3])
+        return ov.Model([ops.add(ops.add(back, moved), single)], [x])
+
+    x = np.random.default_rng(0).standard_normal((1, 8, 10, 4)).astype(np.float32)
+    expected = ov.Core().compile_model(toy(), "CPU")([x])[0]
+    model = toy()
+    assert drop_identity_layouts(model) == 1
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert kinds.count("Transpose") == 2 and kinds.count("Reshape") == 2, kinds  # `moved` and `single` remain
+    assert np.array_equal(ov.Core().compile_model(model, "CPU")([x])[0], expected)
+
+
+def test_probe_convolution_as_matmul() -> None:
+    """probe_as_matmul: channels-last tokens -> Transpose to NCHW -> per-channel Multiply, Add -> 1x1 Convolution (the
+    segmentation probe as OpenVINO converts it) becomes a MatMul on the tokens and one Transpose of its result; the
+    output is the same up to float rounding; a 3x3 convolution is left."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import probe_as_matmul
+
+    rng = np.random.default_rng(0)
+
+    def toy(kernel: int) -> ov.Model:
+        x = ops.parameter([1, 6, 6, 8], ov.Type.f32, name="x")
+        nchw = ops.transpose(x, ops.constant(np.array([0, 3, 1, 2], np.int64)))
+        scaled = ops.multiply(nchw, ops.constant(rng.uniform(0.5, 2, (1, 8, 1, 1)).astype(np.float32)))
+        shifted = ops.add(scaled, ops.constant(rng.standard_normal((1, 8, 1, 1)).astype(np.float32)))
+        weights = ops.constant(rng.standard_normal((3, 8, kernel, kernel)).astype(np.float32))
+        pad = [kernel // 2] * 2
+        conv = ops.convolution(shifted, weights, [1, 1], pad, pad, [1, 1])
+        return ov.Model([ops.add(conv, ops.constant(rng.standard_normal((1, 3, 1, 1)).astype(np.float32)))], [x])
+
+    x = rng.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    for kernel, replaced in ((1, 1), (3, 0)):
+        model = toy(kernel)
+        expected = ov.Core().compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
+        assert probe_as_matmul(model) == replaced
+        kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+        assert kinds.count("Convolution") == 1 - replaced and kinds.count("MatMul") == replaced, kinds
+        got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
+        assert got.shape == expected.shape == (1, 3, 6, 6)
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()

@@ -14,8 +14,11 @@ PyTorch: asking for another compute precision than the artifact's is refused wit
 export compiles the IR on the CPU and audits the compiled model's runtime info (`audit_compiled`): every node fused
 from a protected op (precision.audit_onnx's `protected`: canvas stream, coordinates, RoPE, VPE, canvas LayerNorm)
 must output f32. A bf16 IR's bf16 MatMuls and a static INT8 IR's INT8 MatMuls get their rows padded to a multiple
-of 8 (`pad_rows`: 1.24x and 1.14x on CanViT-B). `--precision <its precision>-int8w` compresses the matmul weights to
-INT8 (asymmetric, per channel) with NNCF, leaving the protected ops (the VPE's Fourier features) untouched.
+of 8 (`pad_rows`: 1.24x and 1.14x on CanViT-B). Every IR also drops the layout chains that return their input
+(`drop_identity_layouts`: attention's K transposed twice) and runs the segmentation probe's 1x1 convolution as a
+MatMul on the channels-last canvas tokens (`probe_as_matmul`), both pure data movement saved.
+`--precision <its precision>-int8w` compresses the matmul weights to INT8 (asymmetric, per channel) with NNCF,
+leaving the protected ops (the VPE's Fourier features) untouched.
 """
 
 from __future__ import annotations
@@ -207,6 +210,97 @@ def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
     return padded
 
 
+LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze"}
+
+
+def drop_identity_layouts(model: Any) -> int:
+    """Bypass every chain of two or more layout ops (Reshape/Transpose/Squeeze/Unsqueeze with constant shapes) that
+    returns its input unchanged: each reader of the chain's end then reads the chain's start. Why: converting the
+    exported attention into ScaledDotProductAttention, OpenVINO 2026.4 transposes K back for the SDPA op after the
+    graph's own K^T (torch's export: Reshape, Transpose, Reshape), and the CPU plugin ran both; on the canvas reads
+    that is [8, 1040, 128] moved twice per read. Identity is checked on the data, not inferred: the chain is applied
+    with numpy to an index tensor of its input's shape (a bijection: any reordering shows). Returns how many readers
+    were rewired; the model is changed in place."""
+    import numpy as np
+
+    def apply(node: Any, x: np.ndarray) -> np.ndarray | None:
+        if node.get_type_name() == "Transpose":
+            perm = node.input_value(1).get_node()
+            if perm.get_type_name() != "Constant":
+                return None
+            return np.transpose(x, [int(p) for p in perm.get_vector()])
+        return x.reshape([int(d) for d in node.get_output_shape(0)])
+
+    rewired = 0
+    for op in list(model.get_ordered_ops()):
+        if op.get_type_name() in LAYOUT_OPS:
+            continue
+        for port in op.inputs():
+            end = port.get_source_output()
+            chain, start = [], end
+            while start.get_node().get_type_name() in LAYOUT_OPS and start.get_partial_shape().is_static:
+                chain.append(start.get_node())
+                start = start.get_node().input_value(0)
+            if len(chain) < 2 or not start.get_partial_shape().is_static or start.get_shape() != end.get_shape():
+                continue
+            index: np.ndarray | None = np.arange(int(np.prod(list(start.get_shape())))).reshape(list(start.get_shape()))
+            for node in reversed(chain):
+                index = apply(node, index) if index is not None else None
+            if index is not None and np.array_equal(index.ravel(), np.arange(index.size)):
+                port.replace_source_output(start)
+                rewired += 1
+    model.validate_nodes_and_infer_types()
+    return rewired
+
+
+def probe_as_matmul(model: Any) -> int:
+    """Run every 1x1 Convolution that reads channels-last tokens through a Transpose to NCHW (the segmentation probe:
+    canvas tokens [B, G, G, C] -> permute -> BatchNorm, folded by OpenVINO into a per-channel Multiply and Add -> 1x1
+    conv, canvit_pytorch.probes.SegmentationProbe) as a MatMul on the channels-last tokens instead, transposing its
+    [B, G, G, classes] result to NCHW: the same products, but the CPU plugin no longer moves the [B, C, G, G] canvas
+    grid twice (the graph's permute, then its reorder back to channels-last for the convolution) per glimpse. The
+    per-channel Multiply/Add between them are kept, on the last axis. Returns how many convolutions were replaced;
+    the model is changed in place."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    replaced = 0
+    for conv in list(model.get_ordered_ops()):
+        if conv.get_type_name() != "Convolution" or conv.input_value(1).get_node().get_type_name() != "Constant":
+            continue
+        weights = conv.input_value(1).get_node().get_data()
+        flags = conv.get_attributes()
+        if weights.shape[2:] != (1, 1) or list(flags["strides"]) != [1, 1] or list(flags["dilations"]) != [1, 1] \
+                or any(flags["pads_begin"]) or any(flags["pads_end"]):
+            continue
+        channels = weights.shape[1]
+        affine, node = [], conv.input_value(0).get_node()
+        while node.get_type_name() in ("Multiply", "Add") and len(node.output(0).get_target_inputs()) == 1:
+            constant = node.input_value(1).get_node()
+            if constant.get_type_name() != "Constant" or constant.get_data().size != channels \
+                    or list(constant.get_output_shape(0)) != [1, channels, 1, 1]:
+                break
+            affine.append((node.get_type_name(), constant.get_data().reshape(channels)))
+            node = node.input_value(0).get_node()
+        else:
+            if node.get_type_name() != "Transpose" or node.input_value(1).get_node().get_type_name() != "Constant" \
+                    or [int(p) for p in node.input_value(1).get_node().get_vector()] != [0, 3, 1, 2]:
+                continue
+            tokens = node.input_value(0)
+            for kind, values in reversed(affine):
+                operand = ops.constant(values.astype(np.float32))
+                tokens = (ops.multiply if kind == "Multiply" else ops.add)(tokens, operand).output(0)
+            product = ops.matmul(tokens, ops.constant(weights.reshape(weights.shape[0], channels)), False, True)
+            nchw = ops.transpose(product, ops.constant(np.array([0, 3, 1, 2], np.int64)))
+            product.set_friendly_name(conv.get_friendly_name())  # the audit and NNCF know the probe by these names
+            nchw.output(0).set_names(conv.output(0).get_names())
+            for target in list(conv.output(0).get_target_inputs()):
+                target.replace_source_output(nchw.output(0))
+            replaced += 1
+    model.validate_nodes_and_infer_types()
+    return replaced
+
+
 def choose_precision(source: Manifest, precision: str | None) -> str:
     """The IR's precision word: the ONNX artifact's own (OpenVINO runs the graph's types), optionally with INT8
     weights (`<its precision>-int8w`). ExportError for another compute precision, naming the export to run first:
@@ -260,6 +354,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
             # the compiled audit then holds the unquantizable tensors to f32, the others everything protected.
             protected = source_audit.unquantizable if int8_static else source_audit.protected
             model = ov.convert_model(str(source.file("graph")))
+            drop_identity_layouts(model)
             if label == "bf16":
                 pad_bf16_rows(model)
         if int8_weights:
@@ -271,6 +366,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
                 model, int8_facts = quantize_openvino(model, calib, protected)
                 padded = pad_rows(model, "int8")
                 int8_facts["quantizer"] += f"; rows of {padded} INT8 MatMuls padded to a multiple of {ROW_MULTIPLE}"
+        probe_as_matmul(model)  # after NNCF, which leaves the probe's convolution float (a readout is protected)
         with stages.stage("compiling on CPU and auditing the canvas path in the compiled model's runtime info"):
             # Audited before MakeStateful: OpenVINO's runtime model of a result-less stateful graph lists only its
             # inputs. MakeStateful swaps the state's Parameter/Result pairs for ReadValue/Assign and nothing else.
