@@ -243,22 +243,13 @@ def step_matmuls(manifest: Manifest) -> list[StepMatMul]:
     engine or Core ML package cannot be read back as a graph)."""
     import openvino as ov
 
+    from canvit_export.export.openvino import from_constant
+
     key = {"onnx": "graph", "openvino": "ir"}.get(manifest.artifact.target)
     if key is None:
         raise ManifestError(f"{manifest.directory} is {a_target(manifest.artifact.target)} artifact: the floor reads the "
                             f"step's matmuls from an ONNX graph or OpenVINO IR")
     model = ov.Core().read_model(manifest.file(key))
-    constant: dict[str, bool] = {}
-
-    def is_constant(node: Any) -> bool:  # computed from Constants alone (Convert/FakeQuantize/Multiply of weights)
-        name = node.get_friendly_name()
-        if name not in constant:
-            kind = node.get_type_name()
-            constant[name] = kind == "Constant" or (
-                kind not in ("Parameter", "ReadValue") and node.get_input_size() > 0
-                and all(is_constant(i.get_source_output().get_node()) for i in node.inputs()))
-        return constant[name]
-
     out = []
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
@@ -267,7 +258,7 @@ def step_matmuls(manifest: Manifest) -> list[StepMatMul]:
             out.append(StepMatMul(tuple(int(d) for d in op.input(0).get_shape()),
                                   tuple(int(d) for d in op.input(1).get_shape()),
                                   bool(flags["transpose_a"]), bool(flags["transpose_b"]),
-                                  is_constant(op.input(1).get_source_output().get_node())))
+                                  from_constant(op.input_value(1))))
         elif kind == "ScaledDotProductAttention":  # attention fused by OpenVINO's conversion: its two products
             queries, keys, values = (tuple(int(d) for d in op.input(i).get_shape()) for i in range(3))
             out.append(StepMatMul(queries, keys, False, True, False))
@@ -336,20 +327,13 @@ def floor_latency_ms(matmuls: list[StepMatMul], precision: str, threads: int | N
 
 
 def quantized_floor(model: Any) -> Any:
-    """floor_model's f32 model with every matmul INT8 (nncf.quantize, TRANSFORMER, SmoothQuant off as in the INT8
-    export, export.int8.quantize_openvino), calibrated on one random sample: only its speed is used."""
-    import logging
+    """floor_model's f32 model with every matmul INT8, quantized as the INT8 export quantizes
+    (export.int8.nncf_static_int8), calibrated on one random sample: only its speed is used."""
+    from canvit_export.export.int8 import nncf_static_int8
 
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # NNCF imports torch: no CUDA warning
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
-    nncf.set_log_level(logging.WARNING)
     rng = np.random.default_rng(0)
     sample = [rng.standard_normal(list(p.get_output_shape(0))).astype(np.float32) for p in model.get_parameters()]
-    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-    return nncf.quantize(model, nncf.Dataset([sample]), subset_size=1, model_type=nncf.ModelType.TRANSFORMER,
-                         advanced_parameters=advanced)
+    return nncf_static_int8(model, [sample], 1)
 
 
 def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[str, Any]]:

@@ -183,12 +183,12 @@ def test_streams_keep_their_own_state(ir, photo) -> None:
 
 
 def test_bf16_matmul_rows_padded() -> None:
-    """pad_bf16_rows: the two bf16 MatMuls of a toy MLP (71 rows) share one zero padding to 72 rows, sliced off after
+    """pad_rows(kind="bf16"): the two bf16 MatMuls of a toy MLP (71 rows) share one zero padding to 72 rows, sliced off after
     the row-wise bias Add, GELU and Convert; the f32 MatMul with 71 rows and the residual Add are left alone; the output
     is unchanged; a model without bf16 MatMuls is untouched."""
     import openvino.opset13 as ops
 
-    from canvit_export.export.openvino import pad_bf16_rows
+    from canvit_export.export.openvino import pad_rows
 
     def toy(narrow: bool) -> ov.Model:
         rng = np.random.default_rng(0)
@@ -207,7 +207,7 @@ def test_bf16_matmul_rows_padded() -> None:
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     expected = ov.Core().compile_model(toy(True), "CPU", config)([x])[0]
     model = toy(True)
-    assert pad_bf16_rows(model) == 2
+    assert pad_rows(model, "bf16") == 2
     kinds = [op.get_type_name() for op in model.get_ordered_ops()]
     assert kinds.count("Concat") == 1 and kinds.count("Slice") == 1, kinds
     cut = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Slice")
@@ -218,7 +218,7 @@ def test_bf16_matmul_rows_padded() -> None:
     assert got.shape == expected.shape == (1, 71, 64)
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-2  # only the accumulation order differs
     plain = toy(False)
-    assert pad_bf16_rows(plain) == 0 and "Concat" not in [op.get_type_name() for op in plain.get_ordered_ops()]
+    assert pad_rows(plain, "bf16") == 0 and "Concat" not in [op.get_type_name() for op in plain.get_ordered_ops()]
 
 
 def test_int8_matmul_rows_padded() -> None:
@@ -259,7 +259,8 @@ def test_int8_matmul_rows_padded() -> None:
     rows = [list(op.input_value(0).get_shape())[1] for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
     assert rows == [72, 72, 72, 71], "the f32 MatMul is not padded"
     compiled = ov.Core().compile_model(model, "CPU", config)
-    if "avx512_core_vnni" in open("/proc/cpuinfo").read() or "avx_vnni" in open("/proc/cpuinfo").read():
+    cpu = Path("/proc/cpuinfo").read_text()
+    if "avx512_vnni" in cpu or "avx_vnni" in cpu:  # u8 x s8 products: without VNNI OpenVINO may choose otherwise
         runtime = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
         fc = [(i["runtimePrecision"].astype(str), i["layerType"].astype(str)) for i in runtime
               if i["layerType"].astype(str).startswith("FullyConnected")]

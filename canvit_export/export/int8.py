@@ -82,8 +82,10 @@ def fake_quantize_violations(model: Any, protected: set[str]) -> list[str]:
     return bad
 
 
-def quantize_openvino(model: Any, calibration: CalibrationSet, protected: set[str]) -> tuple[Any, dict[str, Any]]:
-    """NNCF static INT8 of an OpenVINO model (fp32 IR); returns it with what the manifest records."""
+def nncf_static_int8(model: Any, samples: Any, count: int, ignored: list[str] | None = None) -> Any:
+    """nncf.quantize of an OpenVINO model as every static INT8 here runs it (the export, bench's INT8 floor): model
+    type TRANSFORMER, SmoothQuant off, fast bias correction, the op names `ignored` left float; `samples` an iterable
+    of input lists, `count` of them used. ExportError naming the install when NNCF is missing."""
     # NNCF imports torch's extension loader, which warns that this CPU machine has no CUDA runtime.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
@@ -91,20 +93,26 @@ def quantize_openvino(model: Any, calibration: CalibrationSet, protected: set[st
     except ImportError as error:
         raise ExportError("INT8 (--precision int8) needs NNCF: pip install nncf (or canvit-export[openvino])") from error
     nncf.set_log_level(logging.WARNING)  # its INFO lists every op it leaves unquantized, hundreds of lines
-    names = [p.get_any_name() for p in model.inputs]
-    ignored = sorted(ops_touching(model, protected))
-    dataset = nncf.Dataset(_Samples(calibration, names))
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     # SmoothQuant off: measured on ViT-S (canvas 16, 21 C2F / 50 F-IID glimpses of chelsea, 32 calibration samples),
     # the TRANSFORMER default (matmul alpha 0.95) gave a worst canvas rel-L2 of 0.10 / 0.16 against fp32, alpha 0.5
     # 0.028 / 0.045, and none 0.018 / 0.017; fast bias correction changed nothing measurable and stays on.
     advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=calibration.count,
-                              fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-                              advanced_parameters=advanced)
+    return nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER, subset_size=count,
+                         fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=ignored or [], validate=False),
+                         advanced_parameters=advanced)
+
+
+def quantize_openvino(model: Any, calibration: CalibrationSet, protected: set[str]) -> tuple[Any, dict[str, Any]]:
+    """NNCF static INT8 of an OpenVINO model (fp32 IR); returns it with what the manifest records."""
+    names = [p.get_any_name() for p in model.inputs]
+    ignored = sorted(ops_touching(model, protected))
+    quantized = nncf_static_int8(model, _Samples(calibration, names), calibration.count, ignored)
     if bad := fake_quantize_violations(quantized, protected):
         raise ExportError(f"NNCF quantized the canvas path: {bad[0]} (+{len(bad) - 1} more); please report this")
+    import nncf  # imported by nncf_static_int8
+
     quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     return quantized, {"quantizer": f"nncf {nncf.__version__} quantize (TRANSFORMER, SmoothQuant off, fast bias "
                                     f"correction)", "quantizers": quantizers, "excluded_ops": len(ignored)}

@@ -96,7 +96,7 @@ ROW_WISE_UNARY = {"Gelu", "Relu", "Sigmoid", "Tanh", "Swish", "HSwish", "Convert
 ROW_WISE_BINARY = {"Add", "Multiply", "Subtract"}
 
 
-def _from_constant(output: Any) -> bool:
+def from_constant(output: Any) -> bool:
     """Whether `output` is computed from Constants alone (weights, biases, scales: a Constant, possibly behind
     Convert/Reshape/Transpose, or a decompression Subtract/Multiply or FakeQuantize of constants)."""
     node = output.get_node()
@@ -104,7 +104,7 @@ def _from_constant(output: Any) -> bool:
     if kind == "Constant":
         return True
     if kind in ("Convert", "Reshape", "Transpose", "Subtract", "Multiply", "FakeQuantize"):
-        return all(_from_constant(node.input_value(i)) for i in range(node.get_input_size()))
+        return all(from_constant(node.input_value(i)) for i in range(node.get_input_size()))
     return False
 
 
@@ -112,11 +112,11 @@ def _quantizer(output: Any) -> Any:
     """The FakeQuantize producing `output` when its ranges are constants and every reader of it is a MatMul with
     constant weights (its input may then be padded for all of them), else None."""
     node = output.get_node()
-    if node.get_type_name() != "FakeQuantize" or not all(_from_constant(node.input_value(i)) for i in range(1, 5)):
+    if node.get_type_name() != "FakeQuantize" or not all(from_constant(node.input_value(i)) for i in range(1, 5)):
         return None
     for target in output.get_target_inputs():
         reader = target.get_node()
-        if reader.get_type_name() != "MatMul" or target.get_index() != 0 or not _from_constant(reader.input_value(1)) \
+        if reader.get_type_name() != "MatMul" or target.get_index() != 0 or not from_constant(reader.input_value(1)) \
                 or reader.get_attributes().get("transpose_a"):
             return None
     return node
@@ -129,11 +129,6 @@ def _behind_layout(output: Any) -> bool:
     while node.get_type_name() in ("Reshape", "Transpose"):
         node = node.input_value(0).get_node()
     return bool(node.get_type_name() == "FakeQuantize")
-
-
-def pad_bf16_rows(model: Any, multiple: int = ROW_MULTIPLE) -> int:
-    """pad_rows of the bf16 MatMuls (the bf16 IR)."""
-    return pad_rows(model, "bf16", multiple)
 
 
 def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
@@ -154,7 +149,7 @@ def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
     padded, slices, pads = 0, set(), set()
     element = ov.Type.bf16 if kind == "bf16" else ov.Type.f32
     for op in list(model.get_ordered_ops()):
-        if op.get_type_name() != "MatMul" or not _from_constant(op.input_value(1)) \
+        if op.get_type_name() != "MatMul" or not from_constant(op.input_value(1)) \
                 or op.get_attributes().get("transpose_a"):
             continue
         port = op.input(0)  # where the padded rows enter: the MatMul, or the FakeQuantize feeding it
@@ -194,7 +189,7 @@ def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
             if kind_of in ROW_WISE_BINARY:  # the other operand must be a constant that broadcasts over the rows
                 other = following.input_value(1 - targets[0].get_index())
                 other_shape = other.get_partial_shape()
-                if not _from_constant(other) or (len(other_shape) >= 2 and other_shape[len(other_shape) - 2] != 1):
+                if not from_constant(other) or (len(other_shape) >= 2 and other_shape[len(other_shape) - 2] != 1):
                     break
             elif kind_of not in ROW_WISE_UNARY:
                 break
@@ -356,7 +351,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
             model = ov.convert_model(str(source.file("graph")))
             drop_identity_layouts(model)
             if label == "bf16":
-                pad_bf16_rows(model)
+                pad_rows(model, "bf16")
         if int8_weights:
             with stages.stage("compressing weights to INT8 (NNCF)"):
                 model = compress_int8(model, protected_ops(model, protected))
