@@ -28,6 +28,12 @@ BACKBONES = ("vitb16", "vits16")
 RANDOM_LAYERSCALE_STD = 0.3
 """Std of the random LayerScale gammas. canvit-pytorch initializes them at 1e-5, which makes every ViT block
 nearly an identity; trained-like magnitudes make random weights exercise the model (DESIGN.md, Contracts)."""
+RANDOM_LAYERNORM_STD = 0.1
+"""Std of the random LayerNorm affine parameters: gain ~ 1 + N(0, std), bias ~ N(0, std). canvit-pytorch (as
+torch) initializes every LayerNorm at gain 1, bias 0, so all LayerNorms of one tensor compute the same values: a
+runtime then merges them (OpenVINO and ONNX Runtime found a Canvas Read's key LayerNorm and the next Canvas
+Write's query LayerNorm equal on the unchanged canvas and ran one LayerNorm, one SR-RoPE and one head transpose
+for both, 3 of CanViT-B's 37 LayerNorms), work a trained checkpoint never lets them skip."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FIX = "pass --model DIR (a checkpoint folder written by canvit-pytorch's save_pretrained) or --random-weights"
 
@@ -60,7 +66,9 @@ def random_model(backbone: str, seed: int) -> CanViTForPretraining:
     """CanViT of the exact released architecture (CanViTConfig defaults) on `backbone`, with seeded random weights.
 
     torch.manual_seed(seed) before construction; then every LayerScale gamma ~ N(0, RANDOM_LAYERSCALE_STD) from a
-    generator seeded with `seed`, and the teacher-patch head at trained-like magnitude. Deterministic for a given
+    generator seeded with `seed`, every LayerNorm of the CanViT at gain 1 + N(0, RANDOM_LAYERNORM_STD) and bias
+    N(0, RANDOM_LAYERNORM_STD) (from a generator seeded with `seed + 2`), and the teacher-patch head at trained-like
+    magnitude. Deterministic for a given
     torch version.
     """
     if backbone not in BACKBONES:
@@ -74,6 +82,12 @@ def random_model(backbone: str, seed: int) -> CanViTForPretraining:
         for module in model.canvit.modules():
             if isinstance(module, LayerScale):
                 module.gamma.normal_(0.0, RANDOM_LAYERSCALE_STD, generator=generator)
+        norms = torch.Generator().manual_seed(seed + 2)
+        for module in model.canvit.modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.elementwise_affine:
+                module.weight.normal_(1.0, RANDOM_LAYERNORM_STD, generator=norms)
+                if module.bias is not None:
+                    module.bias.normal_(0.0, RANDOM_LAYERNORM_STD, generator=norms)
         # The teacher-patch head (the features readout) at trained-like magnitude: standardized DINOv3 features
         # have unit variance, so LayerNorm gain 1 and weights ~ N(0, 1 / Dc) (pretraining starts the gain at
         # 1/sqrt(Dc), which gives outputs of std ~0.02). The CanViT weights above are untouched.
@@ -149,7 +163,7 @@ def load_hub(repo: str, revision: str | None = None) -> LoadedModel:
 def load_random(backbone: str, seed: int) -> LoadedModel:
     """Seeded random weights of the exact architecture (random_model)."""
     record = {"kind": "random", "backbone": backbone, "seed": seed, "layerscale_std": RANDOM_LAYERSCALE_STD,
-              "torch": torch.__version__}
+              "layernorm_std": RANDOM_LAYERNORM_STD, "torch": torch.__version__}
     return LoadedModel(model=random_model(backbone, seed).eval(), record=record)
 
 

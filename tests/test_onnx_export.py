@@ -50,7 +50,9 @@ def test_graph_audit_passes_and_graph_checks(export_artifact) -> None:
     report = audit_onnx(model)
     assert report.ok, report.violations
     assert "ScatterND" not in report.op_counts
-    assert report.op_counts["LayerNormalization"] == 12 * 2 + 2 * 3 + 2  # blocks, 3 reads + 3 writes, VPE
+    # blocks (norm1, norm2), 3 Canvas Reads + 3 Canvas Writes (ln_q, ln_kv), the VPE's norm; 32 before the random
+    # weights had distinct LayerNorms (test_random_layernorms_stay_distinct_in_the_graph)
+    assert report.op_counts["LayerNormalization"] == 12 * 2 + 2 * (3 + 3) + 1
     # canvas -> one Add per Canvas Write (after blocks 3, 7, 11 of ViT-S) -> canvas_next
     assert report.canvas_stream[0] == "canvas" and report.canvas_stream[-1] == "canvas_next"
     assert len(report.canvas_stream) == 4, report.canvas_stream
@@ -98,7 +100,7 @@ def test_manifest_describes_the_graph(export_artifact) -> None:
     assert manifest.state_pairs == (("canvas", "canvas_next"), ("recurrent_cls", "recurrent_cls_next"))
     model = manifest.model
     assert isinstance(model, RandomWeights) and model.backbone == "vits16"
-    assert model.layerscale_std == 0.3 and len(model.weights_fingerprint) == 64
+    assert model.layerscale_std == 0.3 and model.layernorm_std == 0.1 and len(model.weights_fingerprint) == 64
     assert manifest.geometry.model_dump() == {"batch": 2, "scene_px": 512, "glimpse_px": 128, "canvas_grid": 32}
     assert isinstance(manifest.artifact, OnnxArtifact) and manifest.artifact.opset == 18
     assert manifest.artifact.nodes == len(onnx.load(str(artifact / "step.onnx")).graph.node)
@@ -108,6 +110,23 @@ def test_manifest_describes_the_graph(export_artifact) -> None:
     assert manifest.precision.name == "fp32" and manifest.precision.follows_float32_rule
     state = manifest.initial_state_arrays(2)
     assert state["canvas"].shape == (2, 16 + 32 * 32, 1024) and state["recurrent_cls"].shape == (2, 1, 384)
+
+
+def test_random_layernorms_stay_distinct_in_the_graph(export_artifact, vits16) -> None:
+    """Seeded random weights give every LayerNorm its own gain and bias (source.RANDOM_LAYERNORM_STD), so the
+    exported step holds one LayerNormalization per LayerNorm of CanViT. With canvit-pytorch's gain 1, bias 0 the
+    exporter merged the LayerNorms that see the same tensor (a Canvas Read's keys and the next Canvas Write's
+    queries on the unchanged canvas, a Write's keys and the next block's norm1): 32 of ViT-S's 37, and every
+    runtime and the bench ran less than a trained checkpoint makes them run."""
+    import torch
+
+    norms = [m for m in vits16.canvit.modules() if isinstance(m, torch.nn.LayerNorm)]
+    widths = {m.weight.shape for m in norms}
+    for width in widths:  # no two gains of a width equal
+        gains = [m.weight for m in norms if m.weight.shape == width]
+        assert all(not torch.equal(a, b) for i, a in enumerate(gains) for b in gains[i + 1:])
+    graph = onnx.load(str(export_artifact("vits16", canvas=16) / "step.onnx"), load_external_data=False).graph
+    assert sum(node.op_type == "LayerNormalization" for node in graph.node) == len(norms) == 37
 
 
 def test_initial_state_matches_canvit_init_state(export_artifact, vits16) -> None:

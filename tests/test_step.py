@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from canvit_pytorch.model.attention.base import to_multihead
 from canvit_pytorch.model.rope import RoPE, apply_2d_rope
 
-from canvit_export.step import GlimpseStep, reference_step, rotate
+from canvit_export.step import GlimpseStep, reference_step, rotate, rotate_tokens
 
 
 def test_rotate_equals_apply_2d_rope() -> None:
@@ -16,6 +17,39 @@ def test_rotate_equals_apply_2d_rope() -> None:
     torch.testing.assert_close(rotate(x, rope), apply_2d_rope(x, rope), rtol=0, atol=0)
     no_prefix = x[:, :, 7:]
     torch.testing.assert_close(rotate(no_prefix, rope), apply_2d_rope(no_prefix, rope), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotate_tokens_equals_apply_2d_rope_after_the_head_split(dtype) -> None:
+    """SR-RoPE before the head split (the Canvas Read/Write path) is canvit-pytorch's rotation after it, bitwise."""
+    generator = torch.Generator().manual_seed(0)
+    heads, head_dim = 4, 32
+    x = torch.randn(2, 7 + 16, heads * head_dim, generator=generator).to(dtype)
+    rope = RoPE(sin=torch.randn(1, 1, 16, head_dim, generator=generator),
+                cos=torch.randn(1, 1, 16, head_dim, generator=generator))
+    ours = to_multihead(rotate_tokens(x, rope, heads), heads)
+    torch.testing.assert_close(ours, apply_2d_rope(to_multihead(x, heads), rope), rtol=0, atol=0)
+    no_prefix = x[:, 7:]
+    torch.testing.assert_close(to_multihead(rotate_tokens(no_prefix, rope, heads), heads),
+                               apply_2d_rope(to_multihead(no_prefix, heads), rope), rtol=0, atol=0)
+
+
+def test_canvas_registers_rotate_by_angle_zero(vits16) -> None:
+    """The canvas's RoPE constant covers registers and grid: angle 0 (cos 1, sin 0) for the R registers, which
+    canvit-pytorch leaves unrotated, then compute_2d_rope of the grid; applied to the canvas it equals
+    apply_2d_rope on the grid with the registers passed through, bitwise."""
+    step = GlimpseStep(vits16.canvit, glimpse_px=128, canvas_grid=8)
+    registers = vits16.canvit.config.num_canvas_registers
+    assert step.canvas_rope_sin.shape[2] == registers + 64
+    assert torch.equal(step.canvas_rope_cos[:, :, :registers], torch.ones_like(step.canvas_rope_cos[:, :, :registers]))
+    assert not step.canvas_rope_sin[:, :, :registers].any()
+    generator = torch.Generator().manual_seed(0)
+    canvas = torch.randn(1, registers + 64, 1024, generator=generator) * 100
+    heads = 1024 // step.canvas_rope_sin.shape[-1]
+    grid_rope = RoPE(sin=step.canvas_rope_sin[:, :, registers:], cos=step.canvas_rope_cos[:, :, registers:])
+    full = RoPE(sin=step.canvas_rope_sin, cos=step.canvas_rope_cos)
+    torch.testing.assert_close(to_multihead(rotate_tokens(canvas, full, heads), heads),
+                               apply_2d_rope(to_multihead(canvas, heads), grid_rope), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("canvas_grid", [8, 32])

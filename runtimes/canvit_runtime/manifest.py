@@ -126,12 +126,15 @@ class InitialState(_Record):
 
 # --- where the weights came from --------------------------------------------------------------------------------
 class RandomWeights(_Record):
-    """Seeded random weights of the exact architecture, LayerScale gammas ~ N(0, layerscale_std)."""
+    """Seeded random weights of the exact architecture, LayerScale gammas ~ N(0, layerscale_std), LayerNorm gains
+    ~ 1 + N(0, layernorm_std) and biases ~ N(0, layernorm_std) (0: canvit-pytorch's gain 1, bias 0, as artifacts
+    written before the field was added have it)."""
 
     kind: Literal["random"]
     backbone: str
     seed: int
     layerscale_std: float
+    layernorm_std: float = 0.0
     torch: str
     weights_fingerprint: str
 

@@ -20,7 +20,8 @@ def _weights(manifest: Manifest) -> str:
     elif isinstance(source, CheckpointWeights):
         where = f"checkpoint {source.path} ({source.class_name})"
     else:
-        where = f"seeded random ({source.backbone}, seed {source.seed}, LayerScale ~ N(0, {source.layerscale_std}))"
+        where = (f"seeded random ({source.backbone}, seed {source.seed}, LayerScale ~ N(0, {source.layerscale_std}), "
+                 f"LayerNorm ~ 1 + N(0, {source.layernorm_std}))")
     return f"{where}; fingerprint {source.weights_fingerprint[:12]}"
 
 
