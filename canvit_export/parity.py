@@ -70,9 +70,14 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # 4x the worst, 2.3x that earlier graph's, so a broken quantization (a quantized canvas stream, per-tensor
     # weights, a bad calibration) fails. Argmax agreement is where random heads hurt: their classes are near-ties
     # (see fp16), and a few % logit error flips many cells: mean agreement measured 0.77-0.97 (0.61 with attention
-    # quantized; F-IID the worst), top-1 0.71-1.0. The agreement bounds sit below those.
+    # quantized; F-IID the worst), top-1 0.71-1.0. Since the random weights' LayerNorms have their own gains and
+    # biases (source.RANDOM_LAYERNORM_STD), ViT-S (canvas 16, chelsea, 48 calibration samples, NNCF on OpenVINO)
+    # measured canvas rel-L2 3.5e-2 and class_logits rel-L2 3.7e-2 over 200 F-IID glimpses, and top-1 agreement
+    # 0.595 there and 0.454 over 1000: the random classifier's top two classes sat 1 point apart (13.2% and 12.2%),
+    # so a 4% logit error flips them. A broken quantization agrees at chance (1 in 1000 classes); the bound, 0.4,
+    # sits below what was measured and far above chance. The agreement bounds sit below the measurements.
     "int8": {"canvas_rel_l2": 1e-1, "cls_rel_l2": 1e-1, "canvas_cosine": 0.998, "readout_rel_l2": 1e-1,
-             "seg_agreement": 0.5, "top1_agreement": 0.6},
+             "seg_agreement": 0.5, "top1_agreement": 0.4},
 }
 READOUT_ERRORS = ("seg_logits", "class_logits", "teacher_patches")
 """The readouts whose rel-L2 is held to readout_rel_l2 (seg_entropy is a function of seg_logits)."""

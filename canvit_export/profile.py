@@ -21,7 +21,8 @@ from canvit_runtime.preprocess import scene_batch
 
 MATMUL_TYPES = {"MatMul", "FullyConnected", "Gemm", "FusedMatMul", "MatMulInteger", "QLinearMatMul",
                 "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ScaledDotProductAttention", "Attention",
-                "MultiHeadAttention", "FullyConnectedCompressed", "QGemm", "QAttention", "MatMulNBits"}
+                "MultiHeadAttention", "FullyConnectedCompressed", "FullyConnectedQuantizedLegacy", "QGemm",
+                "QAttention", "MatMulNBits"}
 """Node types whose time is matrix multiplication (ONNX Runtime's and OpenVINO's CPU names)."""
 GLUE_TYPES = {"Slice", "StridedSlice", "Concat", "Gather", "GatherElements", "GatherND", "Transpose", "Reshape",
               "Squeeze", "Unsqueeze", "Split", "VariadicSplit", "Expand", "Broadcast", "Tile", "Pad", "ShapeOf",

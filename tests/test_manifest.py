@@ -110,10 +110,12 @@ def test_bad_manifests_are_one_line_errors(export_artifact, tmp_path: Path, how:
     ("initial state", "initial_state part canvas_patch has shape [768], the architecture says [1024]"),
     ("missing graph file", "files lacks ['graph'] for a onnx artifact"),
     ("precision dtypes", "precision bf16 means matmuls in bfloat16"),
+    ("short readout shape", "readout output 'seg_logits' has shape [1], the geometry says [1, 0, 16, 16]"),
 ])
 def test_inconsistent_manifests_are_refused(export_artifact, how: str, needle: str) -> None:
     """What a JSON Schema cannot say, the models check (and the C++ demo checks the same)."""
-    data = json.loads((export_artifact("vits16", canvas=16) / "manifest.json").read_text())
+    readout = "segmentation" if how == "short readout shape" else None
+    data = json.loads((export_artifact("vits16", canvas=16, readout=readout) / "manifest.json").read_text())
     if how == "canvas grid":
         data["geometry"]["canvas_grid"] = 8
     elif how == "float16 state":
@@ -128,6 +130,8 @@ def test_inconsistent_manifests_are_refused(export_artifact, how: str, needle: s
         del data["files"]["graph"]
     elif how == "precision dtypes":
         data["precision"]["name"] = "bf16"
+    elif how == "short readout shape":  # found by test_fuzz: shape[1] raised IndexError, not ManifestError
+        next(t for t in data["outputs"] if t["name"] == "seg_logits")["shape"] = [1]
     assert not list(schema_validator().iter_errors(data)), "schema-valid: only the consistency checks can catch this"
     with pytest.raises(ManifestError, match="not a valid version-1 manifest") as refused:
         parse_manifest(json.dumps(data))

@@ -478,13 +478,14 @@ class Manifest(_Record):
                 if name not in io or io[name].role != "readout":
                     raise ValueError(f"readout {r.name}'s output {name!r} is not an output with role readout")
             shape = io[r.outputs[0]].shape
+            last = shape[-1] if shape else 0  # a shape too short for its readout is refused below, as the C++ does
             if r.name == "segmentation":
-                want = [[g.batch, shape[1], g.canvas_grid, g.canvas_grid], [g.batch, g.canvas_grid, g.canvas_grid]]
-                classes = shape[1]
+                classes = shape[1] if len(shape) > 1 else 0
+                want = [[g.batch, classes, g.canvas_grid, g.canvas_grid], [g.batch, g.canvas_grid, g.canvas_grid]]
             elif r.name == "classification":
-                want, classes = [[g.batch, shape[-1]]], shape[-1]
+                want, classes = [[g.batch, last]], last
             else:
-                want, classes = [[g.batch, g.canvas_grid**2, shape[-1]]], None
+                want, classes = [[g.batch, g.canvas_grid**2, last]], None
             for name, expected in zip(r.outputs, want, strict=True):
                 if io[name].shape != expected:
                     raise ValueError(f"readout output {name!r} has shape {io[name].shape}, the geometry says {expected}")
