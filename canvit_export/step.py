@@ -1,16 +1,16 @@
 """One CanViT glimpse as a module on plain tensors, written for export: `(scene, state, viewpoint) -> state'`.
 
 It computes exactly `CanViT.forward` (canvit-pytorch model/canvit.py) after `sample_at_viewpoint`, on the reference
-modules' own parameters, with four export-minded changes that leave the arithmetic as it is:
+modules' own parameters, with three export-minded changes that leave the arithmetic as it is:
 
 - SR-RoPE rotation (canvit-pytorch `apply_2d_rope`) writes into slices of an empty tensor, which exports as
-  ScatterND; `rotate` builds the same result with Slice/Concat.
-- The canvas grid's RoPE depends only on the canvas size, so its sin/cos are computed once here (float32,
-  `compute_2d_rope` on `grid_coords`) and become graph constants, with rows of angle 0 (cos 1, sin 0) for the
-  canvas registers, so the whole canvas rotates in one element-wise pass (x * 1 + y * 0 == x for finite x).
-- Canvas Read/Write rotate before the head split (`rotate_tokens`, bitwise `apply_2d_rope` after `to_multihead`):
-  the canvas is never split into registers and grid and concatenated again, and the head transpose sits right
-  at attention, where OpenVINO folds it into its attention kernel (CanViT-B bf16 IR: 31.5 -> 29.8 ms a glimpse).
+  ScatterND, and runs on the head-split tensor; `rotate_tokens` computes the same products (bitwise, tested) on the
+  token-major tensor before the head transpose, where a runtime can fold that transpose into attention.
+- The tokens canvit-pytorch leaves unrotated (VPE, CLS and registers of the glimpse; the canvas registers) get rows
+  of angle 0 (cos 1, sin 0; `with_unrotated_prefix`), x * 1 + y * 0 == x for finite x, so every rotation is one
+  element-wise pass with no split into prefix and grid and no concatenation after. The canvas grid's RoPE depends
+  only on the canvas size, so its sin/cos are computed once here (float32, `compute_2d_rope` on `grid_coords`) and
+  become graph constants. (CanViT-B bf16 IR, canvas side alone: 31.5 -> 29.8 ms a glimpse.)
 - LayerNorm stays `nn.LayerNorm`, which exports as a single LayerNormalization op (opset >= 17).
 
 Precision (paper App. D.3; canvit_export.precision): matmuls, the patch-embedding conv and attention run in
@@ -60,45 +60,42 @@ class StepInputs(NamedTuple):
     scales: Tensor
 
 
-def rotate(x: Tensor, rope: RoPE) -> Tensor:
-    """SR-RoPE on the last N tokens of [B, heads, N_total, head_dim]; the earlier (prefix) tokens pass through.
+def rotate_tokens(x: Tensor, rope: RoPE, num_heads: int | None = None) -> Tensor:
+    """canvit-pytorch `apply_2d_rope` before the head split: SR-RoPE on the last N tokens of x, given as
+    [B, N_total, heads * head_dim] (with num_heads) or [B, N_total, heads, head_dim], each head's head_dim channels
+    rotated as `apply_2d_rope` rotates them after `to_multihead`; returns x's shape and dtype.
 
-    Same arithmetic as canvit-pytorch `apply_2d_rope` (rotation in float32, result in x's dtype), assembled with
-    Slice/Concat instead of slice assignment. rope.sin/cos: [B or 1, 1, N, head_dim] float32.
+    `to_multihead(rotate_tokens(x, rope, h), h)` equals `apply_2d_rope(to_multihead(x, h), rope)` bitwise (the same
+    element-wise products on the same numbers, without apply_2d_rope's slice assignment, which exports as
+    ScatterND). The prefix split is along tokens, a contiguous block of the token-major tensor, and with a rope as
+    long as x (`with_unrotated_prefix`) there is none; the head transpose comes last, where a runtime can fold it
+    into attention. rope.sin/cos: [B or 1, 1, N, head_dim] float32.
     """
-    assert x.ndim == 4, x.shape
-    assert rope.sin.dtype == torch.float32, rope.sin.dtype
-    n_prefix = x.shape[2] - rope.sin.shape[2]
-    assert n_prefix >= 0, f"RoPE covers {rope.sin.shape[2]} tokens, input has {x.shape[2]}"
-    half = x.shape[3] // 2
-    tail = x[:, :, n_prefix:].float()
-    swapped = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)
-    rotated = (tail * rope.cos + swapped * rope.sin).to(x.dtype)
-    return torch.cat([x[:, :, :n_prefix], rotated], dim=2) if n_prefix else rotated
-
-
-def rotate_tokens(x: Tensor, rope: RoPE, num_heads: int) -> Tensor:
-    """`rotate` before the head split: SR-RoPE on the last N tokens of [B, N_total, heads * head_dim], each head's
-    head_dim channels rotated as canvit-pytorch `apply_2d_rope` rotates them after `to_multihead`.
-
-    `to_multihead(rotate_tokens(x, rope, h), h)` equals `rotate(to_multihead(x, h), rope)` bitwise (the same
-    element-wise products on the same numbers); here the prefix split is along tokens, a contiguous block of the
-    token-major tensor, and the head transpose comes last, where a runtime can fold it into attention.
-    rope.sin/cos: [B or 1, 1, N, head_dim] float32.
-    """
-    assert x.ndim == 3, x.shape
-    B, n_total, width = x.shape
-    head_dim = width // num_heads
-    assert rope.sin.dtype == torch.float32 and rope.sin.shape[-1] == head_dim, (rope.sin.dtype, rope.sin.shape)
+    assert x.ndim in (3, 4) and (x.ndim == 4) == (num_heads is None), (x.shape, num_heads)
+    B, n_total = x.shape[:2]
+    head_dim = rope.sin.shape[-1]
+    assert rope.sin.dtype == torch.float32 and x.shape[-1] * (num_heads or 1) % head_dim == 0, (rope.sin, x.shape)
     n = rope.sin.shape[2]
     n_prefix = n_total - n
     assert n_prefix >= 0, f"RoPE covers {n} tokens, input has {n_total}"
     half = head_dim // 2
-    tail = x[:, n_prefix:].float().reshape(B, n, num_heads, head_dim)
+    tail = x[:, n_prefix:].float()
+    tail = tail.reshape(B, n, -1, head_dim) if x.ndim == 3 else tail
     swapped = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)
     cos, sin = rope.cos.transpose(1, 2), rope.sin.transpose(1, 2)  # [B or 1, N, 1, head_dim]
-    rotated = (tail * cos + swapped * sin).to(x.dtype).reshape(B, n, width)
+    rotated = (tail * cos + swapped * sin).to(x.dtype).reshape(B, n, *x.shape[2:])
     return torch.cat([x[:, :n_prefix], rotated], dim=1) if n_prefix else rotated
+
+
+def with_unrotated_prefix(rope: RoPE, n_prefix: int) -> RoPE:
+    """The rope with n_prefix leading rows of angle 0 (cos 1, sin 0): the tokens canvit-pytorch leaves unrotated
+    (VPE, CLS, registers) rotate by nothing, x * 1 + y * 0 == x for finite x, so `rotate_tokens` needs no split.
+    sin/cos [B, 1, N, head_dim] float32 -> [B, 1, n_prefix + N, head_dim] float32."""
+    if n_prefix == 0:
+        return rope
+    shape = (*rope.sin.shape[:2], n_prefix, rope.sin.shape[3])
+    return RoPE(sin=torch.cat([rope.sin.new_zeros(shape), rope.sin], dim=2),
+                cos=torch.cat([rope.cos.new_ones(shape), rope.cos], dim=2))
 
 
 class GlimpseStep(nn.Module):
@@ -144,11 +141,9 @@ class GlimpseStep(nn.Module):
         # one element-wise pass, with no split into registers and grid and no concatenation after.
         canvas_positions = grid_coords(size=canvas_grid, device=None).flatten(0, 1).unsqueeze(0)
         canvas_rope = compute_2d_rope(positions=canvas_positions, periods=self.canvas_periods)
-        registers = (1, 1, config.num_canvas_registers, config.canvas_head_dim)
-        self.register_buffer("canvas_rope_sin", torch.cat([torch.zeros(registers), canvas_rope.sin], dim=2),
-                             persistent=False)
-        self.register_buffer("canvas_rope_cos", torch.cat([torch.ones(registers), canvas_rope.cos], dim=2),
-                             persistent=False)
+        canvas_rope = with_unrotated_prefix(canvas_rope, config.num_canvas_registers)
+        self.register_buffer("canvas_rope_sin", canvas_rope.sin, persistent=False)
+        self.register_buffer("canvas_rope_cos", canvas_rope.cos, persistent=False)
         self.read_after_block: dict[int, CanvasAttention] = dict(
             zip(canvit.read_after_blocks, cast(list[CanvasAttention], list(canvit.canvas_reads)), strict=True))
         self.write_after_block: dict[int, CanvasAttention] = dict(
@@ -177,12 +172,14 @@ class GlimpseStep(nn.Module):
         B, N, D = x.shape
         assert attn.qkv.bias is not None
         qkv = self._linear(attn.qkv, x, bias=attn.qkv.bias * attn._bias_mask)
-        qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
+        qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim)
+        q, k, v = qkv.unbind(2)  # [B, N, heads, head_dim]
         # canvit-pytorch passes scale=head_dim**-0.5, which is SDPA's default; leaving it implicit lets coremltools
         # build the scale in the query's dtype (an explicit fp32 scale breaks its fp16 conversion).
         assert attn.head_dim**-0.5 == 1 / math.sqrt(q.shape[-1]), attn.head_dim
-        out = F.scaled_dot_product_attention(rotate(q, rope), rotate(k, rope), v)
+        # SR-RoPE before the head transpose (rotate_tokens), as canvit-pytorch's rotation after it, bitwise
+        out = F.scaled_dot_product_attention(rotate_tokens(q, rope).transpose(1, 2),
+                                             rotate_tokens(k, rope).transpose(1, 2), v.transpose(1, 2))
         return self._linear(attn.proj, out.transpose(1, 2).reshape(B, N, D))
 
     def _block(self, block: ViTBlock, x: Tensor, rope: RoPE) -> Tensor:
@@ -218,8 +215,12 @@ class GlimpseStep(nn.Module):
         canvas = self._stream(canvas)
 
         glimpse_positions = viewpoint_grid_coords(viewpoint, size=self.glimpse_grid).flatten(1, 2)  # [B, g*g, 2]
-        glimpse_rope = compute_2d_rope(positions=glimpse_positions, periods=self.backbone_periods)
-        glimpse_rope_canvas = compute_2d_rope(positions=glimpse_positions, periods=self.canvas_periods)
+        # Angle 0 for the prefix tokens (VPE, CLS, registers), which canvit-pytorch leaves unrotated: no split
+        n_prefix = tokens.shape[1] - self.glimpse_grid**2
+        glimpse_rope = with_unrotated_prefix(
+            compute_2d_rope(positions=glimpse_positions, periods=self.backbone_periods), n_prefix)
+        glimpse_rope_canvas = with_unrotated_prefix(
+            compute_2d_rope(positions=glimpse_positions, periods=self.canvas_periods), n_prefix)
         canvas_rope = RoPE(sin=self.canvas_rope_sin, cos=self.canvas_rope_cos)
         assert canvas.shape[1] == canvit.config.num_canvas_registers + self.canvas_grid**2, (
             f"canvas has {canvas.shape[1]} tokens, expected {canvit.config.num_canvas_registers} + {self.canvas_grid}²")

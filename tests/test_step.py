@@ -7,16 +7,7 @@ import torch
 from canvit_pytorch.model.attention.base import to_multihead
 from canvit_pytorch.model.rope import RoPE, apply_2d_rope
 
-from canvit_export.step import GlimpseStep, reference_step, rotate, rotate_tokens
-
-
-def test_rotate_equals_apply_2d_rope() -> None:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 7 + 16, 32, generator=generator)
-    rope = RoPE(sin=torch.randn(2, 1, 16, 32, generator=generator), cos=torch.randn(2, 1, 16, 32, generator=generator))
-    torch.testing.assert_close(rotate(x, rope), apply_2d_rope(x, rope), rtol=0, atol=0)
-    no_prefix = x[:, :, 7:]
-    torch.testing.assert_close(rotate(no_prefix, rope), apply_2d_rope(no_prefix, rope), rtol=0, atol=0)
+from canvit_export.step import GlimpseStep, reference_step, rotate_tokens, with_unrotated_prefix
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -32,6 +23,21 @@ def test_rotate_tokens_equals_apply_2d_rope_after_the_head_split(dtype) -> None:
     no_prefix = x[:, 7:]
     torch.testing.assert_close(to_multihead(rotate_tokens(no_prefix, rope, heads), heads),
                                apply_2d_rope(to_multihead(no_prefix, heads), rope), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head_split", [False, True])
+def test_unrotated_prefix_rows_leave_the_prefix_as_it_is(head_split: bool) -> None:
+    """Rows of angle 0 for the prefix (with_unrotated_prefix) rotate exactly as splitting the prefix off does, on
+    [B, N, heads * head_dim] and on [B, N, heads, head_dim], bitwise."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7 + 16, 4 * 32, generator=generator) * 50
+    x = x.reshape(2, 23, 4, 32) if head_split else x
+    heads = None if head_split else 4
+    rope = RoPE(sin=torch.randn(2, 1, 16, 32, generator=generator), cos=torch.randn(2, 1, 16, 32, generator=generator))
+    full = with_unrotated_prefix(rope, 7)
+    assert full.sin.shape == (2, 1, 23, 32) and not full.sin[:, :, :7].any() and bool((full.cos[:, :, :7] == 1).all())
+    torch.testing.assert_close(rotate_tokens(x, full, heads), rotate_tokens(x, rope, heads), rtol=0, atol=0)
+    assert with_unrotated_prefix(rope, 0) is rope
 
 
 def test_canvas_registers_rotate_by_angle_zero(vits16) -> None:
