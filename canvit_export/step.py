@@ -94,8 +94,9 @@ def with_unrotated_prefix(rope: RoPE, n_prefix: int) -> RoPE:
     if n_prefix == 0:
         return rope
     shape = (*rope.sin.shape[:2], n_prefix, rope.sin.shape[3])
-    return RoPE(sin=torch.cat([rope.sin.new_zeros(shape), rope.sin], dim=2),
-                cos=torch.cat([rope.cos.new_ones(shape), rope.cos], dim=2))
+    dtype, device = rope.sin.dtype, rope.sin.device  # torch.zeros/ones: coremltools converts them, not new_zeros
+    return RoPE(sin=torch.cat([torch.zeros(shape, dtype=dtype, device=device), rope.sin], dim=2),
+                cos=torch.cat([torch.ones(shape, dtype=dtype, device=device), rope.cos], dim=2))
 
 
 class GlimpseStep(nn.Module):
