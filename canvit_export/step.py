@@ -61,30 +61,29 @@ class StepInputs(NamedTuple):
 
 
 def rotate_tokens(x: Tensor, rope: RoPE, num_heads: int | None = None) -> Tensor:
-    """canvit-pytorch `apply_2d_rope` before the head split: SR-RoPE on the last N tokens of x, given as
-    [B, N_total, heads * head_dim] (with num_heads) or [B, N_total, heads, head_dim], each head's head_dim channels
-    rotated as `apply_2d_rope` rotates them after `to_multihead`; returns x's shape and dtype.
+    """canvit-pytorch `apply_2d_rope` before the head split: SR-RoPE on every token of x, given as
+    [B, N, heads * head_dim] (with num_heads) or [B, N, heads, head_dim], each head's head_dim channels rotated as
+    `apply_2d_rope` rotates them after `to_multihead`; returns x's shape and dtype. rope.sin/cos:
+    [B or 1, 1, N, head_dim] float32, as long as x: the tokens canvit-pytorch leaves unrotated get rows of angle 0
+    (`with_unrotated_prefix`).
 
-    `to_multihead(rotate_tokens(x, rope, h), h)` equals `apply_2d_rope(to_multihead(x, h), rope)` bitwise (the same
-    element-wise products on the same numbers, without apply_2d_rope's slice assignment, which exports as
-    ScatterND). The prefix split is along tokens, a contiguous block of the token-major tensor, and with a rope as
-    long as x (`with_unrotated_prefix`) there is none; the head transpose comes last, where a runtime can fold it
-    into attention. rope.sin/cos: [B or 1, 1, N, head_dim] float32.
+    `to_multihead(rotate_tokens(x, rope, h), h)` equals `apply_2d_rope(to_multihead(x, h), rope_of_the_grid)`
+    bitwise (the same element-wise products on the same numbers, without apply_2d_rope's slice assignment, which
+    exports as ScatterND); the head transpose comes after, where a runtime can fold it into attention.
+
+    Raises:
+        AssertionError: x's rank, or the rope's length or dtype, does not fit.
     """
     assert x.ndim in (3, 4) and (x.ndim == 4) == (num_heads is None), (x.shape, num_heads)
-    B, n_total = x.shape[:2]
+    B, n = x.shape[:2]
     head_dim = rope.sin.shape[-1]
     assert rope.sin.dtype == torch.float32 and x.shape[-1] * (num_heads or 1) % head_dim == 0, (rope.sin, x.shape)
-    n = rope.sin.shape[2]
-    n_prefix = n_total - n
-    assert n_prefix >= 0, f"RoPE covers {n} tokens, input has {n_total}"
+    assert rope.sin.shape[2] == n, f"RoPE covers {rope.sin.shape[2]} tokens, input has {n}: with_unrotated_prefix"
     half = head_dim // 2
-    tail = x[:, n_prefix:].float()
-    tail = tail.reshape(B, n, -1, head_dim) if x.ndim == 3 else tail
-    swapped = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)
+    tokens = x.float().reshape(B, n, -1, head_dim) if x.ndim == 3 else x.float()
+    swapped = torch.cat([-tokens[..., half:], tokens[..., :half]], dim=-1)
     cos, sin = rope.cos.transpose(1, 2), rope.sin.transpose(1, 2)  # [B or 1, N, 1, head_dim]
-    rotated = (tail * cos + swapped * sin).to(x.dtype).reshape(B, n, *x.shape[2:])
-    return torch.cat([x[:, :n_prefix], rotated], dim=1) if n_prefix else rotated
+    return (tokens * cos + swapped * sin).to(x.dtype).reshape(x.shape)
 
 
 def with_unrotated_prefix(rope: RoPE, n_prefix: int) -> RoPE:
@@ -136,10 +135,7 @@ class GlimpseStep(nn.Module):
                                                                    device=CPU), persistent=False)
         self.register_buffer("canvas_periods", make_rope_periods(head_dim=config.canvas_head_dim,
                                                                  base=spec.rope_base, device=CPU), persistent=False)
-        # The canvas's SR-RoPE, a constant of the canvas size: [1, 1, R + G*G, canvas_head_dim] float32, the grid's
-        # rotations (compute_2d_rope on grid_coords) after R rows of angle 0 (cos 1, sin 0) for the canvas registers,
-        # which canvit-pytorch leaves unrotated: x * 1 + y * 0 == x for finite x, so the whole canvas is rotated in
-        # one element-wise pass, with no split into registers and grid and no concatenation after.
+        # The canvas's SR-RoPE, a constant of the canvas size (module docstring): [1, 1, R + G*G, head_dim] float32
         canvas_positions = grid_coords(size=canvas_grid, device=None).flatten(0, 1).unsqueeze(0)
         canvas_rope = compute_2d_rope(positions=canvas_positions, periods=self.canvas_periods)
         canvas_rope = with_unrotated_prefix(canvas_rope, config.num_canvas_registers)

@@ -11,33 +11,29 @@ from canvit_export.step import GlimpseStep, reference_step, rotate_tokens, with_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rotate_tokens_equals_apply_2d_rope_after_the_head_split(dtype) -> None:
-    """SR-RoPE before the head split (the Canvas Read/Write path) is canvit-pytorch's rotation after it, bitwise."""
-    generator = torch.Generator().manual_seed(0)
-    heads, head_dim = 4, 32
-    x = torch.randn(2, 7 + 16, heads * head_dim, generator=generator).to(dtype)
-    rope = RoPE(sin=torch.randn(1, 1, 16, head_dim, generator=generator),
-                cos=torch.randn(1, 1, 16, head_dim, generator=generator))
-    ours = to_multihead(rotate_tokens(x, rope, heads), heads)
-    torch.testing.assert_close(ours, apply_2d_rope(to_multihead(x, heads), rope), rtol=0, atol=0)
-    no_prefix = x[:, 7:]
-    torch.testing.assert_close(to_multihead(rotate_tokens(no_prefix, rope, heads), heads),
-                               apply_2d_rope(to_multihead(no_prefix, heads), rope), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("head_split", [False, True])
-def test_unrotated_prefix_rows_leave_the_prefix_as_it_is(head_split: bool) -> None:
-    """Rows of angle 0 for the prefix (with_unrotated_prefix) rotate exactly as splitting the prefix off does, on
-    [B, N, heads * head_dim] and on [B, N, heads, head_dim], bitwise."""
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 7 + 16, 4 * 32, generator=generator) * 50
-    x = x.reshape(2, 23, 4, 32) if head_split else x
-    heads = None if head_split else 4
-    rope = RoPE(sin=torch.randn(2, 1, 16, 32, generator=generator), cos=torch.randn(2, 1, 16, 32, generator=generator))
-    full = with_unrotated_prefix(rope, 7)
-    assert full.sin.shape == (2, 1, 23, 32) and not full.sin[:, :, :7].any() and bool((full.cos[:, :, :7] == 1).all())
-    torch.testing.assert_close(rotate_tokens(x, full, heads), rotate_tokens(x, rope, heads), rtol=0, atol=0)
+def test_rotate_tokens_equals_apply_2d_rope_after_the_head_split(dtype, head_split: bool) -> None:
+    """SR-RoPE before the head split, on [B, N, heads * head_dim] and on [B, N, heads, head_dim], with the unrotated
+    prefix (VPE, CLS, registers) given rows of angle 0 (with_unrotated_prefix), is canvit-pytorch's apply_2d_rope
+    after the head split, which leaves the prefix out: bitwise."""
+    generator = torch.Generator().manual_seed(0)
+    heads, head_dim, prefix = 4, 32, 7
+    x = (torch.randn(2, prefix + 16, heads * head_dim, generator=generator) * 50).to(dtype)
+    rope = RoPE(sin=torch.randn(2, 1, 16, head_dim, generator=generator),
+                cos=torch.randn(2, 1, 16, head_dim, generator=generator))
+    full = with_unrotated_prefix(rope, prefix)
+    assert full.sin.shape == (2, 1, prefix + 16, head_dim)
+    assert not full.sin[:, :, :prefix].any() and bool((full.cos[:, :, :prefix] == 1).all())
+    expected = apply_2d_rope(to_multihead(x, heads), rope)
+    if head_split:
+        ours = rotate_tokens(x.reshape(2, prefix + 16, heads, head_dim), full).transpose(1, 2)
+    else:
+        ours = to_multihead(rotate_tokens(x, full, heads), heads)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
     assert with_unrotated_prefix(rope, 0) is rope
+    with pytest.raises(AssertionError, match="RoPE covers 16 tokens, input has 23"):
+        rotate_tokens(x, rope, heads)
 
 
 def test_canvas_registers_rotate_by_angle_zero(vits16) -> None:
