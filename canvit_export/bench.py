@@ -369,6 +369,7 @@ def floor_rows(candidates: list[Candidate], threads: int | None) -> list[dict[st
                 "glimpses/s": 1e3 * manifest.batch / ms, "vs eager": None, "x floor": 1.0, "peak RSS MB": None,
                 "size MB": None, "worst rel-L2": None, "worst cosine": None, "GFLOPs/glimpse": gflops,
                 "GFLOP/s": gflops / (ms / 1e3), "group": group,
+                "chart label": f"floor {precision}: the step's matmuls alone ({manifest.directory.name})",
                 "rows as in the graph ms": timed[1], f"rows padded to {FLOOR_ROW_MULTIPLE} ms": timed[FLOOR_ROW_MULTIPLE]})
     return out
 
@@ -455,7 +456,8 @@ def markdown(table: list[dict[str, Any]], facts: dict[str, Any], iters: int) -> 
 
 
 def chart(table: list[dict[str, Any]], path: Path) -> None:
-    """Median latency per configuration (bars with p10-p90), and latency vs canvas grid per runtime/precision."""
+    """Median latency per configuration (bars with p10-p90, each labelled with its median in ms; the floors gray, under
+    their short "chart label"), and latency vs canvas grid per runtime/precision."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -468,10 +470,14 @@ def chart(table: list[dict[str, Any]], path: Path) -> None:
     else:
         fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, max(4, 0.35 * len(table) + 2)),
                                            gridspec_kw={"width_ratios": [3, 2]})
-    names = [r["config"] for r in table]
+    names = [r.get("chart label", r["config"]) for r in table]
     medians = np.array([r["median ms"] for r in table])
     errors = np.array([[r["median ms"] - r["p10 ms"] for r in table], [r["p90 ms"] - r["median ms"] for r in table]])
-    bars.barh(range(len(table)), medians, xerr=errors, color="tab:blue", alpha=0.8)
+    colors = ["tab:gray" if r["runtime"] == "floor" else "tab:blue" for r in table]
+    bars.barh(range(len(table)), medians, xerr=errors, color=colors, alpha=0.8)
+    for y, (median, high) in enumerate(zip(medians, medians + errors[1], strict=True)):
+        bars.annotate(f"{median:.1f}", (high, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    bars.margins(x=0.08)  # room for the largest bar's figure
     bars.set_yticks(range(len(table)), names, fontsize=8)
     bars.invert_yaxis()
     if medians.max() > 20 * medians.min():  # e.g. batch-8 rows beside batch-1 rows: linear bars would hide the small
