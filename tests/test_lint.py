@@ -3,6 +3,7 @@ command, so CI (which runs it) keeps them clean."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,16 @@ def test_clean(tool: list[str]) -> None:
     result = subprocess.run([str(executable), *tool[1:]], cwd=REPO, capture_output=True, text=True, timeout=600,
                             check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def test_suite_stops_at_once_on_a_full_disk(tmp_path) -> None:
+    """With less free disk than the suite needs (here: an impossible requirement), pytest stops before the first
+    test with one line naming the fix, exit 1."""
+    env = dict(os.environ, CANVIT_TEST_MIN_FREE_GB="1e9")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_lint.py::test_suite_stops_at_once_on_a_full_disk"],
+                            cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "GB free under" in result.stdout and "the test suite needs 1000000000 GB there" in result.stdout, result.stdout
+    assert "passed" not in result.stdout and "Traceback" not in result.stdout + result.stderr, result.stdout
