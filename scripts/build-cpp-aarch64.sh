@@ -11,7 +11,9 @@
 #    the OpenVINO backend only (ONNX Runtime, TensorRT and OpenCV off: `canvit_demo --version` lists the backends).
 # 4. BUILD_DIR/run-aarch64: runs one of them under qemu-aarch64-static (-L the cross glibc; LD_LIBRARY_PATH that
 #    glibc's own folder first, then the wheel's libs: see the comment at step 4), e.g. BUILD_DIR/run-aarch64
-#    BUILD_DIR/canvit_tests; QEMU_CPU=cortex-a53 emulates a CPU without fp16 arithmetic (qemu's default, max, has it).
+#    BUILD_DIR/canvit_tests. It emulates a Neoverse-N1 (Armv8.2 with fp16 arithmetic, no SVE: the class of Jetson
+#    Orin's Cortex-A78AE, Graviton2 and the Raspberry Pi 5's Cortex-A76); QEMU_CPU overrides it, e.g. cortex-a53 for a
+#    CPU without fp16 arithmetic. qemu's own default, max (SVE/SME), ran a glimpse ~8x slower on an Intel host.
 #    The script checks that, under the wrapper, the demo's libc.so.6 is the loader's own.
 # Environment: PYTHON (default .venv/bin/python, for pip and the OpenVINO version), OPENVINO_VERSION (default: that
 # venv's openvino), JOBS (default 2).
@@ -21,6 +23,7 @@ BUILD="$(realpath -m "${1:-$ROOT/build/aarch64}")"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 JOBS="${JOBS:-2}"
 SYSROOT=/usr/aarch64-linux-gnu
+DEFAULT_QEMU_CPU=neoverse-n1  # run-aarch64's and the CMake emulator's CPU model (see step 4)
 INTERP=/lib/ld-linux-aarch64.so.1  # PT_INTERP of AArch64 glibc programs (the ABI's loader path; checked in step 4)
 
 # 1. packages
@@ -69,7 +72,8 @@ fi
 # 3. configure and build
 cmake -S "$ROOT/cpp_demo" -B "$BUILD" -DCMAKE_TOOLCHAIN_FILE="$ROOT/cpp_demo/cmake/aarch64-linux-gnu.cmake" \
     -DCANVIT_AARCH64_SYSROOT="$SYSROOT" -DOpenVINO_DIR="$OV/openvino/cmake" -DCANVIT_WITH_OPENVINO=ON \
-    -DCANVIT_WITH_ONNXRUNTIME=OFF -DCANVIT_WITH_TENSORRT=OFF -DCANVIT_WITH_OPENCV=OFF -DCANVIT_WERROR=ON
+    -DCANVIT_WITH_ONNXRUNTIME=OFF -DCANVIT_WITH_TENSORRT=OFF -DCANVIT_WITH_OPENCV=OFF -DCANVIT_WERROR=ON \
+    -DCANVIT_QEMU_CPU="${QEMU_CPU:-$DEFAULT_QEMU_CPU}"
 # The loader qemu runs: PT_INTERP under -L SYSROOT when it is there (libc6-arm64-cross, which g++-aarch64-linux-gnu
 # pulls in), else the host's own (the multiarch libc6:arm64). Its glibc folder goes first on the guest's
 # LD_LIBRARY_PATH (step 4); QEMU_SET_ENV does the same for CMake's emulator (gtest_discover_tests).
@@ -90,6 +94,8 @@ cat > "$BUILD/run-aarch64" <<EOF
 #!/bin/sh
 # Runs an aarch64 binary of this build under qemu-aarch64-static (written by scripts/build-cpp-aarch64.sh).
 # The loader qemu runs, $LOADER, must load its own glibc: its folder comes first (see the script).
+# The emulated CPU: the boards' class (Armv8.2, fp16 arithmetic, no SVE) unless QEMU_CPU names another.
+export QEMU_CPU="\${QEMU_CPU:-$DEFAULT_QEMU_CPU}"
 export LD_LIBRARY_PATH="$LIBC_DIR:$OV/openvino/libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec qemu-aarch64-static -L "$SYSROOT" "\$@"
 EOF

@@ -34,6 +34,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                     f"(old pytest-of-* folders, artifacts) or point TMPDIR at a larger disk", returncode=1)
 
 
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure() -> Callable[[str], None]:
+    """report_figure(line): a measured figure the run prints in its closing summary (pytest -q hides a passing test's
+    own output), so that CI logs carry it on every kind of machine."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("measured")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def vits16() -> LoadedModel:
     return load(None, random_weights=True, backbone="vits16", seed=0)

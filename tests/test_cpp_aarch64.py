@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +39,15 @@ APT = f"dpkg --add-architecture arm64 && apt-get update && apt-get install -y --
 # (AVX2 vs AVX-512 on x86, SVE or not, a real board's ARM plugin) and stays 50x below f16's unit round-off (4.9e-4):
 # a canvas path run in f16/bf16, a lost state or a wrong viewpoint is 1e-4 or more and fails it.
 ARM_VS_X86_REL_L2 = 1e-5
-# Wall-clock bound on one emulated program: measured about 40 s for the rollout and 5-10 s per census on a loaded
-# 2-core host. A loader/libc mismatch (see the module docstring) hangs instead: fail then, don't wait the suite out.
-EMULATED_TIMEOUT_S = 300
+# Emulation limits. A loader/libc mismatch (see the module docstring) hangs a program instead of failing it: fail then,
+# without waiting the suite out, and without a limit that a slower host crosses. A program is stuck when it prints
+# nothing for STALL_S (canvit_demo prints a progress line at least every 2 s of a long rollout, once loaded); the
+# longest silent phase measured is loading the step, under a few seconds at qemu's neoverse-n1 and ~50 s at qemu's
+# max on an Intel host, so 300 s holds on both kinds of machine. EMULATED_CAP_S bounds a program that keeps
+# printing: the 4-glimpse rollout took ~25 s at neoverse-n1.
+STALL_S = 300
+EMULATED_CAP_S = 1800
+DEFAULT_QEMU_CPU = "neoverse-n1"  # scripts/build-cpp-aarch64.sh's: Armv8.2 with fp16 arithmetic, no SVE
 
 
 def missing_packages() -> list[str]:
@@ -79,6 +86,7 @@ def test_toolchain_file_configures_and_compiles(tmp_path) -> None:
     assert 'set(CMAKE_CXX_LIBRARY_ARCHITECTURE "aarch64-linux-gnu")' in compiler, compiler
     assert cache["OPENSSL_CRYPTO_LIBRARY:FILEPATH"] == "/usr/lib/aarch64-linux-gnu/libcrypto.so", cache
     assert cache["CANVIT_QEMU_AARCH64:FILEPATH"].endswith("qemu-aarch64-static")
+    assert cache["CANVIT_QEMU_CPU:STRING"] == emulated_cpu(), cache["CANVIT_QEMU_CPU:STRING"]
     result = subprocess.run(["cmake", "--build", str(build), "--target", "src/policies.cpp.o"], capture_output=True,
                             text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -106,15 +114,44 @@ def arm_build(tmp_path_factory) -> Path:
     return folder
 
 
-def emulate(build: Path, *args: str, timeout: float = EMULATED_TIMEOUT_S, env: dict | None = None
-            ) -> subprocess.CompletedProcess:
-    """An aarch64 binary of the build under qemu-aarch64-static, through the script's run-aarch64 wrapper."""
-    try:
-        return subprocess.run([str(build / "run-aarch64"), *args], capture_output=True, text=True, timeout=timeout,
-                              check=False, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{Path(args[0]).name} ran past {timeout:.0f} s under emulation: hung? (a thread started with the "
-                    f"loader and libc of two glibc builds loops in pthread_create: see run-aarch64)")
+def emulate(build: Path, *args: str, env: dict | None = None, stall_s: float = STALL_S,
+            cap_s: float = EMULATED_CAP_S) -> subprocess.CompletedProcess:
+    """An aarch64 binary of the build under qemu-aarch64-static, through the script's run-aarch64 wrapper. Fails the
+    test, saying whether the program was stuck (no output line for `stall_s`) or slow (still printing at `cap_s`)."""
+    proc = subprocess.Popen([str(build / "run-aarch64"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+    lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    last_line = [time.monotonic()]
+
+    def drain(name: str, stream) -> None:
+        for line in stream:
+            lines[name].append(line)
+            last_line[0] = time.monotonic()
+
+    readers = [threading.Thread(target=drain, args=(name, getattr(proc, name)), daemon=True) for name in lines]
+    for reader in readers:
+        reader.start()
+    started = time.monotonic()
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now - last_line[0] > stall_s or now - started > cap_s:
+            proc.kill()
+            proc.wait()
+            said = [line.strip() for line in lines["stdout"] + lines["stderr"]]
+            last = f"its last line {said[-1]!r} at {last_line[0] - started:.0f} s" if said else "it printed nothing"
+            verdict = (f"stuck: no output for {stall_s:.0f} s ({last}; a thread started with the loader and libc of two "
+                       f"glibc builds loops in pthread_create: see run-aarch64)" if now - last_line[0] > stall_s else
+                       f"slow: still running at the {cap_s:.0f} s cap ({last})")
+            pytest.fail(f"{Path(args[0]).name} under emulation (QEMU_CPU={emulated_cpu(env)}) {verdict}")
+        time.sleep(0.2)
+    for reader in readers:
+        reader.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines["stdout"]), "".join(lines["stderr"]))
+
+
+def emulated_cpu(env: dict | None = None) -> str:
+    """The CPU model run-aarch64 gives qemu: QEMU_CPU from `env` or the environment, else the script's default."""
+    return (env or {}).get("QEMU_CPU") or os.environ.get("QEMU_CPU") or DEFAULT_QEMU_CPU
 
 
 def test_aarch64_binaries(arm_build) -> None:
@@ -169,7 +206,7 @@ def test_aarch64_demo_checks_an_artifact(arm_build, irs, tmp_path) -> None:
     assert result.returncode == 2 and "SHA-256 mismatch" in result.stderr, result.stdout + result.stderr
 
 
-def test_aarch64_rollout_matches_x86(arm_build, irs, photo, tmp_path) -> None:
+def test_aarch64_rollout_matches_x86(arm_build, irs, photo, tmp_path, report_figure) -> None:
     """A 4-glimpse rollout of the stateful fp32 IR by canvit_demo on the ARM CPU plugin (emulated) ends on the canvas
     the x86 CPU plugin gives (canvit_runtime: the same IR, and the same scene .npy and viewpoints file read back),
     within ARM_VS_X86_REL_L2."""
@@ -192,7 +229,8 @@ def test_aarch64_rollout_matches_x86(arm_build, irs, photo, tmp_path) -> None:
     assert arm.shape == x86.shape == (1, 16 + 256, 1024)
     rel = np.linalg.norm(arm.astype(np.float64) - x86) / np.linalg.norm(x86)
     step_ms = json.loads((tmp_path / "log.json").read_text())["step_ms"]
-    print(f"ARM vs x86 canvas rel-L2 {rel:.2e}; emulated ms per glimpse {step_ms}")
+    report_figure(f"aarch64 rollout under qemu ({emulated_cpu()}): ARM vs x86 canvas rel-L2 {rel:.2e}; emulated ms per "
+                  f"glimpse {', '.join(f'{ms:.0f}' for ms in step_ms)}")
     assert rel <= ARM_VS_X86_REL_L2, rel
     initial = session.manifest.initial_state_arrays(1)["canvas"]
     assert np.linalg.norm(arm - initial) > 0.5 * np.linalg.norm(initial), "four glimpses moved the canvas"
@@ -228,8 +266,8 @@ def narrow_outputs(node: dict) -> list[str]:
 
 @pytest.mark.parametrize("ir_kind", ["fp32-stateless", "fp16-stateless"])
 def test_aarch64_canvas_path_stays_f32(arm_build, irs, tmp_path, ir_kind) -> None:
-    """On the emulated ARM CPU (qemu's `max`: fp16 arithmetic, where the ARM plugin's default inference precision is
-    f16), the demo's configuration (f32 hint) compiles the fp32 IR all in f32, and the typed fp16 IR with every node
+    """On the emulated ARM CPU (qemu's neoverse-n1: fp16 arithmetic, where the ARM plugin's default inference precision
+    is f16), the demo's configuration (f32 hint) compiles the fp32 IR all in f32, and the typed fp16 IR with every node
     of the canvas path outputting f32. Measured on ARM: 42 canvas-path nodes, census f32 628 / i32 231 / dynamic 49
     (fp32 IR) and f32 652 / i32 231 / dynamic 49 (fp16 IR: no f16 node, the f32 hint runs its ops in f32 too); the same
     judgement of canvit_openvino_precisions' x86 output gives the export audit's own figures (43 canvas-path nodes,
@@ -246,8 +284,8 @@ def test_aarch64_canvas_path_stays_f32(arm_build, irs, tmp_path, ir_kind) -> Non
 
 def test_aarch64_default_hint_would_narrow(arm_build, irs, tmp_path) -> None:
     """Why the hint matters (the audit can fail): with the plugin's defaults, the emulated CPU (fp16 arithmetic)
-    infers the fp32 IR in f16, canvas path included (measured: census f16 594 / f32 72 / i32 249 / dynamic 49, 31 of
-    the 42 canvas-path nodes outputting f16)."""
+    infers the fp32 IR in f16, canvas path included (measured under qemu's max: census f16 594 / f32 72 / i32 249 /
+    dynamic 49, 31 of the 42 canvas-path nodes outputting f16)."""
     report, protected = arm_census(arm_build, irs("fp32-stateless"), tmp_path / "census.json", hint="default")
     if "FP16" not in report["device_capabilities"]:
         pytest.skip(f"this emulated CPU has no fp16 arithmetic (capabilities {report['device_capabilities']}): "
@@ -258,3 +296,17 @@ def test_aarch64_default_hint_would_narrow(arm_build, irs, tmp_path) -> None:
     assert report["inference_precision"] == "f16", report["inference_precision"]
     assert report["runtime_precisions"].get("f16", 0) > 0, report["runtime_precisions"]
     assert narrowed, "f16 inference left the canvas path in f32"
+
+
+def test_aarch64_default_hint_without_fp16_arithmetic(arm_build, irs, tmp_path) -> None:
+    """The other side of the census: on a CPU without fp16 arithmetic (qemu's cortex-a53, Armv8.0: a Raspberry Pi 3/4
+    class core), the plugin's default hint already infers in f32, so nothing on the canvas path is narrowed; the
+    census tells the two CPUs apart by their capabilities, not by the host."""
+    cpu = {"QEMU_CPU": "cortex-a53"}
+    result = emulate(arm_build, str(arm_build / "canvit_openvino_precisions"), str(irs("fp32-stateless") / "step.xml"),
+                     "--out", str(tmp_path / "census.json"), "--hint", "default", env=cpu)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "census.json").read_text())
+    assert "FP16" not in report["device_capabilities"], report["device_capabilities"]
+    assert report["inference_precision"] == "f32", report["inference_precision"]
+    assert report["runtime_precisions"].get("f16", 0) == 0, report["runtime_precisions"]

@@ -31,7 +31,15 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_IGNORE_PATH /usr/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/cmake)
 
 set(CANVIT_AARCH64_SYSROOT /usr/aarch64-linux-gnu CACHE PATH "aarch64 runtime root for qemu-aarch64-static -L")
+# The emulated CPU: Armv8.2 with fp16 arithmetic and no SVE, the boards' class (Jetson Orin's Cortex-A78AE, Graviton2,
+# Raspberry Pi 5's Cortex-A76); qemu's default, max, emulates SVE/SME slowly on some hosts. QEMU_CPU sets another.
+if(DEFINED ENV{QEMU_CPU} AND NOT "$ENV{QEMU_CPU}" STREQUAL "")
+  set(_canvit_qemu_cpu "$ENV{QEMU_CPU}")
+else()
+  set(_canvit_qemu_cpu neoverse-n1)
+endif()
+set(CANVIT_QEMU_CPU "${_canvit_qemu_cpu}" CACHE STRING "qemu-aarch64-static -cpu for the cross-compiling emulator")
 find_program(CANVIT_QEMU_AARCH64 qemu-aarch64-static)
 if(CANVIT_QEMU_AARCH64)
-  set(CMAKE_CROSSCOMPILING_EMULATOR "${CANVIT_QEMU_AARCH64};-L;${CANVIT_AARCH64_SYSROOT}")
+  set(CMAKE_CROSSCOMPILING_EMULATOR "${CANVIT_QEMU_AARCH64};-cpu;${CANVIT_QEMU_CPU};-L;${CANVIT_AARCH64_SYSROOT}")
 endif()

@@ -89,6 +89,29 @@ double ms_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Progress lines on stderr for long runs only (an emulated board, a big canvas, thousands of glimpses): at most one
+// every kProgressEveryS seconds, so a quick run prints nothing and a slow one shows it is moving, not stuck.
+class Progress {
+public:
+    explicit Progress(int glimpses) : glimpses_(glimpses), last_(std::chrono::steady_clock::now()) {}
+    void loaded(const std::string& backend, double ms) {
+        if (ms >= kProgressEveryS * 1000.0) {
+            std::fprintf(stderr, "canvit_demo: step loaded on %s in %.1f s\n", backend.c_str(), ms / 1000.0);
+            last_ = std::chrono::steady_clock::now();
+        }
+    }
+    void glimpse(int done, double step_ms) {
+        if (ms_since(last_) < kProgressEveryS * 1000.0) return;
+        std::fprintf(stderr, "canvit_demo: glimpse %d/%d (step %.1f ms)\n", done, glimpses_, step_ms);
+        last_ = std::chrono::steady_clock::now();
+    }
+
+private:
+    static constexpr double kProgressEveryS = 2.0;
+    int glimpses_;
+    std::chrono::steady_clock::time_point last_;
+};
+
 // This process's resident set in MB (1e6 bytes), from Linux's /proc/self/statm (second field, in pages); a negative
 // value where there is no /proc (the --log then leaves resident_mb out).
 double resident_mb() {
@@ -217,7 +240,10 @@ int main(int argc, char** argv) {
         if (args.count("--video")) video = open_video(args["--video"]);
         else scene = load_scene(args["--image"], m);
         BackendOptions options{args["--device"], threads, !args.count("--no-cuda-graph"), args.count("--engine") ? args["--engine"] : ""};
+        const auto loading = std::chrono::steady_clock::now();
         auto backend = make_backend(args["--backend"], m, options);
+        Progress progress(glimpses);
+        progress.loaded(backend->description(), ms_since(loading));
         std::unique_ptr<FrameSink> overlay;  // opened before the run: a bad path fails before any glimpse
         if (args.count("--overlay-video")) overlay = open_video_writer(args["--overlay-video"], m.scene_px, m.scene_px, 10.0);
 
@@ -249,6 +275,7 @@ int main(int argc, char** argv) {
             const auto start = std::chrono::steady_clock::now();
             backend->step(v);
             step_ms.push_back(ms_since(start));
+            progress.glimpse(t + 1, step_ms.back());
             if (policy.adaptive()) {  // the entropy the next glimpse is chosen from: B * G * G floats to the host
                 const auto read = std::chrono::steady_clock::now();
                 entropy = backend->read_output("seg_entropy");
