@@ -11,6 +11,7 @@ GFLOPs per glimpse: canvit_pytorch.flops.glimpse_flops (paper App. G), for the a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -31,9 +32,9 @@ from canvit_export.parity import compare, default_image
 from canvit_export.progress import console
 from canvit_export.reference import EagerRunner, PeerRunner, export_peer
 from canvit_export.source import load_from_record
-from canvit_runtime.artifact import file_on_path
 from canvit_runtime.base import Runner
 from canvit_runtime.manifest import Manifest, ManifestError, a_target, load_manifest
+from canvit_runtime.paths import report_folder, write_output
 from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
 
@@ -500,20 +501,10 @@ def chart(table: list[dict[str, Any]], path: Path) -> None:
         curves.legend(fontsize=7)
         curves.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # long configuration names would clip the axis label
+    picture = io.BytesIO()
+    fig.savefig(picture, format="png", dpi=110, bbox_inches="tight")  # long configuration names would clip the axis label
+    write_output(path, picture.getvalue())
     plt.close(fig)
-
-
-def check_out(out: Path) -> None:
-    """--out must be a folder that can be written (created if missing); ExportError naming the fix otherwise."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file: bench writes bench.json, bench.md and bench.png into a folder")
-    if blocker := file_on_path(out):
-        raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExportError(f"--out {out}: cannot create it ({error.strerror}); choose another --out") from error
 
 
 def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | None, iters: int, warmup: int,
@@ -534,7 +525,10 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
     if unknown := [b for b in baselines if b not in BASELINES]:
         raise ExportError(f"unknown baseline{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from "
                           f"{', '.join(BASELINES)} (or '' for none)")
-    check_out(out)  # before the work: a benchmark is not lost to a bad --out
+    try:  # before the work: a benchmark is not lost to a bad --out
+        report_folder(out, inputs=artifacts, option="--out")
+    except OSError as error:
+        raise ExportError(f"--out {out}: cannot create it ({error.strerror}); choose another --out") from error
     with tempfile.TemporaryDirectory(prefix="canvit-bench-") as tmp:
         workdir = Path(tmp)
         candidates = build_candidates(artifacts, runtimes, threads, workdir, peer, baselines)
@@ -553,11 +547,11 @@ def bench_command(*, artifacts: list[Path], runtimes: list[str], threads: int | 
             for c in candidates:
                 rss[c.name] = peak_rss_mb(c.child)
     facts = machine_facts(threads)
-    table = rows(candidates, rss, floors) + streamed  # out was created by check_out, before the work
+    table = rows(candidates, rss, floors) + streamed  # out was created by report_folder, before the work
     report = {"machine": facts, "iters": iters, "warmup": warmup, "image": str(image or "skimage.data.astronaut()"),
               "policy": "c2f (21 glimpses, reset after each 21)", "columns": list(COLUMNS), "rows": table}
-    (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "bench.md").write_text(markdown(table, facts, iters))
+    write_output(out / "bench.json", json.dumps(report, indent=1) + "\n")
+    write_output(out / "bench.md", markdown(table, facts, iters))
     chart(table, out / "bench.png")
     return report
 

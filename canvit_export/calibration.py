@@ -142,7 +142,8 @@ def record_calibration(artifact: Path, out: Path, *, images: Path | None = None,
     session = canvit_runtime.open(artifact, runtime="onnxruntime", threads=threads)
     shapes = {t.name: t.shape for t in source.inputs}
     count = len(pictures) * len(policies) * glimpses
-    with staged_artifact(out, force=force) as staging:
+    inputs = (artifact,) if images is None else (artifact, images)
+    with staged_artifact(out, force=force, inputs=inputs, kind="calibration set") as staging:
         rows = {"scenes": [len(pictures), *shapes["scene"]], "canvas": [count, *shapes["canvas"]],
                 "recurrent_cls": [count, *shapes["recurrent_cls"]], "centers": [count, *shapes["centers"]],
                 "scales": [count, *shapes["scales"]], "scene_index": [count]}

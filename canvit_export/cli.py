@@ -12,11 +12,11 @@ from typing import Any
 import click
 
 from canvit_export.errors import ExportError
-from canvit_runtime.artifact import file_on_path
 from canvit_runtime.cli import OneLineGroup
 from canvit_runtime.cli import info as runtime_info
 from canvit_runtime.cli import trt as runtime_trt
 from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact
+from canvit_runtime.paths import check_out
 from canvit_runtime.precision import TARGET_PRECISIONS
 
 EXIT_BAD_INPUT = 2
@@ -58,6 +58,8 @@ def os_error_line(error: OSError, out: Any = None) -> str:
     name = errno.errorcode.get(error.errno or 0, "")
     return f"{where}{error.strerror or error}" + (f"; {hint[name]}" if name in hint else "")
 
+
+FORCE_HELP = "Replace --out if it exists and canvit-export wrote it (never a folder this tool did not write)."
 
 RELEASED_MODEL = "canvit/canvitb16-add-vpe-pretrain-g128px-s512px-in21k-dv3b16-2026-02-02"
 """--model's default (canvit_export.source.DEFAULT_MODEL, not imported here: the CLI starts without torch)."""
@@ -134,14 +136,11 @@ def calibration_option(command: Callable[..., Any]) -> Callable[..., Any]:
              "to record one from [default: scikit-image's four photos].")(command)
 
 
-def refuse_existing(out: Path | None, force: bool) -> None:
-    """Fail before loading anything when --out exists and --force is not given, or cannot be a folder."""
-    if out is None:
-        return
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
-    if blocker := file_on_path(out):
-        raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
+def refuse_existing(out: Path | None, force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Fail before loading anything when --out breaks the replacement rule (canvit_runtime.paths.check_out): exists
+    without --force, is not this tool's with it, is a symlink, a protected folder, or overlaps one of `inputs`."""
+    if out is not None:
+        check_out(out, force=force, inputs=[i for i in inputs if i is not None])
 
 
 def load_weights(model: str | None, revision: str | None, random_weights: bool, backbone: str, weight_seed: int):
@@ -171,7 +170,7 @@ def main() -> None:
 @calibration_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>].")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @one_line_errors
 def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset, precision, glimpse_output, readout,
          probe, calibration, out, force) -> None:
@@ -180,7 +179,7 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
     from canvit_export.export.onnx import export_onnx
     from canvit_export.progress import console
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, (calibration,))
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
     heads = load_readouts(loaded, readout, probe, weight_seed)
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx")
@@ -206,14 +205,14 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
 @calibration_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="IR artifact folder [default: <artifact>-openvino-<precision>].")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @one_line_errors
 def openvino(artifact, precision, stateful, calibration, out, force) -> None:
     """Convert an ONNX artifact to OpenVINO IR (step.xml/bin + manifest) at its own precision, stateful by default."""
     from canvit_export.export.openvino import export_openvino
     from canvit_export.progress import console
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, (artifact, calibration))
     manifest = export_openvino(artifact, out, precision=precision, stateful=stateful, calibration=calibration,
                                force=force)
     facts = manifest.artifact
@@ -234,7 +233,7 @@ def openvino(artifact, precision, stateful, calibration, out, force) -> None:
 @readout_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>-coreml].")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @one_line_errors
 def coreml(model, revision, random_weights, backbone, weight_seed, geometry, precision, stateful, min_target, readout,
            probe, out, force) -> None:
@@ -273,7 +272,7 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
 @click.option("--policy-seed", "seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid / r-iid.")
 @click.option("--threads", type=int, default=None, help="Runtime threads [default: the runtime's].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
-              help="JSON report path [default: <artifact>/parity-<runtime>.json].")
+              help="JSON report path [default: reports/parity-<artifact name>-<runtime>.json].")
 @click.option("--pictures", type=click.Path(path_type=Path), default=None,
               help="Folder for viewpoints.png (+ segmentation.png, entropy.png with a segmentation readout).")
 @one_line_errors
@@ -346,7 +345,7 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of c2f / f-iid.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: its own].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Calibration set folder to write.")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @one_line_errors
 def calibrate(artifact, images, policies, glimpses, seed, threads, out, force) -> None:
     """Record an INT8 calibration set: the step's inputs (scene, canvas, recurrent CLS, viewpoint) at every glimpse of
@@ -354,7 +353,7 @@ def calibrate(artifact, images, policies, glimpses, seed, threads, out, force) -
     from canvit_export.calibration import record_calibration
     from canvit_export.progress import console
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, (artifact, images))
     chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
     calibration = record_calibration(artifact, out, images=images, policies=chosen, glimpses=glimpses, seed=seed,
                                      threads=threads, force=force)
@@ -435,7 +434,7 @@ main.add_command(runtime_trt, name="trt")
 @click.option("--scene-state", is_flag=True,
               help="ONNX Runtime model: keep the scene as an implicit state too, so only a frame's first glimpse "
                    "sends it (checked with ONNX Runtime, not yet on a Triton ONNX Runtime backend).")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @one_line_errors
 def triton(artifacts, out, backends, device, strategy, max_sequences, instances, idle_ms, python_runtime, threads,
            scene_state, force) -> None:
@@ -443,7 +442,7 @@ def triton(artifacts, out, backends, device, strategy, max_sequences, instances,
     from canvit_export.progress import console
     from canvit_export.triton import ServeOptions, write_repository
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, tuple(artifacts))
     options = ServeOptions(device=device, strategy=strategy, max_sequences=max_sequences, instances=instances,
                            idle_us=idle_ms * 1000, runtime=python_runtime, threads=threads, scene_state=scene_state)
     chosen = [b.strip() for b in backends.split(",") if b.strip()] if backends else None

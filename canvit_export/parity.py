@@ -16,6 +16,7 @@ to the tolerances, and a divergence fails fp32 only.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from canvit_export.progress import console
 from canvit_export.reference import EagerRunner
 from canvit_export.source import LoadedModel, load_from_record
 from canvit_runtime.manifest import Manifest
+from canvit_runtime.paths import check_output_file, report_folder, write_output
 from canvit_runtime.policies import ADAPTIVE_POLICIES, EntropyGuidedC2F, Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
 
@@ -389,20 +391,36 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"[red]FAIL[/red] {len(report['failures'])} violation(s); first: {report['failures'][0]}")
 
 
+MAX_GLIMPSES = 100_000
+"""A parity run's glimpse cap: its report holds every glimpse's figures (~300 bytes each)."""
+
+
+def default_report_path(artifact: Path, runtime: str) -> Path:
+    """reports/parity-<artifact folder name>-<runtime>.json, under the current folder: outside the artifact."""
+    return Path("reports") / f"parity-{Path(artifact).resolve().name}-{runtime}.json"
+
+
 def parity_command(*, artifact: Path, runtime: str, loaded: LoadedModel | None, image: Path | np.ndarray | None,
                    policy: str, glimpses: int, seed: int, threads: int | None, report_path: Path | None,
                    pictures: Path | None = None) -> dict[str, Any]:
     """What `canvit-export parity` does; returns the report (also written to report_path, default
-    <artifact>/parity-<runtime>.json). With pictures, the runtime's rollout is drawn there (canvit_runtime.pictures)."""
+    reports/parity-<artifact name>-<runtime>.json: never inside the artifact, which is input). With pictures, the
+    runtime's rollout is drawn there (canvit_runtime.pictures). Raises ExportError for bad input, and before any work
+    for a report path or pictures folder that is a symlink, inside the artifact, or a folder this tool did not
+    write (canvit_runtime.paths)."""
     if glimpses < 1:
         raise ExportError(f"--glimpses {glimpses}: must be >= 1")
+    if glimpses > MAX_GLIMPSES:
+        raise ExportError(f"--glimpses {glimpses}: at most {MAX_GLIMPSES} (one parity run keeps every glimpse's figures)")
+    path = report_path or default_report_path(artifact, runtime)
+    check_output_file(path, inputs=[artifact], option="--report")
+    if pictures is not None:
+        report_folder(pictures, inputs=[artifact], option="--pictures")
     try:
         runner = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
     except (ValueError, canvit_runtime.RuntimeUnavailable) as error:
         raise ExportError(str(error)) from error
     manifest = runner.manifest
-    if pictures is not None and pictures.exists() and not pictures.is_dir():
-        raise ExportError(f"--pictures {pictures} is a file: pass a folder (created if missing)")
     if loaded is None:
         with console.status("loading the reference weights named in the manifest"):
             loaded = load_from_record(manifest.model)
@@ -431,9 +449,7 @@ def parity_command(*, artifact: Path, runtime: str, loaded: LoadedModel | None, 
         viewpoints = [(r["row"], r["col"], r["scale"]) for r in report["per_glimpse"]]
         report["pictures"] = [str(p) for p in draw_rollout(manifest, scene, viewpoints, last, pictures)]
         report["pictures"].append(str(draw_drift(report, pictures / "drift.png")))
-    path = report_path or Path(artifact) / f"parity-{runtime}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_output(path, json.dumps(report, indent=1) + "\n", inputs=[artifact], option="--report")
     report["report_path"] = str(path)
     return report
 
@@ -466,6 +482,7 @@ def draw_drift(report: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a curve
     fig.tight_layout()
-    fig.savefig(path)
+    picture = io.BytesIO()
+    fig.savefig(picture, format="png")
     plt.close(fig)
-    return path
+    return write_output(path, picture.getvalue(), option="--pictures")

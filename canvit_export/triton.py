@@ -53,13 +53,16 @@ import numpy as np
 from canvit_export.errors import ExportError
 from canvit_runtime.artifact import staged_artifact
 from canvit_runtime.manifest import (
+    MANIFEST_NAME,
     ROLE_CENTERS,
     ROLE_SCALES,
     ROLE_SCENE,
     Manifest,
     ManifestError,
     load_manifest,
+    verified_onnx,
 )
+from canvit_runtime.paths import printable
 from canvit_runtime.triton_model import OPEN_SEQUENCES
 
 BACKENDS = ("onnxruntime", "tensorrt", "openvino", "python")
@@ -133,11 +136,12 @@ def model_name(artifact: Path, backend: str) -> str:
 
 
 # --- the ONNX copy ----------------------------------------------------------------------------------------------
-def prepare_onnx(source: Path, destination: Path, renames: dict[str, str], *, controls: bool,
+def prepare_onnx(source: Path | bytes, destination: Path, renames: dict[str, str], *, controls: bool,
                  scene: str | None = None) -> None:
-    """Copy the step graph `source` to `destination` with graph inputs/outputs renamed (`renames`, in every node
-    that reads or writes them) and, with controls, the inputs START, END, READY int32 [1] and CORRID uint64 [1]
-    added (unused by the graph: Triton feeds them, ONNX Runtime ignores them).
+    """Copy the step graph `source` (a path, or the checksummed bytes: manifest.verified_onnx) to `destination`
+    with graph inputs/outputs renamed (`renames`, in every node that reads or writes them) and, with controls, the
+    inputs START, END, READY int32 [1] and CORRID uint64 [1] added (unused by the graph: Triton feeds them, ONNX
+    Runtime ignores them).
 
     With `scene` (the scene input's name), the scene becomes optional and is also kept as a state: inputs `scene`
     [B, 3, S, S] (an overridable initializer of NaNs: ONNX Runtime uses it when a request omits the scene) and
@@ -147,7 +151,7 @@ def prepare_onnx(source: Path, destination: Path, renames: dict[str, str], *, co
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(source))
+    model = onnx.load_model_from_string(source) if isinstance(source, bytes) else onnx.load(str(source))
     graph = model.graph
     if scene is not None:
         used = "canvit_scene_used"
@@ -262,7 +266,7 @@ def config_text(manifest: Manifest, name: str, backend: str, options: ServeOptio
         batching += "  state [\n" + ",\n".join(states) + "\n  ]\n"
     batching += "}\n"
     kind = "KIND_CPU" if python or options.device == "cpu" else "KIND_GPU"
-    header = f"# Written by canvit-export triton from {manifest.directory.resolve()} ({manifest.target}, " \
+    header = f"# Written by canvit-export triton from {printable(manifest.directory.resolve())} ({manifest.target}, " \
              f"{manifest.precision.name}, batch {manifest.batch}).\n"
     header += "".join(f"# {line}\n" for line in comment.splitlines())
     text = header + f'name: "{name}"\nbackend: "{backend}"\nmax_batch_size: 0\n'
@@ -279,6 +283,61 @@ def config_text(manifest: Manifest, name: str, backend: str, options: ServeOptio
         text += "parameters [\n" + ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
                                                for k, v in parameters) + "\n]\n"
     return text
+
+
+def check_config(text: str, manifest: Manifest, name: str, backend: str, renames: dict[str, str], *,
+                 controls: bool) -> None:
+    """Parse a written config.pbtxt back with Triton's own ModelConfig protobuf (tritonclient) and compare it with
+    what the manifest asks for: the model's name and backend, its inputs, outputs, implicit states, control inputs
+    and parameters, nothing more. Raises ExportError (a name or value that broke out of its field) before the
+    repository is kept."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as error:
+        raise ExportError(f"checking config.pbtxt needs tritonclient ({error}): pip install 'canvit-export[triton]'") from error
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise ExportError(f"{manifest.directory}: the config.pbtxt written for {name} does not parse as Triton's "
+                          f"ModelConfig ({printable(error, 120)}); a manifest name breaks it: re-export the artifact") from error
+    stateful = {p.input for p in manifest.state} | {p.output for p in manifest.state}
+    inputs = {t.name for t in manifest.inputs if t.role in (ROLE_SCENE, ROLE_CENTERS, ROLE_SCALES)}
+    outputs = {renames.get(p.output, p.output) for p in manifest.state}
+    outputs |= {t.name for t in manifest.outputs if t.name not in stateful}
+    if backend == "python":
+        outputs.add(OPEN_SEQUENCES)
+    states = set() if backend == "python" else {renames.get(p.input, p.input) for p in manifest.state}
+    scene_state = {renames.get(SCENE_STATE[0], SCENE_STATE[0])}  # --scene-state: the scene as a third state
+    checks = [("name", config.name, name, config.name == name),
+              ("backend", config.backend, backend, config.backend == backend),
+              ("inputs", {i.name for i in config.input}, inputs, {i.name for i in config.input} == inputs),
+              ("outputs", {o.name for o in config.output}, outputs, {o.name for o in config.output} == outputs)]
+    found_states = {state.input_name for state in config.sequence_batching.state}
+    checks.append(("states", found_states, states, found_states - scene_state == states))
+    found_controls = {c.name for c in config.sequence_batching.control_input}
+    controls_wanted = {c for c, _ in CONTROLS} if controls else set()
+    checks.append(("control inputs", found_controls, controls_wanted, found_controls == controls_wanted))
+    parameters_allowed = {"runtime", "threads"} if backend == "python" else set()
+    checks.append(("parameters", set(config.parameters), parameters_allowed, set(config.parameters) <= parameters_allowed))
+    for what, have, want, ok in checks:
+        if not ok:
+            shown = lambda v: printable(sorted(v) if isinstance(v, set) else v, 160)
+            raise ExportError(f"{manifest.directory}: the config.pbtxt written for {name} has {what} {shown(have)}, "
+                              f"the manifest asks for {shown(want)}; re-export the artifact")
+
+
+def copy_listed(manifest: Manifest, folder: Path) -> None:
+    """Copy into `folder` the artifact's manifest.json and the files it lists, from their checksummed bytes (an
+    .mlpackage folder: its regular files), never following a link and taking nothing else from the folder."""
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())
+    for key, record in manifest.files.items():
+        if key == "package":
+            shutil.copytree(manifest.file(key), folder / record.path, symlinks=True)
+        else:
+            (folder / record.path).write_bytes(manifest.read_verified(key))
 
 
 # --- the repository ---------------------------------------------------------------------------------------------
@@ -299,13 +358,12 @@ def _write_model(manifest: Manifest, backend: str, name: str, root: Path, option
         from canvit_runtime.triton_backend import MODEL_PY
 
         shutil.copyfile(MODEL_PY, version / "model.py")
-        shutil.copytree(manifest.directory, version / "artifact",
-                        ignore=shutil.ignore_patterns("parity-*.json", "*.png"))
+        copy_listed(manifest, version / "artifact")
         comment = ("Python backend: canvit_runtime in the server's Python (pip install 'canvit-runtime[onnxruntime]' "
                    "or [openvino]); one session per CORRID.\nThe scene input is optional: omit it to reuse the "
                    "sequence's last scene (send it once per frame).")
     elif backend == "onnxruntime":
-        prepare_onnx(manifest.file("graph"), version / "model.onnx", renames, controls=True,
+        prepare_onnx(verified_onnx(manifest), version / "model.onnx", renames, controls=True,
                      scene=manifest.input(ROLE_SCENE).name if scene_state else None)
         comment = ("Implicit state, the scene too: send it with a frame's first glimpse, omit it after (optional input)."
                    if scene_state else
@@ -316,17 +374,18 @@ def _write_model(manifest: Manifest, backend: str, name: str, root: Path, option
                               f"which Triton pairs wrongly (server#8586), and a {backend} model can't be renamed here: "
                               f"serve its ONNX artifact with the onnxruntime backend")
         if backend == "tensorrt":
-            shutil.copyfile(manifest.file("engine"), version / "model.plan")
+            (version / "model.plan").write_bytes(manifest.read_verified("engine"))
         else:
-            shutil.copyfile(manifest.file("ir"), version / "model.xml")
-            shutil.copyfile(manifest.file("weights"), version / "model.bin")
+            (version / "model.xml").write_bytes(manifest.read_verified("ir"))
+            (version / "model.bin").write_bytes(manifest.read_verified("weights"))
         comment = (f"Implicit state; no control inputs (the {backend} model's inputs are fixed where it was built).\n"
                    f"The scene travels with every request (the graph takes it as a plain input).")
     if backend != "python":
         _write_initial_state(manifest, model_dir / "initial_state")
     controls = backend in ("python", "onnxruntime")
-    (model_dir / "config.pbtxt").write_text(config_text(manifest, name, backend, options, renames, controls=controls,
-                                                        comment=comment))
+    config = config_text(manifest, name, backend, options, renames, controls=controls, comment=comment)
+    check_config(config, manifest, name, backend, renames, controls=controls)
+    (model_dir / "config.pbtxt").write_text(config)
     record = {"artifact": str(manifest.directory.resolve()), "backend": backend, "target": manifest.target,
               "state": [{"input": p.input, "output": p.output, "triton_input": renames.get(p.input, p.input),
                          "triton_output": renames.get(p.output, p.output)} for p in manifest.state],
@@ -388,7 +447,7 @@ def write_repository(artifacts: Sequence[Path], out: Path, *, options: ServeOpti
     options.check()
     plan = plan_models(artifacts, backends)
     models = []
-    with staged_artifact(Path(out), force=force) as staging:
+    with staged_artifact(Path(out), force=force, inputs=tuple(artifacts), kind="Triton repository") as staging:
         for manifest, backend, name in plan:
             if progress is not None:
                 progress(f"{name} ({backend})")

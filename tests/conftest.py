@@ -195,3 +195,21 @@ def trtexec_log(command: str, *, gpu: str = "Orin", compute_capability: str = "8
              f"{info}[TRT] [MemUsageChange] Init CUDA: CPU +2, GPU +0, now: CPU 31, GPU 3840 (MiB)",
              f"{info}Engine built in 412.3 sec.", f"&&&& {result} {name} # {command}"]
     return "\n".join(lines) + "\n"
+
+
+def invoke(main, *args: object) -> tuple[int, str]:
+    """Run a click command group in-process (CliRunner): (exit code, output). Fails on a traceback."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        f"traceback: {result.exception!r}")
+    return result.exit_code, result.output
+
+
+def one_line(output: str) -> str:
+    """The single `error: ...` line of a refused command's output (no traceback, no escape sequence)."""
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output and "\x1b" not in output, output
+    return lines[0]

@@ -8,25 +8,17 @@ import pytest
 from click.testing import CliRunner
 
 from canvit_export.cli import main
+from conftest import invoke, one_line
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
-        f"traceback: {result.exception!r}")
-    return result.exit_code, result.output
-
-
-def one_line(output: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
-    return lines[0]
+    return invoke(main, *args)
 
 
 @pytest.mark.parametrize(("out", "needle"), [
-    ("README.md", "is a file: bench writes bench.json, bench.md and bench.png into a folder"),
+    ("README.md", "README.md is a file: pass a folder (created if missing)"),
     ("README.md/x", "README.md is a file, not a folder; choose another --out"),
 ])
 def test_bench_checks_out_before_the_work(export_artifact, out: str, needle: str) -> None:

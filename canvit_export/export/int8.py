@@ -180,7 +180,8 @@ def export_onnx_int8(artifact: Path, out: Path, *, calibration: Path | None = No
         raise ExportError(f"{artifact} is {a_precision(source.precision.name)} graph: INT8 is quantized from the fp32 graph "
                           f"(`canvit-export onnx --precision fp32`)")
     stages = Stages(3, quiet=quiet)
-    with staged_artifact(out, force=force) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
+    inputs = (artifact,) if calibration is None else (artifact, calibration)
+    with staged_artifact(out, force=force, inputs=inputs) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
         with stages.stage("calibration set (the step's inputs over rollouts of the fp32 graph)"):
             calib = resolve_calibration(source, calibration, Path(work), threads=threads, quiet=quiet)
         with stages.stage(f"quantizing to INT8 Q/DQ with ONNX Runtime ({calib.count} calibration samples)"):

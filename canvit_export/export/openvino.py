@@ -338,7 +338,8 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
         raise ExportError("--calibration calibrates static INT8: pass it with --precision int8")
     out = out or artifact.with_name(f"{artifact.name}-openvino-{label}{'' if stateful else '-stateless'}")
     stages = Stages(4 if int8_weights else 5 if int8_static else 3, quiet=quiet)
-    with staged_artifact(out, force=force) as staging, tempfile.TemporaryDirectory(dir=staging.parent) as work:
+    inputs = (artifact,) if calibration is None else (artifact, calibration)
+    with staged_artifact(out, force=force, inputs=inputs) as staging, tempfile.TemporaryDirectory(dir=staging.parent) as work:
         calib = None
         if int8_static:
             with stages.stage("calibration set (the step's inputs over rollouts of the fp32 graph)"):

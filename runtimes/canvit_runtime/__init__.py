@@ -16,6 +16,7 @@ from typing import Any
 
 from canvit_runtime.base import Runner, StepResult
 from canvit_runtime.manifest import Manifest, ManifestError, load_manifest
+from canvit_runtime.paths import printable
 
 RUNNERS: dict[str, tuple[str, str, str]] = {
     # name: (module, runner class or factory, how to install it)
@@ -46,6 +47,12 @@ def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | 
         runner: Runner = getattr(importlib.import_module(module_name), class_name)(manifest, threads=threads, **options)
     except ImportError as error:  # the backend's package, imported by the module or by the runner
         raise RuntimeUnavailable(f"runtime {runtime!r} is not available ({error}); {install}") from error
+    except (ValueError, RuntimeUnavailable):
+        raise
+    except Exception as error:  # the runtime refused the graph: bytes it cannot parse, an unknown (custom) op, ...
+        first = str(error).strip().splitlines()
+        raise ManifestError(f"{artifact_dir}: {runtime} cannot load this artifact's step "
+                            f"({printable(first[-1] if first else type(error).__name__, 160)}); re-export it") from error
     runner.reset()
     return runner
 

@@ -24,24 +24,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from canvit_runtime.manifest import Manifest, ManifestError, SourceArtifact, a_target, file_record, load_manifest
+from canvit_runtime.paths import ExportError, check_out, file_on_path, not_ours, write_marker
+
+__all__ = ["COMMANDS", "INITIAL_STATE_FILE", "ExportError", "check_out", "clean_stale_staging", "command_line",
+           "copy_initial_state", "derived_fields", "file_on_path", "finish_manifest", "load_source_artifact",
+           "source_record", "staged_artifact", "tool_versions"]
 
 INITIAL_STATE_FILE = "initial_state.bin"
 COMMANDS = ("canvit-export", "canvit-runtime")
-
-
-class ExportError(ValueError):
-    """Bad input or an unmet requirement while writing an artifact; the message names the fix in one line."""
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def file_on_path(out: Path) -> Path | None:
-    """The first existing ancestor of `out` that is a file, not a folder (so `out` cannot be created), or None."""
-    return next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None)
 
 
 def _alive(pid: int) -> bool:
@@ -67,20 +63,20 @@ def clean_stale_staging(out: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success rename it to `out` (with the permissions of a folder made by
-    mkdir under the current umask, not mkdtemp's 0700), on any error delete it.
+def staged_artifact(out: Path, *, force: bool, inputs: tuple[Path, ...] = (), kind: str = "artifact") -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success write its marker (canvit_runtime.paths: what --force may
+    replace later) and rename it to `out` (with the permissions of a folder made by mkdir under the current umask, not
+    mkdtemp's 0700); on any error delete it.
 
     The staging folder's name holds this process's id, so that a later export to the same `out` deletes what a
     killed one left (clean_stale_staging). Two exports racing to one `out`: the first to finish renames its folder
     into place and the other fails with ExportError (with force, the later one replaces it); never a mixture.
-    Raises ExportError before any work when `out` exists and force is false, or a folder on its path is a file.
+    Raises ExportError before any work when `out` breaks the replacement rule (paths.check_out: exists without force,
+    not this tool's with force, a symlink, protected, overlapping one of `inputs`), and before the rename when what
+    appeared at `out` meanwhile is not this tool's.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
-    if blocker := file_on_path(out):
-        raise ExportError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
+    check_out(out, force=force, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
@@ -88,10 +84,14 @@ def staged_artifact(out: Path, *, force: bool) -> Iterator[Path]:
              f"replace it, or choose another --out")
     try:
         yield staging
+        write_marker(staging, kind)
         staging.chmod(0o777 & ~_umask())
-        if out.exists():
+        if os.path.lexists(out):
             if not force:
                 raise ExportError(raced)
+            if why := not_ours(out):  # checked again: it may have changed while the export ran
+                raise ExportError(f"--out {out} {why}; --force replaces only what canvit-export wrote: move it away "
+                                  f"or choose another --out")
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
             out.rename(trash / out.name)
             staging.rename(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import io
 import json
 import sys
 import time
@@ -75,6 +76,13 @@ def main() -> None:
     """Run CanViT glimpse-step artifacts (exported by canvit-export) on ONNX Runtime, OpenVINO, TensorRT or Core ML."""
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """`array` as the bytes of a .npy file (numpy.save)."""
+    data = io.BytesIO()
+    np.save(data, array)
+    return data.getvalue()
+
+
 @main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (manifest.json).")
 @click.option("--image", type=click.Path(path_type=Path), required=True, help="Photograph (PNG, JPEG, ...).")
@@ -96,19 +104,22 @@ def main() -> None:
 def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out, pictures) -> None:
     """Roll the artifact out on a photo: preprocess, loop the glimpses, print the step latency and the readouts."""
     import canvit_runtime
+    from canvit_runtime.paths import check_output_file, report_folder, write_output
     from canvit_runtime.pictures import draw_rollout, top_classes
     from canvit_runtime.preprocess import scene_batch
     from canvit_runtime.rollout import rollout
 
     if glimpses < 1:
         raise ValueError(f"--glimpses {glimpses}: must be >= 1")
-    for path in (canvas_out, cls_out):
+    for option, path in (("--canvas-out", canvas_out), ("--cls-out", cls_out)):
         if path is not None and path.suffix != ".npy":
             raise ValueError(f"{path}: outputs are written as .npy; name the file *.npy")
         if path is not None and not path.parent.is_dir():
             raise ValueError(f"{path.parent}: no such folder for {path.name}")
-    if pictures is not None and pictures.exists() and not pictures.is_dir():
-        raise ValueError(f"--pictures {pictures} is a file: pass a folder (created if missing)")
+        if path is not None:
+            check_output_file(path, inputs=[artifact], option=option)
+    if pictures is not None:
+        report_folder(pictures, inputs=[artifact], option="--pictures")
     session = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
     manifest = session.manifest
     scene = scene_batch(image, scene_px=manifest.scene_px, batch=manifest.batch)
@@ -123,10 +134,9 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
     canvas, cls = result.canvas, result.recurrent_cls
     if not (np.isfinite(canvas).all() and np.isfinite(cls).all()):
         raise ValueError("the state holds NaN or inf after the rollout: run `canvit-export parity` on this artifact")
-    if canvas_out is not None:
-        np.save(canvas_out, canvas)
-    if cls_out is not None:
-        np.save(cls_out, cls)
+    for option, path, array in (("--canvas-out", canvas_out, canvas), ("--cls-out", cls_out, cls)):
+        if path is not None:
+            write_output(path, npy_bytes(array), inputs=[artifact], option=option)
     steady = times[1:] or times
     emulated = f", {session.emulated} emulated" if session.emulated else ""
     if session.activations:

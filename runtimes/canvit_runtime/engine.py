@@ -155,7 +155,7 @@ def trtexec_for(artifact: Path, out: Path | None, *, precision: str | None = Non
 
 def _write_artifact(source: Manifest, out: Path, *, force: bool, stage: Stage, label: str,
                     write_engine: Callable[[Path], dict[str, Any]]) -> Manifest:
-    with staged_artifact(out, force=force) as staging:
+    with staged_artifact(out, force=force, inputs=(source.directory,)) as staging:
         with stage(label):
             fields = write_engine(staging / ENGINE_FILE)
         with stage("writing the manifest"):

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +33,16 @@ from pydantic import (
     model_validator,
 )
 
+from canvit_runtime.paths import (
+    MAX_JSON_DEPTH,
+    MAX_MANIFEST_BYTES,
+    bad_tree,
+    json_depth_ok,
+    plain_member,
+    printable,
+    read_regular,
+    regular_file,
+)
 from canvit_runtime.precision import PRECISIONS, FloatDType, MatmulDType, PrecisionName
 
 FORMAT = "canvit-export-manifest"
@@ -76,11 +89,15 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+"""Graph input/output names: letters, digits and underscores (they reach Triton's config.pbtxt, file names and logs)."""
+
+
 # --- tensors, state, initial state ------------------------------------------------------------------------------
 class TensorSpec(_Record):
     """One graph input or output: name, static shape, dtype and role (`unit` for readouts, e.g. "nats")."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=TENSOR_NAME)
     shape: list[PositiveInt]
     dtype: DType
     role: Role
@@ -170,15 +187,15 @@ class Architecture(_Record):
     """canvit-pytorch's CanViTConfig and the backbone's ViTSpec, as a reader or a runtime needs them."""
 
     backbone: str
-    backbone_dim: PositiveInt
+    backbone_dim: WidthInt
     num_heads: PositiveInt
     num_blocks: PositiveInt
     patch_px: PositiveInt
     rope_base: float
-    canvas_dim: PositiveInt
+    canvas_dim: WidthInt
     canvas_num_heads: PositiveInt
     canvas_head_dim: PositiveInt
-    num_canvas_registers: NonNegativeInt
+    num_canvas_registers: RegistersInt
     num_backbone_registers: NonNegativeInt
     enable_vpe: bool
     canvas_projections: str
@@ -187,13 +204,28 @@ class Architecture(_Record):
     parameters: PositiveInt
 
 
-class Geometry(_Record):
-    """Static sizes: batch B, scene S px (square), glimpse g px, canvas grid G (G x G tokens)."""
+LIMITS = {"batch": 64, "scene_px": 2048, "glimpse_px": 1024, "canvas_grid": 256, "width": 8192, "registers": 1024,
+          "tensor_elements": 1 << 30}
+"""Caps on what a manifest may ask a runtime to allocate (an artifact is untrusted input): above canvas 128 and scene
+2048 at batch 8, CanViT-B's largest; `width`: backbone and canvas dims; `tensor_elements`: any one tensor (4 GiB of
+float32). The JSON Schema carries the per-field caps, so the C++ demo enforces them too."""
 
-    batch: PositiveInt
-    scene_px: PositiveInt
-    glimpse_px: PositiveInt
-    canvas_grid: PositiveInt
+
+BatchInt = Annotated[int, Field(gt=0, le=LIMITS["batch"])]
+ScenePx = Annotated[int, Field(gt=0, le=LIMITS["scene_px"])]
+GlimpsePx = Annotated[int, Field(gt=0, le=LIMITS["glimpse_px"])]
+GridInt = Annotated[int, Field(gt=0, le=LIMITS["canvas_grid"])]
+WidthInt = Annotated[int, Field(gt=0, le=LIMITS["width"])]
+RegistersInt = Annotated[int, Field(ge=0, le=LIMITS["registers"])]
+
+
+class Geometry(_Record):
+    """Static sizes: batch B, scene S px (square), glimpse g px, canvas grid G (G x G tokens); each capped (LIMITS)."""
+
+    batch: BatchInt
+    scene_px: ScenePx
+    glimpse_px: GlimpsePx
+    canvas_grid: GridInt
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -434,6 +466,9 @@ class Manifest(_Record):
         by_state = {"canvas": canvas, "canvas_next": canvas, "recurrent_cls": [g.batch, 1, a.backbone_dim],
                     "recurrent_cls_next": [g.batch, 1, a.backbone_dim]}
         for t in (*self.inputs, *self.outputs):
+            if int(np.prod(t.shape, dtype=np.float64)) > LIMITS["tensor_elements"]:
+                raise ValueError(f"tensor {t.name!r} of shape {t.shape} has more than {LIMITS['tensor_elements']} "
+                                 f"elements, the most a runtime allocates")
             want = by_state.get(t.name) if t.role == ROLE_STATE else shapes.get(t.role)
             if t.role == ROLE_STATE and want is None:
                 raise ValueError(f"tensor {t.name!r} has role state but is not one of {sorted(by_state)}")
@@ -552,10 +587,8 @@ class Manifest(_Record):
 
     def file(self, key: str) -> Path:
         """Path of one of the artifact's files by its key in `files` (graph, ir, weights, engine, package,
-        initial_state); ManifestError when the manifest lists none."""
-        if key not in self.files:
-            raise ManifestError(f"{self.directory}: the manifest lists no {key!r} file")
-        return self.directory / self.files[key].path
+        initial_state); ManifestError when the manifest lists none, or not under a plain name (member)."""
+        return self.member(key)
 
     @property
     def size_bytes(self) -> int:
@@ -574,14 +607,51 @@ class Manifest(_Record):
 
     # --- checks -----------------------------------------------------------------------------------------------
     def verify_checksums(self) -> None:
-        """Raise ManifestError unless every listed file exists with its size and SHA-256."""
+        """Raise ManifestError unless every listed file is a plain name inside the folder, a regular file (an
+        .mlpackage: a real folder of regular files) with no symlink, device or FIFO, and has its size and SHA-256.
+        Sizes are compared before any byte is read, so a hostile entry cannot hang or exhaust the check."""
         for key, record in self.files.items():
-            path = self.directory / record.path
-            if not path.exists():
-                raise ManifestError(f"{path}: missing from the artifact ({key}); re-export it or copy the whole folder")
+            path = self.member(key)
+            if not os.path.lexists(path):
+                raise ManifestError(f"{printable(path)}: missing from the artifact ({key}); re-export it or copy the whole "
+                                    f"folder")
+            if key == "package":
+                info = path.lstat()
+                if not stat.S_ISDIR(info.st_mode) or (bad := bad_tree(path)) is not None:
+                    what = printable(path if not stat.S_ISDIR(info.st_mode) else bad)
+                    raise ManifestError(f"{what}: not a regular file or folder (a symlink, device or FIFO); artifacts "
+                                        f"hold only plain files: re-export or re-copy it")
+            elif regular_file(path) is None:
+                raise ManifestError(f"{printable(path)}: not a regular file (a symlink, folder, device or FIFO); "
+                                    f"artifacts hold only plain files: re-export or re-copy it")
             if size_bytes(path) != record.bytes or sha256_file(path) != record.sha256:
-                raise ManifestError(f"{path}: SHA-256 mismatch, the file was altered or truncated; re-export or "
-                                    f"re-copy it")
+                raise ManifestError(f"{printable(path)}: SHA-256 mismatch, the file was altered or truncated; re-export "
+                                    f"or re-copy it")
+
+    def member(self, key: str) -> Path:
+        """The path of listed file `key`; ManifestError unless the manifest lists it under a plain relative name (no
+        absolute path, `..`, backslash or control character)."""
+        if key not in self.files:
+            raise ManifestError(f"{self.directory}: the manifest lists no {key!r} file")
+        name = self.files[key].path
+        if not plain_member(name):
+            raise ManifestError(f"{self.directory}: file {key!r} is listed as {printable(name, 80)!r}, not a plain name "
+                                f"inside the artifact folder; re-export the artifact")
+        return self.directory / name
+
+    def read_verified(self, key: str) -> bytes:
+        """The bytes of listed file `key`, read once and checked against its size and SHA-256: what a runner hands to
+        its runtime, so that the bytes that run are the bytes checksummed. Raises ManifestError."""
+        path, record = self.member(key), self.files[key]  # type: ignore[index]
+        try:
+            data = read_regular(path, record.bytes)
+        except (OSError, ValueError) as error:
+            raise ManifestError(f"{printable(path)}: cannot be read as the plain file the manifest lists ({error}); "
+                                f"re-export or re-copy it") from error
+        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
+            raise ManifestError(f"{printable(path)}: SHA-256 mismatch, the file was altered or truncated; re-export or "
+                                f"re-copy it")
+        return data
 
     # --- state ------------------------------------------------------------------------------------------------
     def initial_state_arrays(self, batch_size: int) -> dict[str, np.ndarray]:
@@ -593,7 +663,7 @@ class Manifest(_Record):
         ManifestError when the file is too short.
         """
         path = self.file("initial_state")
-        flat = np.fromfile(path, dtype="<f4")
+        flat = np.frombuffer(self.read_verified("initial_state"), dtype="<f4")
         parts: dict[str, np.ndarray] = {}
         for part in self.initial_state.parts:
             count = int(np.prod(part.shape))
@@ -608,6 +678,27 @@ class Manifest(_Record):
             "canvas": np.array(np.broadcast_to(canvas, (batch_size, *canvas.shape[1:])), dtype=np.float32),
             "recurrent_cls": np.array(np.broadcast_to(cls, (batch_size, 1, cls.shape[-1])), dtype=np.float32),
         }
+
+
+def verified_onnx(manifest: Manifest) -> bytes:
+    """The ONNX artifact's graph bytes, read once and checksummed (Manifest.read_verified), for a runtime to load from
+    memory. Raises ManifestError when they are not an ONNX model, or when the graph loads external data (a file the
+    manifest neither lists nor checksums: runtimes would read it from beside the graph, or from the current folder).
+    Needs the onnx package (in canvit-runtime's onnxruntime and openvino extras)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    data = manifest.read_verified("graph")
+    where = printable(manifest.file("graph"))
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as error:
+        raise ManifestError(f"{where}: not an ONNX model ({printable(error, 80)}); re-export the artifact") from error
+    if external := [t.name for t in _get_all_tensors(model) if uses_external_data(t)]:
+        raise ManifestError(f"{where}: tensor {printable(external[0], 60)!r} loads external data that the manifest "
+                            f"does not checksum; re-export the artifact (canvit-export writes the graph in one file)")
+    return data
 
 
 def sha256_file(path: Path) -> str:
@@ -645,27 +736,46 @@ def _first_error(error: ValidationError) -> str:
 def parse_manifest(text: str, *, source: str = MANIFEST_NAME) -> Manifest:
     """Parse and validate manifest.json text. Raises ManifestError with one line: not JSON, not a canvit-export
     manifest, a newer version (upgrade), an older or invalid layout (re-export), or an inconsistency."""
+    if not json_depth_ok(text):
+        raise ManifestError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels, not a canvit-export manifest")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ManifestError(f"{source}: not valid JSON ({error}); re-export the artifact") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ManifestError(f"{source}: not a canvit-export manifest (format {found!r}, expected {FORMAT!r})")
+        raise ManifestError(f"{source}: not a canvit-export manifest (format {printable(repr(found), 60)}, expected "
+                            f"{FORMAT!r})")
     version = data.get("format_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ManifestError(f"{source}: manifest version {version} is newer than this canvit-runtime reads "
                             f"({FORMAT_VERSION}): upgrade with `pip install -U canvit-runtime` (or canvit-export)")
     if version != FORMAT_VERSION:
-        raise ManifestError(f"{source}: manifest version {version!r} is not readable by this canvit-runtime (reads "
+        raise ManifestError(f"{source}: manifest version {printable(repr(version), 60)} is not readable by this "
+                            f"canvit-runtime (reads "
                             f"{FORMAT_VERSION}): re-export the artifact with this canvit-export")
     try:
         return Manifest.model_validate_json(text, strict=True)
     except ValidationError as error:
-        command = data.get("command")
-        fix = f"re-export it: {command}" if isinstance(command, str) else "re-export it with this canvit-export"
-        raise ManifestError(f"{source}: not a valid version-{FORMAT_VERSION} manifest, {_first_error(error)}; "
+        command = our_command(data.get("command"))
+        fix = f"re-export it: {command}" if command else "re-export it with this canvit-export"
+        raise ManifestError(f"{source}: not a valid version-{FORMAT_VERSION} manifest, {printable(_first_error(error))}; "
                             f"{fix}") from error
+
+
+def our_command(field: object) -> str | None:
+    """A manifest's `command` field as a re-export command to recommend: only a canvit-export / canvit-runtime
+    command line of plain printable words, rebuilt (shlex-quoted) from its parsed words; None for anything else (the
+    field is written by whoever wrote the manifest)."""
+    if not isinstance(field, str) or len(field) > 2000:
+        return None
+    try:
+        words = shlex.split(field)
+    except ValueError:
+        return None
+    if not words or words[0] not in ("canvit-export", "canvit-runtime") or any(printable(w) != w for w in words):
+        return None
+    return shlex.join(words)
 
 
 def load_manifest(artifact_dir: str | Path, *, verify: bool = True) -> Manifest:
@@ -680,9 +790,14 @@ def load_manifest(artifact_dir: str | Path, *, verify: bool = True) -> Manifest:
     if not directory.is_dir():
         raise ManifestError(f"{directory} is a file; pass the artifact folder that holds manifest.json")
     path = directory / MANIFEST_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ManifestError(f"{directory}: no {MANIFEST_NAME}; this is not a canvit-export artifact (re-export it)")
-    manifest = parse_manifest(path.read_text(), source=str(path)).at(directory)
+    try:
+        text = read_regular(path, MAX_MANIFEST_BYTES).decode("utf-8")
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"{printable(path)}: not a plain manifest file ({printable(error)}); re-export the "
+                            f"artifact") from error
+    manifest = parse_manifest(text, source=str(path)).at(directory)
     if verify:
         manifest.verify_checksums()
     return manifest

@@ -25,7 +25,7 @@ import platform
 import numpy as np
 
 from canvit_runtime.base import HostStateRunner
-from canvit_runtime.manifest import Manifest, ManifestError, a_target
+from canvit_runtime.manifest import Manifest, ManifestError, a_target, verified_onnx
 
 
 def emulate_bfloat16(model):  # onnx.ModelProto -> onnx.ModelProto
@@ -181,26 +181,22 @@ class OnnxRuntimeRunner(HostStateRunner):
         options = session_options(threads, spinning=spinning)
         if profile is not None:
             options.enable_profiling, options.profile_file_prefix = True, profile
-        graph: str | bytes = str(manifest.file("graph"))
+        graph = verified_onnx(manifest)  # the checksummed bytes run, and no unlisted external data
         if providers == ["CPUExecutionProvider"] and manifest.precision.matmul_dtype == "bfloat16":
-            try:
-                import onnx
-            except ImportError as error:
-                raise ImportError("a bf16 graph runs on ONNX Runtime's CPU provider only emulated, which rewrites it "
-                                  "with the onnx package: pip install onnx") from error
-            graph, self.emulated = emulate_bfloat16(onnx.load(str(graph))).SerializeToString(), "bfloat16"
+            import onnx
+
+            graph, self.emulated = emulate_bfloat16(onnx.load_model_from_string(graph)).SerializeToString(), "bfloat16"
         elif (providers == ["CPUExecutionProvider"] and manifest.precision.matmul_dtype == "int8"
               and platform.machine().lower() in ("x86_64", "amd64")):
-            try:
-                from onnx import load
-            except ImportError:  # only a speed-up: without onnx the S8S8 graph runs as written
-                pass
-            else:
-                model, rewritten = unsigned_activations(load(str(graph)))
-                if rewritten:
-                    graph, self.activations = model.SerializeToString(), "uint8"
+            from onnx import load_model_from_string
+
+            model, rewritten = unsigned_activations(load_model_from_string(graph))
+            if rewritten:
+                graph, self.activations = model.SerializeToString(), "uint8"
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self._check_graph_io({i.name: i.shape for i in self.session.get_inputs()},
+                             {o.name: o.shape for o in self.session.get_outputs()})
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds), strict=True))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from canvit_runtime.base import HostStateRunner, Runner, StepResult
-from canvit_runtime.manifest import Manifest, ManifestError, a_target
+from canvit_runtime.manifest import Manifest, ManifestError, a_target, verified_onnx
 
 
 def compile_step(manifest: Manifest, *, device: str, threads: int | None, inference_precision: str | None,
@@ -22,10 +22,12 @@ def compile_step(manifest: Manifest, *, device: str, threads: int | None, infere
     per-node performance counters (an infer request's get_profiling_info())."""
     import openvino as ov
 
+    # Read from the checksummed bytes, the IR's weights passed explicitly: OpenVINO would otherwise read the .bin
+    # named after the .xml (or an ONNX graph's external data), which the manifest may not list.
     if manifest.target == "openvino":
-        path = manifest.file("ir")
+        model = ov.Core().read_model(manifest.read_verified("ir"), manifest.read_verified("weights"))
     elif manifest.target == "onnx":
-        path = manifest.file("graph")
+        model = ov.Core().read_model(verified_onnx(manifest))
     else:
         raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; OpenVINO runs IR or ONNX artifacts")
     # f32: OpenVINO then executes the graph's own types (see the module docstring).
@@ -38,7 +40,7 @@ def compile_step(manifest: Manifest, *, device: str, threads: int | None, infere
         config["INFERENCE_NUM_THREADS"] = threads
     if device != "CPU" and device not in ov.Core().available_devices and device != "AUTO":
         raise ValueError(f"OpenVINO device {device!r} is not available here: {ov.Core().available_devices}")
-    return ov.Core().compile_model(str(path), device, config)
+    return ov.Core().compile_model(model, device, config)
 
 
 class _CompiledStep:
@@ -52,6 +54,10 @@ class _CompiledStep:
             manifest, device=device, threads=threads, inference_precision=inference_precision, profile=profile)
         self.request = self.compiled.create_infer_request()
         self._output_names = [o.get_any_name() for o in self.compiled.outputs]
+        shapes = lambda ports: {p.get_any_name(): [d.get_length() if d.is_static else None for d in p.get_partial_shape()]
+                                for p in ports}
+        self._check_graph_io(shapes(self.compiled.inputs), shapes(self.compiled.outputs),  # type: ignore[attr-defined]
+                             state_inside=manifest.target == "openvino" and manifest.stateful)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # share_inputs: the request reads the (contiguous, checked) host arrays in place during this synchronous call

@@ -12,6 +12,7 @@ Geometry: the scene is S x S px; a canvas cell is S / G px; a viewpoint (row, co
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from canvit_runtime.manifest import IMAGENET_MEAN, IMAGENET_STD, Manifest
+from canvit_runtime.paths import write_output
 
 BOX_COLOURS = [(255, 255, 255), (255, 220, 0), (0, 230, 255), (255, 80, 200)]
 ENTROPY_STOPS = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)
@@ -132,6 +134,13 @@ def top_classes(logits: np.ndarray, names: list[str] | None, k: int = 5) -> list
     return [(names[i] if names else f"class {i}", float(probs[i])) for i in order]
 
 
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write `image` as PNG to `path` through canvit_runtime.paths.write_output (never through a symlink)."""
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    return write_output(path, data.getvalue(), option="--pictures")
+
+
 def draw_rollout(manifest: Manifest, scene: np.ndarray, viewpoints: list[tuple[float, float, float]],
                  readouts: dict[str, np.ndarray], out: Path, *, index: int = 0) -> list[Path]:
     """Write viewpoints.png and, with a segmentation readout, segmentation.png and entropy.png for scene `index`
@@ -140,14 +149,14 @@ def draw_rollout(manifest: Manifest, scene: np.ndarray, viewpoints: list[tuple[f
     out.mkdir(parents=True, exist_ok=True)
     image = scene_image(scene[index])
     written = [out / "viewpoints.png"]
-    draw_boxes(image, viewpoints).save(written[0])
+    save_png(draw_boxes(image, viewpoints), written[0])
     segmentation = manifest.readout("segmentation")
     if segmentation is not None and "seg_logits" in readouts:
         logits = readouts["seg_logits"][index]
         names = segmentation.class_names or [f"class {i}" for i in range(logits.shape[0])]
         palette = segmentation.palette or [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(len(names))]
         written.append(out / "segmentation.png")
-        segmentation_picture(image, logits, palette, names, viewpoints).save(written[-1])
+        save_png(segmentation_picture(image, logits, palette, names, viewpoints), written[-1])
         written.append(out / "entropy.png")
-        entropy_picture(readouts["seg_entropy"][index], logits.shape[0], image.width, viewpoints).save(written[-1])
+        save_png(entropy_picture(readouts["seg_entropy"][index], logits.shape[0], image.width, viewpoints), written[-1])
     return written

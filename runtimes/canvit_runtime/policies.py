@@ -15,6 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from canvit_runtime.paths import json_depth_ok, printable, read_regular
+
+MAX_GLIMPSES = 100_000
+"""Glimpses in one rollout: its viewpoints are built before the first glimpse (~100 bytes each at batch 1)."""
+MAX_VIEWPOINTS_BYTES = 64 << 20
+"""A viewpoints JSON file: MAX_GLIMPSES glimpses of batch 8 fit in well under this."""
+
 MIN_SCALE = 0.05
 """Smallest scale CanViT was trained on (canvit-pytorch policies.random.MIN_SCALE; paper Sec. 5.2)."""
 TOLERANCE = 1e-6
@@ -125,9 +132,12 @@ def from_json(path: str | Path, *, batch: int, glimpses: int | None = None) -> l
     `glimpses` entries when given. Raises ValueError on an unreadable file or a malformed or invalid entry."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read viewpoints ({error})") from error
+        text = read_regular(path, MAX_VIEWPOINTS_BYTES).decode("utf-8")
+        if not json_depth_ok(text, 4):
+            raise ValueError("nested deeper than [[row, col, scale], ...] allows")
+        data = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{printable(path)}: cannot read viewpoints ({printable(error, 120)})") from error
     entries = data.get("viewpoints") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty list of [row, col, scale] viewpoints")
@@ -137,6 +147,11 @@ def from_json(path: str | Path, *, batch: int, glimpses: int | None = None) -> l
         entries = entries[:glimpses]
     out = []
     for t, entry in enumerate(entries):
+        numbers = entry if isinstance(entry, list) and entry and isinstance(entry[0], list) else [entry]
+        if not all(isinstance(n, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in n)
+                   for n in numbers):
+            raise ValueError(f"{printable(path)}: viewpoint {t} must be [row, col, scale] numbers or {batch} such "
+                             f"triples, got {printable(str(entry), 60)}")
         try:
             triples = np.asarray(entry, dtype=np.float64)
         except (TypeError, ValueError) as error:  # a dict, a string, a ragged list
@@ -248,6 +263,9 @@ POLICIES: dict[str, Callable[..., list[Viewpoints]]] = {
 def make_policy(name: str, *, batch: int, glimpses: int, seed: int = 0) -> list[Viewpoints]:
     """The viewpoints of `glimpses` glimpses under a named policy (full, c2f, f-iid, r-iid) or, for any other
     name, read from that JSON file. Raises ValueError on an unknown name that is no file."""
+    if glimpses > MAX_GLIMPSES:
+        raise ValueError(f"--glimpses {glimpses}: at most {MAX_GLIMPSES} in one rollout (reset and roll out again for "
+                         f"more)")
     if name in POLICIES:
         return POLICIES[name](batch=batch, glimpses=glimpses, seed=seed)
     if name in ADAPTIVE_POLICIES:

@@ -16,6 +16,21 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from canvit_runtime.manifest import IMAGENET_MEAN, IMAGENET_STD
+from canvit_runtime.paths import printable
+
+MAX_ASPECT = 16
+"""The widest image accepted (long side / short side): resizing the short side to the scene makes the long side
+MAX_ASPECT x the scene at most (a 177-byte 100000 x 1 PNG would otherwise ask for gigabytes). The C++ demo's cap."""
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """RGB, with 16-bit grayscale scaled to 8 bits (PIL's convert would clip it at 255)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.asarray(image, dtype=np.float64)
+        if image.mode == "I" and wide.max(initial=0) <= 255:  # an 8-bit image stored as 32-bit integers
+            return Image.fromarray(np.clip(wide, 0, 255).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
@@ -24,7 +39,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
     Raises ValueError for an unreadable file or an array of another shape or dtype.
     """
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _rgb(source)
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
             raise ValueError(f"an image array must be [H, W, 3] uint8, got {list(source.shape)} {source.dtype}")
@@ -32,11 +47,22 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
     path = Path(source)
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            check_aspect(image.size, path)  # from the header, before decoding
+            return _rgb(image)
     except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"{path}: cannot read the image ({error.__class__.__name__}); pass a PNG or JPEG file") from error
+        raise ValueError(f"{printable(path)}: cannot read the image ({error.__class__.__name__}); pass a PNG or JPEG "
+                         f"file") from error
     except Image.DecompressionBombError as error:  # Pillow's guard against huge dimensions
-        raise ValueError(f"{path}: the image is too large to decode safely ({error}); pass a smaller photo") from error
+        raise ValueError(f"{printable(path)}: the image is too large to decode safely ({error}); pass a smaller "
+                         f"photo") from error
+
+
+def check_aspect(size: tuple[int, int], what: object = "the image") -> None:
+    """Raise ValueError for an image (width, height) px wider or taller than MAX_ASPECT : 1, or empty."""
+    width, height = size
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise ValueError(f"{printable(what)}: {width} x {height} px is more than {MAX_ASPECT}:1 (or empty); crop it "
+                         f"to the scene first")
 
 
 def preprocess(source: str | Path | Image.Image | np.ndarray, *, scene_px: int,
@@ -50,6 +76,7 @@ def preprocess(source: str | Path | Image.Image | np.ndarray, *, scene_px: int,
     image = load_image(source)
     if scene_px < 1:
         raise ValueError(f"scene_px {scene_px}: must be >= 1")
+    check_aspect(image.size)
     width, height = image.size
     short, long = min(width, height), max(width, height)
     resized = (scene_px, int(scene_px * long / short))

@@ -68,7 +68,7 @@ class TensorRtRunner(Runner):
         self.cudart = cudart = import_cudart()
         cuda_call(cudart.cudaSetDevice(device))
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(manifest.file("engine").read_bytes())
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(manifest.read_verified("engine"))
         if self.engine is None:
             raise ManifestError(f"{manifest.file('engine')}: TensorRT cannot load this engine here (built with "
                                 f"TensorRT {manifest.artifact.tensorrt} on {manifest.artifact.gpu}); rebuild it on "
