@@ -5,6 +5,7 @@ embedded at build time)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -637,3 +638,79 @@ def test_cpp_checks_readouts_as_python(demo, readout_artifacts, tmp_path, case, 
     with pytest.raises(ManifestError) as refused:
         load_manifest(artifact)
     assert needle in str(refused.value) and "\n" not in str(refused.value)
+
+
+# --- untrusted artifacts and paths (issue 25): the C++ side of tests/test_untrusted.py --------------------------
+CPP_CORPUS = {
+    "FIFO as a listed file": "not a regular file",
+    "symlink to /dev/zero, listed as 0 bytes": "not a regular file",
+    "manifest.json is a FIFO": "not a plain manifest file",
+    "../ in a file entry": "not a plain name inside the artifact folder",
+    "absolute file entry": "not a plain name inside the artifact folder",
+    "huge canvas grid": "canvas_grid",
+    "deeply nested JSON": "manifest",
+    "escape sequences in manifest strings": "precision",
+    "tensor name breaking out of config.pbtxt": "name",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CPP_CORPUS))
+def test_cpp_refuses_hostile_artifacts(demo, export_artifact, tmp_path, case) -> None:
+    """The hostile corpus of tests/test_untrusted.py through `canvit_demo --check`, in a child with an address-space
+    limit and a kill timeout: one line, exit 2, nothing printed raw."""
+    from test_untrusted import CORPUS, copy_artifact, guarded, one_line
+
+    artifact = copy_artifact(export_artifact("vits16", canvas=16), tmp_path / "hostile")
+    CORPUS[case][0](artifact)
+    result = guarded(demo, "--artifact", artifact, "--check")
+    assert result.returncode == 2, (result.stdout[-1000:], result.stderr[-1000:])
+    assert CPP_CORPUS[case] in one_line(result.stderr), result.stderr
+
+
+def test_cpp_manifest_pin(demo, ir, tmp_path) -> None:
+    """--manifest-sha256 pins the artifact: the right hash runs, a wrong one (or a rewritten manifest) is one line."""
+    import hashlib
+
+    pin = hashlib.sha256((ir / "manifest.json").read_bytes()).hexdigest()
+    assert run(demo, "--artifact", str(ir), "--check", "--manifest-sha256", pin.upper()).returncode == 0
+    result = run(demo, "--artifact", str(ir), "--check", "--manifest-sha256", "0" * 64)
+    assert result.returncode == 2 and f"SHA-256 {pin} is not the pinned {'0' * 64}" in result.stderr, result.stderr
+
+
+def test_cpp_outputs_never_through_links_nor_into_the_artifact(demo, ir, scene_npy, tmp_path) -> None:
+    victim = tmp_path / "victim.json"
+    victim.write_text("mine")
+    (tmp_path / "link.json").symlink_to(victim)
+    for args, needle in ((["--log", str(tmp_path / "link.json")], "is a symbolic link"),
+                         (["--canvas-out", str(ir / "canvas.npy")], "is inside the input artifact"),
+                         (["--pictures", str(ir / "pictures")], "is inside the input artifact")):
+        result = run(demo, "--artifact", str(ir), "--image", str(scene_npy), "--glimpses", "1", *args)
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert victim.read_text() == "mine" and not (ir / "pictures").exists() and not (ir / "canvas.npy").exists()
+
+
+def test_cpp_thin_image_is_refused(demo, ir, tmp_path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (100_000, 1)).save(tmp_path / "thin.png")
+    result = run(demo, "--artifact", str(ir), "--image", str(tmp_path / "thin.png"), "--glimpses", "1")
+    assert result.returncode == 2 and "100000 x 1 px is more than 16:1" in result.stderr, result.stderr
+
+
+def test_cpp_ir_runs_the_weights_it_lists(demo, ir, scene_npy, tmp_path) -> None:
+    """Before: read_model(xml) read the step.bin beside step.xml whatever the manifest listed. Now the listed weights
+    are passed explicitly: with a decoy step.bin the canvas is the real artifact's."""
+    from test_untrusted import copy_artifact, relist
+
+    hostile = copy_artifact(ir, tmp_path / "hostile")
+    os.rename(hostile / "step.bin", hostile / "listed.bin")
+    relist(hostile, "weights", "listed.bin")
+    (hostile / "step.bin").write_bytes(np.random.default_rng(0).bytes((hostile / "listed.bin").stat().st_size))
+    canvases = []
+    for artifact in (ir, hostile):
+        out = tmp_path / f"{artifact.name}.npy"
+        result = run(demo, "--artifact", str(artifact), "--image", str(scene_npy), "--glimpses", "2", "--canvas-out",
+                     str(out))
+        assert result.returncode == 0, result.stderr
+        canvases.append(np.load(out))
+    np.testing.assert_array_equal(canvases[0], canvases[1])

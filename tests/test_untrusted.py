@@ -453,3 +453,56 @@ def test_a_billion_glimpses_are_refused_at_once(export_artifact, tmp_path: Path)
 def test_printable_strips_control_characters() -> None:
     assert printable("ok\x1b[2J\nfake OK\u202e") == "ok?[2J?fake OK?"
     assert len(printable("x" * 1000, 50)) == 50
+
+
+# --- authenticity ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def key_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An elliptic-curve key pair (PEM) and a second public key, made with `cryptography`."""
+    serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization",
+                                        reason="cryptography (canvit-runtime[signing]) is missing")
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    paths = []
+    for name in ("key", "other"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        (tmp_path / f"{name}.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PrivateFormat.PKCS8,
+                                                                 serialization.NoEncryption()))
+        (tmp_path / f"{name}.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        paths.append(tmp_path / name)
+    return paths[0].with_suffix(".pem"), paths[0].with_suffix(".pub"), paths[1].with_suffix(".pub")
+
+
+def test_signed_artifacts_verify_and_tampered_ones_do_not(export_artifact, tmp_path: Path, key_pair) -> None:
+    """`canvit-runtime sign` then `info|run --public-key`: the signed artifact verifies; one whose file was altered
+    and whose manifest was rewritten to match (checksums pass) is refused with one line, as is another key's."""
+    pytest.importorskip("model_signing", reason="OpenSSF model-signing (canvit-runtime[signing]) is missing")
+    from canvit_runtime.artifact import staged_artifact
+
+    private, public, other = key_pair
+    artifact = tmp_path / "signed"
+    with staged_artifact(artifact, force=False) as staging:  # a copy this tool wrote: its marker lists the files
+        for f in export_artifact("vits16", canvas=16).iterdir():
+            if f.name != MARKER:
+                shutil.copyfile(f, staging / f.name)
+    signed = guarded(BIN / "canvit-runtime", "sign", artifact, "--private-key", private)
+    assert signed.returncode == 0 and (artifact / "artifact.sig").is_file(), signed.stderr
+    assert "artifact.sig" in json.loads((artifact / MARKER).read_text())["paths"]
+    ok = guarded(BIN / "canvit-runtime", "info", artifact, "--public-key", public)
+    assert ok.returncode == 0 and f"signature verified with {public}" in ok.stdout, ok.stderr
+    wrong = guarded(BIN / "canvit-runtime", "info", artifact, "--public-key", other)
+    assert wrong.returncode == 2 and "signature check failed" in one_line(wrong.stderr), wrong.stderr
+    state = np.fromfile(artifact / "initial_state.bin", dtype="<f4")
+    state[:16] += 1.0  # the attacker's change, and the manifest rewritten so that every checksum passes
+    replace_file(artifact / "initial_state.bin", state.tobytes())
+    relist(artifact, "initial_state", "initial_state.bin")
+    assert guarded(BIN / "canvit-runtime", "info", artifact).returncode == 0, "checksums alone pass"
+    tampered = guarded(BIN / "canvit-runtime", "info", artifact, "--public-key", public)
+    assert tampered.returncode == 2 and "the artifact was altered or signed by another key" in one_line(tampered.stderr)
+    import canvit_runtime
+    from canvit_runtime.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="signature check failed"):
+        canvit_runtime.open(artifact, public_key=public)

@@ -46,7 +46,10 @@ class OpenVinoBackend : public Backend {
         if (m.target != "openvino" && m.target != "onnx")
             throw Error(m.dir.string() + " is " + a_target(m.target) + " artifact; the OpenVINO backend runs IR or ONNX artifacts");
         const auto path = m.target == "openvino" ? m.files.at("ir") : m.files.at("graph");
-        const std::shared_ptr<ov::Model> model = core_.read_model(path.string());
+        // An IR's weights: the file the manifest lists and checksummed, passed explicitly (OpenVINO would otherwise
+        // read the .bin named after the .xml, which the manifest may not list).
+        const std::shared_ptr<ov::Model> model =
+            m.target == "openvino" ? core_.read_model(path.string(), m.files.at("weights").string()) : core_.read_model(path.string());
         const std::string where = path.string();
         for (const auto& port : model->inputs())
             check_model_tensor(m, where, port.get_any_name(), dims(port.get_partial_shape(), where), dtype_name(port.get_element_type()));

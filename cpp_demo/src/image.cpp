@@ -145,6 +145,11 @@ static std::vector<float> repeat_batch(const std::vector<float>& one, int batch)
 std::vector<float> preprocess_rgb(const RgbImage& image, const Manifest& m) {
     const int S = m.scene_px, w = image.width, h = image.height;
     if (w < 1 || h < 1 || image.pixels.size() != size_t(w) * h * 3) throw Error("empty or malformed RGB image");
+    // Resizing the short side to S makes the long side S x the aspect ratio: a 100000 x 1 image would ask for
+    // gigabytes. canvit_runtime.preprocess.MAX_ASPECT, the same cap.
+    if (std::max(w, h) > kMaxAspect * std::min(w, h))
+        throw Error(std::to_string(w) + " x " + std::to_string(h) + " px is more than " + std::to_string(kMaxAspect) +
+                    ":1; crop it to the scene first");
     // Short side to S (canvit_core.preprocess._resized_short_side: long side int(S * long / short)), then a
     // centered S x S crop (_center_crop: round((H - S) / 2)).
     const bool wide = w > h;

@@ -54,6 +54,8 @@ usage: canvit_demo --artifact DIR (--image PHOTO|SCENE.npy | --video SOURCE) [op
                            it and the boxes of the glimpses on that scene; PATH.avi (Motion JPEG) or PATH.mp4
                            (needs OpenCV)
   --log PATH               JSON log: configuration, viewpoints, per-glimpse latency and resident memory
+  --manifest-sha256 HEX    refuse the artifact unless manifest.json's SHA-256 is HEX (sha256sum DIR/manifest.json
+                           where it was exported): the manifest lists every file's SHA-256, so this pins them all
   --check                  validate the artifact (manifest.json against its JSON Schema and itself, every file's
                            SHA-256), print what it holds and exit
   --version                the backends compiled into this build
@@ -126,13 +128,14 @@ std::string summary(const Manifest& m) {
     const std::string kind = m.target == "openvino" ? (m.stateful ? " (stateful)" : " (stateless)") : "";
     return m.target + kind + ", precision " + m.precision + ", batch " + std::to_string(m.batch) + ", scene " +
            std::to_string(m.scene_px) + " px, canvas " + std::to_string(m.canvas_grid) + "x" + std::to_string(m.canvas_grid) +
-           (m.built_with.empty() ? "" : ", " + m.built_with);
+           (m.built_with.empty() ? "" : ", " + printable(m.built_with));
 }
 
-// Errors print on one line: a newline inside one (a tensor name, a command line) is written as \n.
+// Errors print on one line: a newline inside one (a tensor name, a command line) is written as \n, any other
+// control character (an escape sequence from a manifest string) as '?'.
 std::string one_line(std::string text) {
     for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 2)) text.replace(at, 1, "\\n");
-    return text;
+    return printable(text, 4096);
 }
 
 // The viewpoints of each glimpse: a fixed sequence (make_policy), or EG-C2F, adaptive: it reads the previous step's
@@ -160,10 +163,31 @@ class Policy {
 };
 
 // The output options checked before the run, so that a wrong one fails before any glimpse.
+// Whether `path` lies in the folder `dir` (its parent resolved, its last part not: a link planted inside counts).
+bool inside(const std::filesystem::path& path, const std::filesystem::path& dir) {
+    namespace fs = std::filesystem;
+    std::error_code failed;
+    const fs::path folder = fs::weakly_canonical(dir, failed);
+    const fs::path parent = fs::weakly_canonical(fs::absolute(path, failed).parent_path(), failed);
+    const fs::path where = parent / path.filename();
+    const auto mismatch = std::mismatch(folder.begin(), folder.end(), where.begin(), where.end());
+    return mismatch.first == folder.end();
+}
+
+// The outputs are written where the user said, never through a symlink and never into the input artifact (an
+// artifact is untrusted input: a link planted in it would redirect the write).
 void check_output_options(const std::map<std::string, std::string>& args, const Manifest& m) {
     for (const char* key : {"--pictures", "--readouts-out"})
         if (args.count(key) && std::filesystem::exists(args.at(key)) && !std::filesystem::is_directory(args.at(key)))
             throw Error(std::string(key) + " " + args.at(key) + " is a file: pass a folder (created if missing)");
+    for (const char* key : {"--pictures", "--readouts-out", "--canvas-out", "--scene-out", "--pca-png", "--log", "--overlay-video"}) {
+        if (!args.count(key)) continue;
+        const std::filesystem::path path = args.at(key);
+        if (std::filesystem::is_symlink(path))
+            throw Error(std::string(key) + " " + path.string() + " is a symbolic link: canvit_demo does not write through links; choose another path");
+        if (inside(path, m.dir))
+            throw Error(std::string(key) + " " + path.string() + " is inside the input artifact " + m.dir.string() + ": write it elsewhere");
+    }
     if (args.count("--readouts-out") && m.readout_outputs.empty())
         throw Error("--readouts-out: " + m.dir.string() + " has no readouts; re-export it with --readout segmentation, "
                     "classification or features");
@@ -199,7 +223,7 @@ int main(int argc, char** argv) {
     const std::vector<std::string> known{"--artifact", "--image", "--video", "--glimpses-per-frame", "--backend", "--device",
                                          "--threads", "--engine", "--policy", "--glimpses", "--seed", "--canvas-out",
                                          "--scene-out", "--pca-png", "--log", "--readouts-out", "--pictures",
-                                         "--overlay-video"};
+                                         "--overlay-video", "--manifest-sha256"};
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string key = argv[i];
@@ -223,7 +247,7 @@ int main(int argc, char** argv) {
         }
         if (!args.count("--artifact")) throw Error("missing --artifact DIR: see --help");
         if (args.count("--check")) {
-            const Manifest m = load_manifest(args["--artifact"]);
+            const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);
             std::printf("%s: a valid canvit-export artifact (manifest format 1, files verified): %s\n", args["--artifact"].c_str(),
                         summary(m).c_str());
             return 0;
@@ -232,7 +256,7 @@ int main(int argc, char** argv) {
         const int glimpses = parse_int(args, "--glimpses", 1), per_frame = parse_int(args, "--glimpses-per-frame", 1);
         const int threads = parse_int(args, "--threads", 0), seed = parse_int(args, "--seed", 0);
 
-        const Manifest m = load_manifest(args["--artifact"]);
+        const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);
         Policy policy(args["--policy"], m, glimpses, uint32_t(seed));
         check_output_options(args, m);
         std::unique_ptr<FrameSource> video;

@@ -25,6 +25,16 @@ size_t TensorSpec::numel() const {
     return n;
 }
 
+static std::string hex_digest(EVP_MD_CTX* ctx) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    EVP_DigestFinal_ex(ctx, digest, &length);
+    EVP_MD_CTX_free(ctx);
+    std::ostringstream hex;
+    for (unsigned int i = 0; i < length; ++i) hex << std::hex << std::setfill('0') << std::setw(2) << int(digest[i]);
+    return hex.str();
+}
+
 std::string sha256_file(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error(path.string() + ": cannot be read");
@@ -35,13 +45,43 @@ std::string sha256_file(const fs::path& path) {
         in.read(block.data(), static_cast<std::streamsize>(block.size()));
         EVP_DigestUpdate(ctx, block.data(), static_cast<size_t>(in.gcount()));
     }
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_DigestFinal_ex(ctx, digest, &length);
-    EVP_MD_CTX_free(ctx);
-    std::ostringstream hex;
-    for (unsigned int i = 0; i < length; ++i) hex << std::hex << std::setfill('0') << std::setw(2) << int(digest[i]);
-    return hex.str();
+    return hex_digest(ctx);
+}
+
+std::string sha256_text(const std::string& text) {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    EVP_DigestUpdate(ctx, text.data(), text.size());
+    return hex_digest(ctx);
+}
+
+std::string printable(const std::string& text, size_t limit) {
+    std::string out;
+    for (size_t i = 0; i < text.size() && out.size() < limit; ++i) {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+            static_cast<unsigned char>(text[i + 1]) <= 0x9F) {  // a C1 control, UTF-8 encoded
+            out += '?';
+            ++i;
+        } else {
+            out += (c < 0x20 || c == 0x7f) ? '?' : char(c);
+        }
+    }
+    return out;
+}
+
+bool plain_member(const std::string& name) {
+    if (name.empty() || name.front() == '/' || name.find('\\') != std::string::npos) return false;
+    for (unsigned char c : name)
+        if (c < 0x20 || c == 0x7f) return false;
+    size_t start = 0;
+    while (start <= name.size()) {
+        const size_t end = std::min(name.find('/', start), name.size());
+        const std::string part = name.substr(start, end - start);
+        if (part.empty() || part == "." || part == "..") return false;
+        start = end + 1;
+    }
+    return true;
 }
 
 std::string shape_str(const std::vector<int64_t>& shape) {
@@ -130,7 +170,11 @@ static Manifest read_fields(const json& j, const fs::path& dir) {
         if (s.contains("variable")) m.variables[s.at("input")] = s.at("variable");
     }
     for (const auto& [key, record] : j.at("files").items()) {
-        m.files[key] = dir / record.at("path").get<std::string>();
+        const std::string name = record.at("path").get<std::string>();
+        if (!plain_member(name))  // an artifact is untrusted: its files stay inside its folder
+            throw Error((dir / "manifest.json").string() + ": file '" + key + "' is listed as '" + printable(name) +
+                        "', not a plain name inside the artifact folder; re-export the artifact");
+        m.files[key] = dir / name;
         m.file_sha256[key] = record.at("sha256");
     }
     return m;
@@ -314,11 +358,15 @@ static void verify_files(const Manifest& m, const json& j) {
     for (const auto& [key, record] : j.at("files").items()) {
         const fs::path& file = m.files.at(key);
         std::error_code failed;  // a path the system refuses (too long, a loop) is missing, not a filesystem_error
-        if (fs::is_directory(file, failed)) continue;
-        if (!fs::exists(file, failed)) throw Error(file.string() + ": missing from the artifact (" + key + "); re-export or re-copy it");
-        // not a regular file (a FIFO, a device): not the file exported, and never read (it could block or never end)
-        if (!fs::is_regular_file(file, failed) || fs::file_size(file, failed) != record.at("bytes").get<uintmax_t>() ||
-            sha256_file(file) != record.at("sha256"))
+        const fs::file_type type = fs::symlink_status(file, failed).type();  // a link is not followed
+        if (type == fs::file_type::directory && key == "package") continue;
+        if (type == fs::file_type::not_found || type == fs::file_type::none)
+            throw Error(file.string() + ": missing from the artifact (" + key + "); re-export or re-copy it");
+        // a symlink, a FIFO, a device: not the file exported, and never read (it could lead outside, block or never end)
+        if (type != fs::file_type::regular)
+            throw Error(file.string() + ": not a regular file (a symlink, folder, device or FIFO); artifacts hold only "
+                        "plain files: re-export or re-copy it");
+        if (fs::file_size(file, failed) != record.at("bytes").get<uintmax_t>() || sha256_file(file) != record.at("sha256"))
             throw Error(file.string() + ": SHA-256 mismatch, the file was altered or truncated; re-export or re-copy it");
     }
 }
@@ -378,12 +426,24 @@ Manifest parse_manifest(const std::string& text, const fs::path& dir) {
     return checked_manifest(text, dir, j, parts);
 }
 
-Manifest load_manifest(const fs::path& dir, bool verify) {
+Manifest load_manifest(const fs::path& dir, bool verify, const std::string& pinned_sha256) {
     if (!fs::is_directory(dir)) throw Error(dir.string() + ": no such artifact folder; export one with canvit-export");
     const fs::path path = dir / "manifest.json";
-    if (!fs::is_regular_file(path)) throw Error(dir.string() + ": no manifest.json; this is not a canvit-export artifact");
+    std::error_code failed;
+    const fs::file_type type = fs::symlink_status(path, failed).type();
+    if (type == fs::file_type::not_found || type == fs::file_type::none)
+        throw Error(dir.string() + ": no manifest.json; this is not a canvit-export artifact");
+    if (type != fs::file_type::regular || fs::file_size(path, failed) > kMaxManifestBytes)
+        throw Error(path.string() + ": not a plain manifest file (a symlink, FIFO or device, or over 16 MiB); re-export the artifact");
     std::ifstream in(path, std::ios::binary);
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!pinned_sha256.empty()) {  // the manifest lists every file's SHA-256: pinning it pins the whole artifact
+        std::string pin = pinned_sha256;
+        std::transform(pin.begin(), pin.end(), pin.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+        if (sha256_text(text) != pin)
+            throw Error(path.string() + ": SHA-256 " + sha256_text(text) + " is not the pinned " + printable(pinned_sha256) +
+                        ": this is not the artifact you pinned; copy it again from its source");
+    }
     json j;
     std::map<std::string, Shape> parts;
     Manifest m = checked_manifest(text, dir, j, parts);

@@ -33,14 +33,20 @@ class RuntimeUnavailable(RuntimeError):
     """The backend's Python package is not installed, or cannot run on this machine."""
 
 
-def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | None = None, **options: Any) -> Runner:
+def open(artifact_dir: str | Path, runtime: str = "onnxruntime", threads: int | None = None, *,
+         public_key: str | Path | None = None, **options: Any) -> Runner:
     """Load an artifact on a backend and return its runner, reset for the artifact's batch.
 
-    Verifies the manifest and every file's SHA-256 first. Raises ManifestError (a ValueError) for a bad artifact,
+    With public_key (a PEM file), first verifies the artifact's signature (canvit_runtime.signing). Verifies the
+    manifest and every file's SHA-256. Raises ManifestError (a ValueError) for a bad or badly signed artifact,
     ValueError for an unknown runtime, RuntimeUnavailable when the backend's package is missing.
     """
     if runtime not in RUNNERS:
         raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNNERS)}")
+    if public_key is not None:
+        from canvit_runtime.signing import verify_artifact
+
+        verify_artifact(artifact_dir, public_key)
     manifest = load_manifest(artifact_dir)
     module_name, class_name, install = RUNNERS[runtime]
     try:

@@ -100,8 +100,10 @@ def npy_bytes(array: np.ndarray) -> bytes:
               help="Write the final recurrent CLS [B, 1, Db] float32 here (.npy).")
 @click.option("--pictures", type=click.Path(path_type=Path), default=None,
               help="Folder for viewpoints.png (+ segmentation.png, entropy.png with a segmentation readout).")
+@click.option("--public-key", type=click.Path(path_type=Path), default=None, metavar="PEM",
+              help="Verify the artifact's signature (artifact.sig, `canvit-runtime sign`) with this public key first.")
 @one_line_errors
-def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out, pictures) -> None:
+def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out, pictures, public_key) -> None:
     """Roll the artifact out on a photo: preprocess, loop the glimpses, print the step latency and the readouts."""
     import canvit_runtime
     from canvit_runtime.paths import check_output_file, report_folder, write_output
@@ -120,7 +122,7 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
             check_output_file(path, inputs=[artifact], option=option)
     if pictures is not None:
         report_folder(pictures, inputs=[artifact], option="--pictures")
-    session = canvit_runtime.open(artifact, runtime=runtime, threads=threads)
+    session = canvit_runtime.open(artifact, runtime=runtime, threads=threads, public_key=public_key)
     manifest = session.manifest
     scene = scene_batch(image, scene_px=manifest.scene_px, batch=manifest.batch)
     times: list[float] = []
@@ -159,13 +161,40 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--private-key", type=click.Path(path_type=Path), required=True, metavar="PEM",
+              help="Elliptic-curve private key (PEM), e.g. `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`.")
+@click.option("--password-env", default=None, metavar="VAR", help="Environment variable holding the key's password.")
+@one_line_errors
+def sign(artifact, private_key, password_env) -> None:
+    """Sign an artifact folder (every file in it) with OpenSSF model-signing: writes ARTIFACT/artifact.sig, which
+    `info|run --public-key PEM` and canvit_runtime.open(public_key=...) verify where it runs."""
+    import os
+
+    from canvit_runtime.manifest import load_manifest
+    from canvit_runtime.signing import sign_artifact
+
+    load_manifest(artifact)  # sign only a valid, unaltered artifact
+    password = os.environ.get(password_env) if password_env else None
+    click.echo(f"wrote {sign_artifact(artifact, private_key, password=password)}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the artifact's files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON instead of the summary.")
+@click.option("--public-key", type=click.Path(path_type=Path), default=None, metavar="PEM",
+              help="Verify the artifact's signature (artifact.sig, `canvit-runtime sign`) with this public key first.")
 @one_line_errors
-def info(artifact, no_verify, as_json) -> None:
-    """Summarize an artifact's manifest (and verify its checksums)."""
+def info(artifact, no_verify, as_json, public_key) -> None:
+    """Summarize an artifact's manifest (and verify its checksums, and with --public-key its signature)."""
     from canvit_runtime.manifest import load_manifest
     from canvit_runtime.summary import summary_lines
+
+    if public_key is not None:
+        from canvit_runtime.signing import verify_artifact
+
+        verify_artifact(artifact, public_key)
+        click.echo(f"signature verified with {public_key}")
 
     manifest = load_manifest(artifact, verify=not no_verify)
     if as_json:
@@ -182,7 +211,7 @@ def info(artifact, no_verify, as_json) -> None:
 @click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine artifact folder [default: <artifact>-trt].")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists and canvit-export wrote it.")
 @click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command (e.g. for a Jetson).")
 @click.option("--adopt-engine", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Instead of building, adopt FILE, an engine trtexec built from the artifact's step.onnx: checked "

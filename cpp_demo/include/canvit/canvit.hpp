@@ -78,7 +78,21 @@ struct Manifest {
 // and palette one per class), the target's files, the precision word against its dtypes. With verify, checks every
 // file's size and SHA-256. Builds the initial state for the manifest's batch (canvit-pytorch CanViT.init_state:
 // registers, then the patch token repeated G*G times). Throws Error, one line.
-Manifest load_manifest(const std::filesystem::path& dir, bool verify = true);
+// pinned_sha256 (hex, from --manifest-sha256): manifest.json's own SHA-256 must equal it, checked before parsing; the
+// manifest lists every file's SHA-256, so the pin covers the whole artifact (a checksum beside the files cannot).
+Manifest load_manifest(const std::filesystem::path& dir, bool verify = true, const std::string& pinned_sha256 = "");
+// An artifact's manifest.json is a few kB; a bigger one is refused unread.
+inline constexpr uintmax_t kMaxManifestBytes = uintmax_t(16) << 20;
+// The widest image preprocessing accepts (long side / short side), as canvit_runtime.preprocess.MAX_ASPECT.
+inline constexpr int kMaxAspect = 16;
+// SHA-256 (hex) of bytes in memory.
+std::string sha256_text(const std::string& text);
+// `text` safe to print on a terminal: control characters (escape sequences, newlines, C1) as '?', cut to `limit`
+// bytes. For every string that comes from a manifest or a file.
+std::string printable(const std::string& text, size_t limit = 200);
+// Whether `name` is a plain relative path inside a folder: not absolute, no "..", ".", empty part, backslash or
+// control character (the manifest's file entries).
+bool plain_member(const std::string& name);
 // The same checks on manifest.json's text, for the artifact folder `dir`, short of reading any file: no checksums,
 // no initial state (Manifest::initial_state stays empty). Throws the Errors load_manifest throws for that text.
 Manifest parse_manifest(const std::string& text, const std::filesystem::path& dir);
