@@ -52,6 +52,7 @@ import numpy as np
 
 from canvit_export.errors import ExportError
 from canvit_runtime.artifact import staged_artifact
+from canvit_runtime.base import check_graph_io, onnx_io
 from canvit_runtime.manifest import (
     MANIFEST_NAME,
     ROLE_CENTERS,
@@ -363,7 +364,11 @@ def _write_model(manifest: Manifest, backend: str, name: str, root: Path, option
                    "or [openvino]); one session per CORRID.\nThe scene input is optional: omit it to reuse the "
                    "sequence's last scene (send it once per frame).")
     elif backend == "onnxruntime":
-        prepare_onnx(verified_onnx(manifest), version / "model.onnx", renames, controls=True,
+        graph = verified_onnx(manifest)
+        import onnx
+
+        check_graph_io(manifest, *onnx_io(onnx.load_model_from_string(graph)))
+        prepare_onnx(graph, version / "model.onnx", renames, controls=True,
                      scene=manifest.input(ROLE_SCENE).name if scene_state else None)
         comment = ("Implicit state, the scene too: send it with a frame's first glimpse, omit it after (optional input)."
                    if scene_state else

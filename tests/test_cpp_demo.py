@@ -651,6 +651,7 @@ CPP_CORPUS = {
     "deeply nested JSON": "manifest",
     "escape sequences in manifest strings": "precision",
     "tensor name breaking out of config.pbtxt": "name",
+    "unlisted external data": "weights.data: in the ONNX artifact's folder but not in its manifest",
 }
 
 
@@ -714,3 +715,8 @@ def test_cpp_ir_runs_the_weights_it_lists(demo, ir, scene_npy, tmp_path) -> None
         assert result.returncode == 0, result.stderr
         canvases.append(np.load(out))
     np.testing.assert_array_equal(canvases[0], canvases[1])
+
+
+def test_cpp_a_billion_glimpses_are_refused_at_once(demo, ir, scene_npy) -> None:
+    result = run(demo, "--artifact", str(ir), "--image", str(scene_npy), "--policy", "f-iid", "--glimpses", "1000000000")
+    assert result.returncode == 2 and "--glimpses 1000000000: at most 100000" in result.stderr, result.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,14 +36,21 @@ def run_export(*args: object) -> tuple[int, str]:
     return invoke(export_main, *args)
 
 
+def refusal(stderr: str) -> str:
+    """The one `error:` line a refused child printed last (progress lines may come before it); no traceback."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr[-3000:]
+    assert "Traceback" not in stderr and "\x1b" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
 def guarded(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`command` in a child with an address-space limit and a kill timeout (a guard, not a timing assertion)."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (GUARD_BYTES, GUARD_BYTES))
-
+    # The shell sets the limit (no preexec_fn: a fork from this multi-threaded process would warn, and may deadlock).
+    limited = ["sh", "-c", f'ulimit -v {GUARD_BYTES // 1024} && exec "$@"', "sh", *(str(c) for c in command)]
     try:
-        return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=GUARD_S,
-                              preexec_fn=limit, cwd=cwd, check=False)
+        return subprocess.run(limited, capture_output=True, text=True, timeout=GUARD_S, cwd=cwd, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{' '.join(map(str, command))} ran past {GUARD_S} s: hung on a hostile input")
 
@@ -335,13 +341,22 @@ def test_hostile_artifacts_are_one_line_refusals(export_artifact, tmp_path: Path
     from PIL import Image
     Image.new("RGB", (64, 48), (10, 200, 30)).save(photo)
     runs = {"info": guarded(BIN / "canvit-runtime", "info", artifact),
-            "run": guarded(BIN / "canvit-runtime", "run", "--artifact", artifact, "--image", photo, "--glimpses", "1")}
+            "run": guarded(BIN / "canvit-runtime", "run", "--artifact", artifact, "--image", photo, "--glimpses", "1"),
+            "openvino": guarded(BIN / "canvit-export", "openvino", "--artifact", artifact, "--out", tmp_path / "ir"),
+            "triton": guarded(BIN / "canvit-export", "triton", "--artifact", artifact, "--out", tmp_path / "repo",
+                              "--backends", "onnxruntime,python")}
+    graph_level = needle.startswith(("onnxruntime cannot", "the graph's", "not an ONNX", "loads external"))
     for name, result in runs.items():
-        if name == "info" and needle.startswith(("onnxruntime cannot", "the graph's", "not an ONNX", "loads external")):
+        if name == "info" and graph_level:
             assert result.returncode == 0, result.stderr  # info reads the manifest and checksums, not the graph
             continue
+        if case == "custom-op graph" and name in ("openvino", "triton"):
+            # OpenVINO's converter names the op it lacks; a Triton repository is written (its server refuses the op
+            # when it loads the model: no Python runtime here can say more than the graph does)
+            assert name == "triton" or "OpenVINO cannot convert this graph" in refusal(result.stderr), result.stderr
+            continue
         assert result.returncode == 2, (name, result.stdout[-2000:], result.stderr[-2000:])
-        line = one_line(result.stderr)
+        line = refusal(result.stderr)
         assert needle in line, (name, line)
         assert "curl" not in line and "\x1b" not in result.stdout + result.stderr, line
 
@@ -487,7 +502,7 @@ def test_signed_artifacts_verify_and_tampered_ones_do_not(export_artifact, tmp_p
         for f in export_artifact("vits16", canvas=16).iterdir():
             if f.name != MARKER:
                 shutil.copyfile(f, staging / f.name)
-    signed = guarded(BIN / "canvit-runtime", "sign", artifact, "--private-key", private)
+    signed = guarded(BIN / "canvit-runtime", "sign", "signed", "--private-key", private, cwd=tmp_path)  # a relative path
     assert signed.returncode == 0 and (artifact / "artifact.sig").is_file(), signed.stderr
     assert "artifact.sig" in json.loads((artifact / MARKER).read_text())["paths"]
     ok = guarded(BIN / "canvit-runtime", "info", artifact, "--public-key", public)

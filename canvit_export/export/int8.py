@@ -41,7 +41,7 @@ from canvit_export.export.artifact import (
 )
 from canvit_export.precision import audit_onnx
 from canvit_export.progress import Stages
-from canvit_runtime.manifest import CalibrationRecord, Manifest, OnnxArtifact, PrecisionRecord, a_precision
+from canvit_runtime.manifest import CalibrationRecord, Manifest, OnnxArtifact, PrecisionRecord, a_precision, verified_onnx
 
 GRAPH_FILE = "step.onnx"
 
@@ -185,8 +185,10 @@ def export_onnx_int8(artifact: Path, out: Path, *, calibration: Path | None = No
         with stages.stage("calibration set (the step's inputs over rollouts of the fp32 graph)"):
             calib = resolve_calibration(source, calibration, Path(work), threads=threads, quiet=quiet)
         with stages.stage(f"quantizing to INT8 Q/DQ with ONNX Runtime ({calib.count} calibration samples)"):
-            protected = audit_onnx(onnx.load(str(source.file("graph")))).unquantizable
-            facts = quantize_onnx(source.file("graph"), staging / GRAPH_FILE, calib, protected)
+            graph = Path(work) / "fp32.onnx"  # the checksummed bytes, with no unlisted external data
+            graph.write_bytes(verified_onnx(source))
+            protected = audit_onnx(onnx.load(str(graph))).unquantizable
+            facts = quantize_onnx(graph, staging / GRAPH_FILE, calib, protected)
         with stages.stage("checking the graph (onnx.checker, precision audit incl. Q/DQ) and writing the manifest"):
             onnx.checker.check_model(str(staging / GRAPH_FILE))
             model = onnx.load(str(staging / GRAPH_FILE))

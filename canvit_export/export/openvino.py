@@ -44,7 +44,8 @@ from canvit_export.export.artifact import (
 from canvit_export.export.int8 import int8_record, quantize_openvino
 from canvit_export.precision import audit_onnx
 from canvit_export.progress import Stages
-from canvit_runtime.manifest import ROLE_STATE, CompiledAudit, Manifest, OpenVinoArtifact, a_precision
+from canvit_runtime.base import check_graph_io, onnx_io
+from canvit_runtime.manifest import ROLE_STATE, CompiledAudit, Manifest, OpenVinoArtifact, a_precision, verified_onnx
 from canvit_runtime.precision import PRECISIONS, precision_info, with_int8_weights
 
 IR_FILE, WEIGHTS_FILE = "step.xml", "step.bin"
@@ -345,11 +346,20 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
             with stages.stage("calibration set (the step's inputs over rollouts of the fp32 graph)"):
                 calib = resolve_calibration(source, calibration, Path(work), quiet=quiet)
         with stages.stage(f"converting the {source.precision.name} ONNX graph to OpenVINO"):
-            source_audit = audit_onnx(onnx.load(str(source.file("graph"))))
+            graph = Path(work) / "step.onnx"  # the checksummed bytes, with no unlisted external data
+            graph.write_bytes(verified_onnx(source))
+            source_model = onnx.load(str(graph))
+            check_graph_io(source, *onnx_io(source_model))
+            source_audit = audit_onnx(source_model)
             # Static INT8 may quantize the canvas LayerNorm outputs at a projection's input (as bf16 casts them):
             # the compiled audit then holds the unquantizable tensors to f32, the others everything protected.
             protected = source_audit.unquantizable if int8_static else source_audit.protected
-            model = ov.convert_model(str(source.file("graph")))
+            try:
+                model = ov.convert_model(str(graph))
+            except Exception as error:  # OpenVINO's frontends refuse an op they do not know, in many lines
+                lines = [line for line in str(error).splitlines() if line.strip()]
+                raise ExportError(f"{artifact}: OpenVINO cannot convert this graph ({lines[-1][:160] if lines else error}); "
+                                  f"re-export the ONNX artifact with canvit-export") from error
             drop_identity_layouts(model)
             if label == "bf16":
                 pad_rows(model, "bf16")

@@ -254,6 +254,9 @@ int main(int argc, char** argv) {
         }
         if (args.count("--image") == args.count("--video")) throw Error("pass one of --image PATH or --video SOURCE: see --help");
         const int glimpses = parse_int(args, "--glimpses", 1), per_frame = parse_int(args, "--glimpses-per-frame", 1);
+        if (glimpses > kMaxGlimpses)  // the viewpoints are built before the first glimpse
+            throw Error("--glimpses " + std::to_string(glimpses) + ": at most " + std::to_string(kMaxGlimpses) +
+                        " in one run (as canvit_runtime.policies.MAX_GLIMPSES)");
         const int threads = parse_int(args, "--threads", 0), seed = parse_int(args, "--seed", 0);
 
         const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);

@@ -9,6 +9,7 @@
 #include <functional>
 #include <iomanip>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "canvit/canvit.hpp"
@@ -353,8 +354,25 @@ static std::map<std::string, Shape> check_consistency(Manifest& m, const json& j
     return parts;
 }
 
+// An ONNX graph may load external data from any file of its folder, by a name inside the graph: a file the manifest
+// does not list would run unchecked. The folder of an ONNX artifact holds only what the manifest lists (and the
+// manifest, this tool's marker and a signature). canvit_runtime checks the graph itself (manifest.verified_onnx).
+static void refuse_unlisted_files(const Manifest& m) {
+    std::set<fs::path> listed{m.dir / "manifest.json", m.dir / ".canvit-export", m.dir / "artifact.sig"};
+    for (const auto& [key, path] : m.files) listed.insert(path);
+    std::error_code failed;
+    for (auto it = fs::recursive_directory_iterator(m.dir, failed); !failed && it != fs::recursive_directory_iterator();
+         it.increment(failed)) {
+        if (it->is_directory(failed) && !it->is_symlink(failed)) continue;
+        if (!listed.count(it->path()))
+            throw Error(it->path().string() + ": in the ONNX artifact's folder but not in its manifest; the graph could "
+                        "load it as external data, unchecked: remove it (or re-export the artifact)");
+    }
+}
+
 // Every listed file's size and SHA-256 (an .mlpackage folder is not checked here: no backend reads one).
 static void verify_files(const Manifest& m, const json& j) {
+    if (m.target == "onnx") refuse_unlisted_files(m);
     for (const auto& [key, record] : j.at("files").items()) {
         const fs::path& file = m.files.at(key);
         std::error_code failed;  // a path the system refuses (too long, a loop) is missing, not a filesystem_error

@@ -11,12 +11,41 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from canvit_runtime.manifest import ROLE_CENTERS, ROLE_SCALES, ROLE_SCENE, ROLE_STATE, Manifest, ManifestError
 from canvit_runtime.paths import printable
 from canvit_runtime.policies import check_viewpoints
+
+
+def check_graph_io(manifest: Manifest, inputs: dict[str, list], outputs: dict[str, list], *,
+                   state_inside: bool = False) -> None:
+    """Raise ManifestError unless a loaded graph's inputs and outputs (name -> shape; a dynamic dimension as anything
+    not an int) are the manifest's, names and static shapes: before a runtime allocates state for them, or an exporter
+    builds on them. state_inside: the graph keeps the state itself (a stateful IR), so state tensors are not graph
+    I/O."""
+    for kind, declared, found in (("input", manifest.inputs, inputs), ("output", manifest.outputs, outputs)):
+        wanted = {t.name: t.shape for t in declared if not (state_inside and t.role == ROLE_STATE)}
+        if set(wanted) != set(found):
+            odd = sorted(set(wanted) ^ set(found))[0]
+            raise ManifestError(f"{manifest.directory}: the graph's {kind}s {printable(sorted(found), 160)} are not the "
+                                f"manifest's {sorted(wanted)} (first difference: {printable(odd, 60)!r}); re-export "
+                                f"the artifact")
+        for name, shape in wanted.items():
+            if [int(d) if isinstance(d, int) else None for d in found[name]] != shape:
+                raise ManifestError(f"{manifest.directory}: the graph's {kind} {name!r} has shape "
+                                    f"{printable(list(found[name]), 80)}, the manifest says {shape}; re-export the "
+                                    f"artifact")
+
+
+def onnx_io(model: Any) -> tuple[dict[str, list], dict[str, list]]:
+    """An onnx ModelProto's graph inputs (initializers left out) and outputs: name -> shape, dim_value or None."""
+    constants = {i.name for i in model.graph.initializer}
+    shape = lambda v: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    return ({v.name: shape(v) for v in model.graph.input if v.name not in constants},
+            {v.name: shape(v) for v in model.graph.output})
 
 
 class StepResult:
@@ -66,21 +95,8 @@ class Runner(ABC):
         self._is_reset = False
 
     def _check_graph_io(self, inputs: dict[str, list], outputs: dict[str, list], *, state_inside: bool = False) -> None:
-        """Raise ManifestError unless the loaded graph's inputs and outputs (name -> shape; a dynamic dimension as
-        anything not an int) are the manifest's, names and static shapes, before a state is allocated for them.
-        state_inside: the graph keeps the state itself (a stateful IR), so state tensors are not graph I/O."""
-        for kind, declared, found in (("input", self.manifest.inputs, inputs), ("output", self.manifest.outputs, outputs)):
-            wanted = {t.name: t.shape for t in declared if not (state_inside and t.role == ROLE_STATE)}
-            if set(wanted) != set(found):
-                odd = sorted(set(wanted) ^ set(found))[0]
-                raise ManifestError(f"{self.manifest.directory}: the graph's {kind}s {sorted(found)} are not the "
-                                    f"manifest's {sorted(wanted)} (first difference: {printable(odd, 60)!r}); "
-                                    f"re-export the artifact")
-            for name, shape in wanted.items():
-                if [int(d) if isinstance(d, int) else None for d in found[name]] != shape:
-                    raise ManifestError(f"{self.manifest.directory}: the graph's {kind} {name!r} has shape "
-                                        f"{printable(list(found[name]), 80)}, the manifest says {shape}; re-export "
-                                        f"the artifact")
+        """check_graph_io for this runner's manifest."""
+        check_graph_io(self.manifest, inputs, outputs, state_inside=state_inside)
 
     def reset(self, batch_size: int | None = None) -> None:
         """Return the state to its initial value (the artifact's initial_state) for batch_size scenes.

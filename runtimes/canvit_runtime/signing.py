@@ -45,7 +45,7 @@ def sign_artifact(folder: str | Path, private_key: str | Path, *, password: str 
     `private_key`; the `.canvit-export` marker is updated first to list the signature, so that `--force` can still
     replace the folder. Returns the signature's path. Raises ManifestError (a ValueError) for a folder holding a
     non-regular file, a missing model-signing, or a key it cannot use."""
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # model-signing matches ignored paths by their absolute form
     _check_tree(folder)
     signing, _, _ = _configs()
     marker = folder / MARKER
@@ -69,7 +69,7 @@ def sign_artifact(folder: str | Path, private_key: str | Path, *, password: str 
 def verify_artifact(folder: str | Path, public_key: str | Path) -> None:
     """Raise ManifestError (one line) unless folder/artifact.sig is a valid signature, by the private key matching
     the PEM public key at `public_key`, of exactly the files now in `folder`."""
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))
     _check_tree(folder)
     _, verifying, _ = _configs()
     signature = folder / SIGNATURE

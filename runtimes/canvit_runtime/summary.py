@@ -11,6 +11,7 @@ from canvit_runtime.manifest import (
     OpenVinoArtifact,
     TensorRtArtifact,
 )
+from canvit_runtime.paths import printable
 
 
 def _weights(manifest: Manifest) -> str:
@@ -65,4 +66,4 @@ def summary_lines(manifest: Manifest, *, verified: bool) -> list[str]:
     files = ", ".join(f"{f.path} {f.bytes / 1e6:.1f} MB" for f in manifest.files.values())
     lines.append(f"files      {files}; SHA-256 {'verified' if verified else 'not verified'}")
     lines.append(f"created    {manifest.created}" + (f" by `{manifest.command}`" if manifest.command else ""))
-    return lines
+    return [printable(line, 2000) for line in lines]  # manifest strings are untrusted: no escape sequence reaches a terminal

@@ -83,6 +83,8 @@ struct Manifest {
 Manifest load_manifest(const std::filesystem::path& dir, bool verify = true, const std::string& pinned_sha256 = "");
 // An artifact's manifest.json is a few kB; a bigger one is refused unread.
 inline constexpr uintmax_t kMaxManifestBytes = uintmax_t(16) << 20;
+// Glimpses in one run: their viewpoints are built before the first (canvit_runtime.policies.MAX_GLIMPSES).
+inline constexpr int kMaxGlimpses = 100000;
 // The widest image preprocessing accepts (long side / short side), as canvit_runtime.preprocess.MAX_ASPECT.
 inline constexpr int kMaxAspect = 16;
 // SHA-256 (hex) of bytes in memory.
