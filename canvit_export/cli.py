@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from canvit_runtime.cli import OneLineGroup
 from canvit_runtime.cli import info as runtime_info
 from canvit_runtime.cli import trt as runtime_trt
 from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact
-from canvit_runtime.paths import check_out
+from canvit_runtime.paths import check_out, check_output_file, write_output
 from canvit_runtime.precision import TARGET_PRECISIONS
 
 EXIT_BAD_INPUT = 2
@@ -387,9 +388,11 @@ def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) 
 
     if top < 1:
         raise ExportError(f"--top {top}: list at least one node type")
-    if json_out is not None and (json_out.exists() or not json_out.parent.is_dir()):
-        raise ExportError(f"--json {json_out}: " + ("it exists; choose another file" if json_out.exists() else
+    if json_out is not None and (os.path.lexists(json_out) or not json_out.parent.is_dir()):
+        raise ExportError(f"--json {json_out}: " + ("it exists; choose another file" if os.path.lexists(json_out) else
                                                     "its folder does not exist; create it or choose another file"))
+    if json_out is not None:
+        check_output_file(json_out, inputs=[artifact], option="--json")
     with console.status(f"profiling {glimpses} glimpses of {artifact} on {runtime}"):
         report = profile_step(artifact, runtime, glimpses=glimpses, warmup=warmup, threads=threads, image=image)
     table = Table(title=f"{artifact} on {runtime} ({report['precision']}): {report['ms_per_glimpse']:.1f} ms of nodes "
@@ -402,7 +405,7 @@ def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) 
     console.print(table)
     console.print("shares: " + ", ".join(f"{kind} {share:.1%}" for kind, share in report["shares"].items()))
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        write_output(json_out, json.dumps(report, indent=1) + "\n", inputs=[artifact], option="--json")
         console.print(f"wrote {json_out}")
 
 

@@ -521,3 +521,12 @@ def test_signed_artifacts_verify_and_tampered_ones_do_not(export_artifact, tmp_p
 
     with pytest.raises(ManifestError, match="signature check failed"):
         canvit_runtime.open(artifact, public_key=public)
+
+
+def test_profile_json_never_through_a_link(export_artifact, tmp_path: Path) -> None:
+    """Before: a dangling symlink at --json passed the `exists()` check and the report was written where it pointed."""
+    (tmp_path / "report.json").symlink_to(tmp_path / "elsewhere.json")
+    code, output = run_export("profile", "--artifact", export_artifact("vits16", canvas=16), "--runtime", "onnxruntime",
+                              "--json", tmp_path / "report.json")
+    assert code == 2 and "it exists; choose another file" in one_line(output)
+    assert not (tmp_path / "elsewhere.json").exists()

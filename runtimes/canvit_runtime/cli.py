@@ -267,7 +267,9 @@ def schema(out, check) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.write_text(text)
+        from canvit_runtime.paths import write_output
+
+        write_output(out, text)
         click.echo(f"wrote {out}")
 
 

@@ -36,7 +36,7 @@ from canvit_runtime.artifact import (
     source_record,
     staged_artifact,
 )
-from canvit_runtime.manifest import Manifest, TensorRtArtifact, a_precision
+from canvit_runtime.manifest import Manifest, TensorRtArtifact, a_precision, verified_onnx
 from canvit_runtime.precision import TARGET_PRECISIONS, precision_info
 from canvit_runtime.tensorrt import cuda_call, engine_io_mismatch, import_cudart
 
@@ -125,7 +125,7 @@ def build_engine(manifest: Manifest, *, workspace_gib: float, timing_cache: Path
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(manifest.file("graph"))):
+    if not parser.parse(verified_onnx(manifest)):  # the checksummed bytes; unlisted external data refused
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {manifest.file('graph')}: {errors[:300]}")
     config = builder.create_builder_config()
