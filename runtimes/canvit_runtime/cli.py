@@ -101,7 +101,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
 @click.option("--pictures", type=click.Path(path_type=Path), default=None,
               help="Folder for viewpoints.png (+ segmentation.png, entropy.png with a segmentation readout).")
 @click.option("--public-key", type=click.Path(path_type=Path), default=None, metavar="PEM",
-              help="Verify the artifact's signature (artifact.sig, `canvit-runtime sign`) with this public key first.")
+              help="Check the artifact's signature with this public key file first (see the sign command).")
 @one_line_errors
 def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, cls_out, pictures, public_key) -> None:
     """Roll the artifact out on a photo: preprocess, loop the glimpses, print the step latency and the readouts."""
@@ -162,12 +162,12 @@ def run(artifact, image, runtime, policy, glimpses, seed, threads, canvas_out, c
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--private-key", type=click.Path(path_type=Path), required=True, metavar="PEM",
-              help="Elliptic-curve private key (PEM), e.g. `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`.")
+              help="Private key file (PEM): an elliptic curve key, as openssl ecparam makes.")
 @click.option("--password-env", default=None, metavar="VAR", help="Environment variable holding the key's password.")
 @one_line_errors
 def sign(artifact, private_key, password_env) -> None:
-    """Sign an artifact folder (every file in it) with OpenSSF model-signing: writes ARTIFACT/artifact.sig, which
-    `info|run --public-key PEM` and canvit_runtime.open(public_key=...) verify where it runs."""
+    """Sign an artifact folder, every file in it, with OpenSSF's model signing library: writes artifact.sig into it,
+    which info and run check with the public key where the artifact runs."""
     import os
 
     from canvit_runtime.manifest import load_manifest
@@ -183,10 +183,10 @@ def sign(artifact, private_key, password_env) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the artifact's files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON instead of the summary.")
 @click.option("--public-key", type=click.Path(path_type=Path), default=None, metavar="PEM",
-              help="Verify the artifact's signature (artifact.sig, `canvit-runtime sign`) with this public key first.")
+              help="Check the artifact's signature with this public key file first (see the sign command).")
 @one_line_errors
 def info(artifact, no_verify, as_json, public_key) -> None:
-    """Summarize an artifact's manifest (and verify its checksums, and with --public-key its signature)."""
+    """Summarize an artifact's manifest; verify its checksums (and its signature, given a public key)."""
     from canvit_runtime.manifest import load_manifest
     from canvit_runtime.summary import summary_lines
 

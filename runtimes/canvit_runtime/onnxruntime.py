@@ -160,7 +160,7 @@ class OnnxRuntimeRunner(HostStateRunner):
     provider (the manifest's matmul dtype) runs through emulate_bfloat16 (`self.emulated` is then "bfloat16"),
     which needs the onnx package; an int8 graph on it runs on x86-64 with unsigned activations
     (`unsigned_activations`: the same quantized values, not bitwise the same step; `self.activations` is then
-    "uint8"; without the onnx package it runs as written). `profile`: a file-name prefix: ONNX Runtime's profiler
+    "uint8"). `profile`: a file-name prefix: ONNX Runtime's profiler
     records every node's time (Chrome trace JSON, written by `self.session.end_profiling()`). `spinning`: let the
     intra-op workers spin between steps (ONNX Runtime's default). Off here: on 2 cores their spinning, long after a
     step, slowed whatever ran next, PyTorch or OpenVINO, by ~20% (in one bench run: PyTorch eager 134.5 -> 111.9 ms,
