@@ -250,6 +250,7 @@ def test_onnx_runner_without_onnx_names_the_install(int8, monkeypatch) -> None:
     onnxruntime extra installs: without it, opening an artifact names that install in one RuntimeUnavailable."""
     import sys
 
+    artifact = int8("onnx")  # exported (with onnx) first
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     with pytest.raises(canvit_runtime.RuntimeUnavailable, match=r"pip install 'canvit-runtime\[onnxruntime\]'"):
-        canvit_runtime.open(int8("onnx"), runtime="onnxruntime")
+        canvit_runtime.open(artifact, runtime="onnxruntime")

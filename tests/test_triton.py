@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from canvit_export.cli import main
 from canvit_export.triton import glimpse_inputs, random_viewpoints
 from canvit_runtime.manifest import load_manifest
+from canvit_runtime.paths import MARKER
 
 HAS_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
 needs_client = pytest.mark.skipif(not HAS_TRITONCLIENT, reason="tritonclient is not installed (pip install -e '.[triton]')")
@@ -105,7 +106,8 @@ def test_every_config_parses_and_matches_the_manifest(artifacts, repository) -> 
     from tritonclient.grpc import model_config_pb2
 
     models = expected_models(artifacts)
-    assert sorted(p.name for p in repository.iterdir()) == sorted(models)
+    # the models, and this tool's marker (what --force may replace; Triton loads folders only)
+    assert sorted(p.name for p in repository.iterdir()) == sorted([*models, MARKER])
     for name, (backend, artifact) in models.items():
         manifest = load_manifest(artifact)
         config = parse_config(repository / name)
@@ -284,7 +286,7 @@ def test_cli_writes_a_python_repository(export_artifact, tmp_path: Path) -> None
     code, output = run_cli("triton", "--artifact", str(artifact), "--backends", "python", "--device", "cpu",
                            "--out", str(tmp_path / "repo"))
     assert code == 0, output
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [f"{artifact.name}-python"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [MARKER, f"{artifact.name}-python"]
     assert f"{artifact.name}-python" in output
 
 
