@@ -28,7 +28,7 @@ import numpy as np
 import canvit_runtime
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import tool_versions
-from canvit_export.parity import compare, default_image
+from canvit_export.parity import default_image
 from canvit_export.progress import console
 from canvit_export.reference import EagerRunner, PeerRunner, export_peer
 from canvit_export.source import load_from_record
@@ -37,6 +37,7 @@ from canvit_runtime.manifest import Manifest, ManifestError, a_target, load_mani
 from canvit_runtime.paths import report_folder, write_output
 from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
+from canvit_runtime.verdict import compare
 
 COMPATIBLE = {"onnxruntime": {"onnx"}, "openvino": {"onnx", "openvino"}, "tensorrt": {"tensorrt"}}
 TARGET_NAMES = {"onnxruntime": "ONNX artifacts", "openvino": "ONNX and OpenVINO IR artifacts",
@@ -80,8 +81,9 @@ def glimpse_gflops(manifest: Manifest) -> float:
     from canvit_pytorch.flops import glimpse_flops
 
     arch = manifest.architecture
-    config = CanViTConfig(backbone_name=arch.backbone,  # type: ignore[arg-type]  # checked by CanViTConfig canvas_num_heads=arch.canvas_num_heads,
-                          canvas_head_dim=arch.canvas_head_dim, num_canvas_registers=arch.num_canvas_registers,
+    config = CanViTConfig(backbone_name=arch.backbone,  # type: ignore[arg-type]  # CanViTConfig checks the word
+                          canvas_num_heads=arch.canvas_num_heads, canvas_head_dim=arch.canvas_head_dim,
+                          num_canvas_registers=arch.num_canvas_registers,
                           num_backbone_registers=arch.num_backbone_registers, enable_vpe=arch.enable_vpe,
                           canvas_projections=arch.canvas_projections)  # type: ignore[arg-type]
     return glimpse_flops(config, glimpse_size_px=manifest.glimpse_px, canvas_grid_size=manifest.canvas_grid) \
@@ -171,7 +173,7 @@ SETTLE_SECONDS = 0.02
 """Untimed pause before each timed step: runtimes' worker threads (OpenMP, TBB) may spin for a while after a run,
 and on a 2-core machine they would slow whichever configuration runs next. ONNX Runtime's spin outlasted it (its
 workers slowed the configurations after them by ~20%): its runners here do not spin (OnnxRuntimeRunner's
-`spinning`), and the errors computed between steps stay off BLAS (parity.l2)."""
+`spinning`), and the errors computed between steps stay off BLAS (canvit_runtime.verdict.l2)."""
 
 
 def run_bench(candidates: list[Candidate], image: Any, *, iters: int, warmup: int, seed: int = 0) -> None:

@@ -13,12 +13,10 @@ from typing import Any
 import click
 
 from canvit_export.errors import ExportError
-from canvit_runtime.cli import OneLineGroup
+from canvit_runtime.cli import OneLineGroup, precision_options
 from canvit_runtime.cli import info as runtime_info
-from canvit_runtime.cli import trt as runtime_trt
-from canvit_runtime.manifest import CoreMLArtifact, OnnxArtifact, OpenVinoArtifact
+from canvit_runtime.manifest import CoreMLArtifact, Manifest, OnnxArtifact, OpenVinoArtifact, TensorRtArtifact
 from canvit_runtime.paths import check_out, check_output_file, write_output
-from canvit_runtime.precision import TARGET_PRECISIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_PARITY_FAILED = 1
@@ -163,9 +161,10 @@ def main() -> None:
 @weight_options
 @geometry_options
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17).")
-@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["onnx"]), default="fp32", show_default=True,
-              help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
-                   "(fp16-all: canvas in fp16 too, a control experiment; int8: static Q/DQ, calibrated on rollouts).")
+@precision_options("onnx", default="fp32",
+                   help="Matmul/conv/attention precision; the canvas, RoPE, coordinates and VPE stay float32 "
+                        "(fp16-all: canvas in fp16 too, a control experiment; int8: static Q/DQ, calibrated on "
+                        "rollouts).")
 @click.option("--glimpse-output", is_flag=True, help="Also output the sampled glimpse [B, 3, g, g].")
 @readout_options
 @calibration_option
@@ -197,10 +196,10 @@ def onnx(model, revision, random_weights, backbone, weight_seed, geometry, opset
 
 @main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to convert.")
-@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["openvino"]), default=None,
-              help="The artifact's own precision (the default), or it with -int8w: matmul weights compressed to INT8 "
-                   "with NNCF, or int8 (from an fp32 artifact): NNCF static INT8 calibrated on rollouts. The canvas "
-                   "path, RoPE, coordinates and VPE stay f32.")
+@precision_options("openvino", default=None,
+                   help="The artifact's own precision (the default), or it with -int8w: matmul weights compressed to "
+                        "INT8 with NNCF, or int8 (from an fp32 artifact): NNCF static INT8 calibrated on rollouts. "
+                        "The canvas path, RoPE, coordinates and VPE stay f32.")
 @click.option("--stateful/--no-stateful", default=True, show_default=True,
               help="Canvas and recurrent CLS as OpenVINO state variables, or as graph I/O.")
 @calibration_option
@@ -226,8 +225,8 @@ def openvino(artifact, precision, stateful, calibration, out, force) -> None:
 @main.command(epilog=WEIGHTS_EPILOG)
 @weight_options
 @geometry_options
-@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["coreml"]), default="fp16", show_default=True,
-              help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32.")
+@precision_options("coreml", default="fp16",
+                   help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32.")
 @click.option("--stateful", is_flag=True, help="Canvas as a Core ML state (iOS18/macOS15+; stored as float16).")
 @click.option("--min-target", type=click.Choice(["iOS17", "iOS18", "macOS14", "macOS15"]), default=None,
               help="Minimum deployment target [default: iOS17, iOS18 with --stateful].")
@@ -296,6 +295,150 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
     console.print(f"report: {report['report_path']}")
     if not report["passed"]:
         sys.exit(EXIT_PARITY_FAILED)
+
+
+FROM_WEIGHTS = ("model", "revision", "random_weights", "backbone", "weight_seed", "canvas_grid", "glimpse_px",
+                "scene_px", "batch", "readout", "opset")
+"""trt's options that describe an export from weights: an --artifact has its own (checked by their source)."""
+
+
+@main.command(epilog=WEIGHTS_EPILOG)
+@weight_options
+@geometry_options
+@click.option("--artifact", type=click.Path(path_type=Path), default=None,
+              help="Build from this ONNX artifact instead of weights (re-exported when --precision differs).")
+@precision_options("tensorrt", default=None,
+                   help="The graph's precision: strongly typed engines keep its types (the canvas path float32) "
+                        "[default: the artifact's, fp32 from weights].")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the export (>= 17).")
+@readout_options
+@calibration_option
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="ONNX artifact folder [default: the one onnx would write, under models/].")
+@click.option("--engine-out", type=click.Path(path_type=Path), default=None,
+              help="Engine artifact folder [default: <ONNX artifact>-trt].")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+@click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write a device bundle instead of building here: the ONNX artifact, the canvit-runtime wheel, the "
+                   "build commands, a PyTorch reference and run-on-device.sh, which builds the engine on the device "
+                   "and prints the parity verdict.")
+@click.option("--policy", default="c2f", show_default=True, help="With --bundle: the reference's viewpoints, c2f or f-iid.")
+@click.option("--glimpses", type=int, default=21, show_default=True, help="With --bundle: glimpses of the reference.")
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="With --bundle: the reference's photograph [default: skimage astronaut].")
+@click.option("--print-trtexec", is_flag=True, help="Export (if needed) and print the equivalent trtexec build only.")
+@click.option("--adopt-engine", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --artifact: adopt FILE, an engine trtexec built from its step.onnx, instead of building "
+                   "(canvit-runtime trt's option, see there).")
+@click.option("--trtexec-log", type=click.Path(path_type=Path), default=None, metavar="LOG",
+              help="With --adopt-engine: trtexec's build log, the GPU and TensorRT facts where TensorRT is missing.")
+@one_line_errors
+def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifact, precision, opset, readout, probe,
+        calibration, out, engine_out, force, workspace_gib, timing_cache, bundle, policy, glimpses, image,
+        print_trtexec, adopt_engine, trtexec_log) -> None:
+    """Export the glimpse step at a precision and build its strongly typed TensorRT engine (-> <artifact>-trt), on the
+    GPU it will run on; or write a --bundle for a device to build and check its own; or --print-trtexec."""
+    from canvit_export.export.artifact import Geometry, default_out_dir
+    from canvit_export.progress import console
+    from canvit_export.trt import bundle_size, describe, heads_of, tensorrt_missing, weights_of, write_bundle
+
+    ctx = click.get_current_context()
+    if bundle is not None and print_trtexec:
+        raise ExportError("--bundle and --print-trtexec exclude each other: the bundle holds the build commands")
+    if artifact is not None:
+        given = [name for name in FROM_WEIGHTS if name not in ("model", "revision")
+                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            flag = {"canvas_grid": "canvas", "glimpse_px": "glimpse", "scene_px": "scene", "weight_seed": "seed",
+                    "random_weights": "random-weights"}.get(given[0], given[0])
+            raise ExportError(f"--{flag} describes an export from weights, and --artifact {artifact} has its own: "
+                              f"drop one")
+    if adopt_engine is not None or trtexec_log is not None:
+        if artifact is None or bundle is not None or out is not None:
+            raise ExportError("--adopt-engine takes the --artifact its engine was built from (and --engine-out), "
+                              "without --bundle or --out")
+        from canvit_runtime.cli import trt as runtime_trt
+
+        return ctx.invoke(runtime_trt, artifact=artifact, precision=precision, workspace_gib=workspace_gib,
+                          timing_cache=timing_cache, out=engine_out, force=force, print_trtexec=print_trtexec,
+                          adopt_engine=adopt_engine, trtexec_log=trtexec_log)
+    if bundle is None and not print_trtexec and (missing := tensorrt_missing()):
+        raise ExportError(f"{missing}: engines are built on the GPU that runs them; pass --bundle DIR to write what "
+                          f"the device needs (it builds and checks the engine there), or --print-trtexec")
+    inputs = [i for i in (artifact, calibration, image) if i is not None]
+    for option, folder in (("--out", out), ("--engine-out", engine_out), ("--bundle", bundle)):
+        if folder is not None:
+            check_out(folder, force=force, inputs=inputs, option=option)
+
+    source: Manifest | None = None
+    if artifact is not None:
+        from canvit_runtime.artifact import load_source_artifact
+
+        source = load_source_artifact(artifact, target="TensorRT")
+        if precision in (None, source.precision.name):
+            if out is not None:
+                raise ExportError(f"--out names the ONNX artifact to export, and {artifact} is {source.precision.name} "
+                                  f"already: nothing is exported (--engine-out names the engine folder)")
+            if bundle is None:
+                return _build_or_print(source, engine_out, workspace_gib, timing_cache, force, print_trtexec)
+        loaded = weights_of(source, model, revision)
+        heads = heads_of(source, loaded, probe, weight_seed)
+        if precision not in (None, source.precision.name):
+            console.print(f"{artifact} is {source.precision.name}: re-exporting it at {precision} (its weights, "
+                          f"geometry and readouts)")
+        geometry = Geometry(batch=source.batch, scene_px=source.scene_px, glimpse_px=source.glimpse_px,
+                            canvas_grid=source.canvas_grid)
+        opset = getattr(source.artifact, "opset", opset)
+    else:
+        loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
+        heads = load_readouts(loaded, readout, probe, weight_seed)
+    reuse = source is not None and precision in (None, source.precision.name)
+    precision = precision or (source.precision.name if source is not None else "fp32")
+    name = default_out_dir(loaded.canvit.config.backbone_name, geometry, precision, "onnx").name
+
+    def export(parent: Path | None) -> Path:
+        from canvit_export.export.onnx import export_onnx
+
+        target = (parent / name) if parent is not None else (out or Path("models") / name)
+        start = time.perf_counter()
+        manifest = export_onnx(loaded, geometry, target, opset=opset, force=force, precision=precision, heads=heads,
+                               calibration=calibration)
+        assert isinstance(manifest.artifact, OnnxArtifact)
+        where = target if parent is None else f"{target.name} into the bundle"
+        console.print(f"exported {where}: step.onnx {manifest.files['graph'].bytes / 1e6:.1f} MB, "
+                      f"{manifest.artifact.nodes} nodes, {precision}, {time.perf_counter() - start:.1f} s")
+        return target
+
+    if bundle is not None:
+        write_bundle(bundle, manifest_source=source if reuse else None, loaded=loaded, export=export, force=force,
+                     policy=policy, glimpses=glimpses, seed=0, image=image, inputs=tuple(inputs))
+        console.print(f"wrote {bundle} ({bundle_size(bundle) / 1e6:.0f} MB): copy it to the device (rsync -a "
+                      f"{describe(bundle)} device:) and run {describe(bundle.name)}/run-on-device.sh there "
+                      f"(add --runtime onnxruntime where TensorRT is missing)", soft_wrap=True)
+        return None
+    from canvit_runtime.manifest import load_manifest
+
+    return _build_or_print(load_manifest(export(None)), engine_out, workspace_gib, timing_cache, force, print_trtexec)
+
+
+def _build_or_print(source: Manifest, engine_out: Path | None, workspace_gib: float, timing_cache: Path | None,
+                    force: bool, print_trtexec: bool) -> None:
+    """`source`'s engine built here, or trtexec's command printed, each after the TensorRT audit of its graph."""
+    from canvit_export.progress import console
+    from canvit_export.trt import stage
+    from canvit_runtime.engine import build_tensorrt, trtexec_for
+
+    if print_trtexec:
+        click.echo(trtexec_for(source.directory, engine_out, workspace_gib=workspace_gib, timing_cache=timing_cache))
+        return
+    manifest = build_tensorrt(source.directory, engine_out, workspace_gib=workspace_gib, timing_cache=timing_cache,
+                              force=force, stage=stage)
+    facts = manifest.artifact
+    assert isinstance(facts, TensorRtArtifact)
+    console.print(f"wrote {manifest.directory}: TensorRT {facts.tensorrt} engine for {facts.gpu} (compute capability "
+                  f"{facts.compute_capability}), {manifest.files['engine'].bytes / 1e6:.1f} MB")
 
 
 @main.command()
@@ -410,7 +553,6 @@ def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) 
 
 
 main.add_command(runtime_info, name="info")
-main.add_command(runtime_trt, name="trt")
 
 
 @main.command()

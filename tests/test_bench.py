@@ -103,12 +103,12 @@ def test_bench_streams(export_artifact, tmp_path) -> None:
 
 
 def test_error_metrics_stay_off_blas(monkeypatch) -> None:
-    """parity.compare runs between timed steps (bench and parity): numpy's dot/norm of a canvas-sized array would wake
+    """verdict.compare runs between timed steps (bench and parity): numpy's dot/norm of a canvas-sized array would wake
     OpenBLAS's worker threads, which spin on after it and slowed the next timed step by half on 2 cores. compare must
     not call them, and gives the float64 rel-L2 / max-abs / cosine (checked against math.fsum)."""
     import math
 
-    from canvit_export.parity import compare
+    from canvit_runtime.verdict import compare
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("BLAS call between timed steps")
@@ -189,3 +189,23 @@ def test_step_matmuls_are_the_papers_flops(export_artifact, tmp_path) -> None:
         assert len(products) == len(matmuls) and len(feeds) == len(model.get_parameters())
         rows = {list(op.input(0).get_shape())[-2] for op in products}
         assert (rows == {mm.a[-2] for mm in matmuls}) if multiple == 1 else all(r % 8 == 0 for r in rows), rows
+
+
+def test_glimpse_gflops_is_canvit_pytorchs_count(export_artifact, vits16) -> None:
+    """bench.glimpse_gflops against canvit_pytorch.flops.glimpse_flops on the model's own config, and on a manifest
+    whose canvas has 4 heads instead of the default 8 (a field dropped on the way would give the default's count)."""
+    import dataclasses
+
+    from canvit_pytorch.flops import glimpse_flops
+
+    from canvit_export.bench import glimpse_gflops
+    from canvit_runtime.manifest import load_manifest
+
+    manifest = load_manifest(export_artifact("vits16", canvas=16))
+    config = vits16.canvit.config
+    assert glimpse_gflops(manifest) * 1e9 == glimpse_flops(config, glimpse_size_px=128, canvas_grid_size=16)
+    arch = manifest.architecture.model_copy(update={"canvas_num_heads": 4, "canvas_dim": 4 * config.canvas_head_dim})
+    narrower = manifest.model_copy(update={"architecture": arch})
+    expected = glimpse_flops(dataclasses.replace(config, canvas_num_heads=4), glimpse_size_px=128, canvas_grid_size=16)
+    assert expected != glimpse_flops(config, glimpse_size_px=128, canvas_grid_size=16)
+    assert glimpse_gflops(narrower) * 1e9 == expected

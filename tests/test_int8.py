@@ -73,7 +73,7 @@ def test_calibrate_command_reports_size(readout_fp32: Path, tmp_path: Path, phot
 @pytest.mark.parametrize(("kind", "runtime"), [("onnx", "onnxruntime"), ("openvino", "openvino"), ("onnx", "openvino")])
 @pytest.mark.parametrize(("policy", "glimpses"), [("c2f", 21), ("f-iid", 200)])
 def test_int8_parity_gates(int8, kind: str, runtime: str, policy: str, glimpses: int, photo, tmp_path: Path) -> None:
-    """The int8 tolerances (parity.TOLERANCES["int8"]) over 21 C2F and 200 F-IID glimpses, readouts included;
+    """The int8 tolerances (verdict.TOLERANCES["int8"]) over 21 C2F and 200 F-IID glimpses, readouts included;
     finite at every glimpse (a NaN fails every comparison)."""
     report = parity_command(artifact=int8(kind), runtime=runtime, loaded=None, image=photo, policy=policy,
                             glimpses=glimpses, seed=0, threads=None, report_path=tmp_path / "r.json")

@@ -1,5 +1,5 @@
 """Long rollouts (issue 15): 1000 glimpses on every runtime and precision that runs here stay finite and within their
-precision's parity tolerances (parity.TOLERANCES; fp32 against PyTorch, the narrower precisions against the fp32
+precision's parity tolerances (canvit_runtime.verdict.TOLERANCES; fp32 against PyTorch, the narrower precisions against the fp32
 artifact of the same weights on ONNX Runtime), and resident memory stays flat (no leak in the runners or the runtimes
 they drive). ViT-S, canvas 16; the CanViT-B figures are in the README's parity section."""
 
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import canvit_runtime
-from canvit_export.parity import parity_command, run_parity, tolerances_for
+from canvit_export.parity import parity_command, run_parity
 from canvit_runtime.policies import make_policy
 from canvit_runtime.preprocess import scene_batch
+from canvit_runtime.verdict import tolerances_for
 
 GLIMPSES = 1000
 

@@ -14,9 +14,10 @@ from onnx import TensorProto, helper
 from canvit_export.errors import ExportError
 from canvit_export.export import onnx as onnx_target
 from canvit_export.export.artifact import Geometry
-from canvit_export.parity import TOLERANCES, parity_command
+from canvit_export.parity import parity_command
 from canvit_export.precision import audit_onnx
 from canvit_runtime.manifest import OnnxArtifact, RandomWeights, load_manifest
+from canvit_runtime.verdict import TOLERANCES
 
 
 def check_parity(artifact: Path, photo: np.ndarray, glimpses: int, policy: str = "c2f") -> dict:

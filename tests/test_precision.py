@@ -117,8 +117,8 @@ def test_bfloat16_emulation_rounds_like_bfloat16() -> None:
 
 def test_tolerances_cover_every_precision() -> None:
     from canvit_export.errors import ExportError
-    from canvit_export.parity import TOLERANCES, tolerances_for
     from canvit_runtime.precision import PRECISIONS
+    from canvit_runtime.verdict import TOLERANCES, tolerances_for
 
     for name in PRECISIONS:  # every word of the vocabulary has a parity tolerance
         assert set(tolerances_for(name)) == {"canvas_rel_l2", "cls_rel_l2", "canvas_cosine", "readout_rel_l2",

@@ -16,13 +16,14 @@ from PIL import Image
 
 import canvit_runtime
 from canvit_export.cli import main
-from canvit_export.parity import TOLERANCES, parity_command
+from canvit_export.parity import parity_command
 from canvit_export.precision import audit_onnx
 from canvit_runtime.manifest import load_manifest
 from canvit_runtime.pictures import draw_rollout, top_classes, viewpoint_box
 from canvit_runtime.policies import EntropyGuidedC2F
 from canvit_runtime.preprocess import scene_batch
 from canvit_runtime.rollout import rollout
+from canvit_runtime.verdict import TOLERANCES
 from conftest import manifest_round_trip
 
 ALL = "segmentation,classification,features"

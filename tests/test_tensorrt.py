@@ -27,7 +27,7 @@ def run(*args: str) -> tuple[int, str]:
 def test_trt_fails_cleanly_without_tensorrt(export_artifact, tmp_path: Path) -> None:
     out = tmp_path / "engine"
     code, output = run("trt", "--artifact", str(export_artifact("vits16", canvas=16, precision="fp16")), "--precision", "fp16",
-                       "--out", str(out))
+                       "--engine-out", str(out))
     assert code == 2
     assert output.strip().splitlines() == [output.strip().splitlines()[-1]]  # one line
     assert output.startswith("error: TensorRT is not installed") and "--print-trtexec" in output
@@ -37,7 +37,7 @@ def test_trt_fails_cleanly_without_tensorrt(export_artifact, tmp_path: Path) -> 
 def test_print_trtexec(export_artifact, tmp_path: Path) -> None:
     artifact = export_artifact("vits16", canvas=16, precision="fp16")
     code, output = run("trt", "--artifact", str(artifact), "--precision", "fp16", "--print-trtexec", "--workspace", "2",
-                       "--timing-cache", str(tmp_path / "cache.bin"), "--out", str(tmp_path / "e"))
+                       "--timing-cache", str(tmp_path / "cache.bin"), "--engine-out", str(tmp_path / "e"))
     assert code == 0, output
     command = output.strip()
     assert command.startswith("trtexec ") and "\n" not in command
@@ -54,9 +54,13 @@ def test_print_trtexec(export_artifact, tmp_path: Path) -> None:
     ("fp16", "bf16-int8w", "Invalid value for '--precision'"),
 ])
 def test_precision_must_match_the_graph(export_artifact, precision, asserted, needle) -> None:
-    code, output = run("trt", "--artifact", str(export_artifact("vits16", canvas=16, precision=precision)),
-                       "--precision", asserted, "--print-trtexec")
-    assert code == 2 and needle in output, output
+    """canvit-runtime trt (no torch, so no re-export; canvit-export trt re-exports: test_trt_command) refuses."""
+    from canvit_runtime.cli import main as runtime_main
+
+    result = CliRunner().invoke(runtime_main, ["trt", "--artifact", str(export_artifact("vits16", canvas=16,
+                                                                                          precision=precision)),
+                                               "--precision", asserted, "--print-trtexec"])
+    assert result.exit_code == 2 and needle in result.output, result.output
 
 
 def test_trt_needs_an_onnx_artifact(tmp_path: Path) -> None:
@@ -75,7 +79,7 @@ def jetson_build(artifact: Path, tmp_path: Path, **log_options: str) -> tuple[Pa
     """What a Jetson user does: run the printed trtexec command there (paths as on the device) and keep its log.
     No TensorRT runs here, so the engine file holds placeholder bytes: adoption copies and fingerprints it, and only
     a runner with TensorRT can load (and then checks) it."""
-    code, command = run("trt", "--artifact", str(artifact), "--print-trtexec", "--out", "/home/nvidia/canvit/engine")
+    code, command = run("trt", "--artifact", str(artifact), "--print-trtexec", "--engine-out", "/home/nvidia/canvit/engine")
     assert code == 0, command
     on_device = command.strip().replace("trtexec ", "/usr/src/tensorrt/bin/trtexec ", 1).replace(
         str(artifact), "/home/nvidia/canvit/artifact")
@@ -94,7 +98,7 @@ def test_adopt_engine_from_a_trtexec_log(export_artifact, tmp_path: Path) -> Non
     engine, log = jetson_build(artifact, tmp_path)
     out = tmp_path / "adopted"
     code, output = run("trt", "--artifact", str(artifact), "--precision", "fp16", "--adopt-engine", str(engine),
-                       "--trtexec-log", str(log), "--out", str(out))
+                       "--trtexec-log", str(log), "--engine-out", str(out))
     assert code == 0, output
     assert "TensorRT 10.3.0 engine for Orin (compute capability 8.7)" in output and "trtexec's log" in output
     manifest = load_manifest(out)  # verifies every file's SHA-256
@@ -141,7 +145,7 @@ def test_adopt_engine_refusals(export_artifact, tmp_path: Path, change: str, nee
     if change == "no-gpu-line":
         log.write_text("".join(line for line in text.splitlines(True) if "Selected Device:" not in line))
     args = ["trt", "--artifact", str(artifact), "--adopt-engine", str(engine), "--trtexec-log", str(log),
-            "--out", str(tmp_path / "out")]
+            "--engine-out", str(tmp_path / "out")]
     if change == "no-log":
         args = args[:5] + args[7:]
     if change == "missing-engine":
@@ -169,13 +173,13 @@ def test_engine_parity_with_device_state(export_artifact, photo, tmp_path: Path)
 
     engine_dir = tmp_path / "engine"
     code, output = run("trt", "--artifact", str(export_artifact("vits16", canvas=16, precision="fp16")), "--precision", "fp16",
-                       "--out", str(engine_dir))
+                       "--engine-out", str(engine_dir))
     if code != 0 and "no usable CUDA GPU" in output:
         pytest.skip(f"tensorrt imports but no GPU is usable: {output.strip()}")
     assert code == 0, output
     adopted = tmp_path / "adopted"  # the same engine adopted as trtexec's would be: checked by TensorRT here
     code, output = run("trt", "--artifact", str(export_artifact("vits16", canvas=16, precision="fp16")),
-                       "--adopt-engine", str(engine_dir / "step.engine"), "--out", str(adopted))
+                       "--adopt-engine", str(engine_dir / "step.engine"), "--engine-out", str(adopted))
     assert code == 0 and "I/O checked by TensorRT" in output, output
     report = parity_command(artifact=engine_dir, runtime="tensorrt", loaded=None, image=photo, policy="c2f",
                             glimpses=21, seed=0, threads=None, report_path=tmp_path / "r.json")

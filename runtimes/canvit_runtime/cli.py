@@ -3,6 +3,7 @@
     canvit-runtime run --artifact DIR --image photo.jpg [--runtime onnxruntime|openvino|tensorrt|coreml]
     canvit-runtime info DIR [--json]
     canvit-runtime trt --artifact DIR [--print-trtexec | --adopt-engine FILE [--trtexec-log LOG]]
+    canvit-runtime check-bundle DIR [--runtime tensorrt|onnxruntime]
     canvit-runtime schema [--out PATH | --check]
 """
 
@@ -42,6 +43,38 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper
+
+
+SHORTHANDS = ("fp16", "bf16", "int8")
+"""The precision words that are also flags (`--fp16` is `--precision fp16`), as `trtexec --fp16` is spelled."""
+
+
+def precision_options(target: str, *, default: str | None, help: str) -> Callable[[Callable[..., Any]], Any]:
+    """--precision WORD (a word of TARGET_PRECISIONS[target]) and its shorthand flags --fp16 / --bf16 / --int8 (those
+    the target takes), passed on as one `precision` (the word, or `default` when none is given). Giving two that
+    disagree (--fp16 --bf16, or --fp16 --precision bf16) is a usage error, one line."""
+    allowed = TARGET_PRECISIONS[target]
+    flags = [word for word in SHORTHANDS if word in allowed]
+
+    def decorate(command: Callable[..., Any]) -> Any:
+        @functools.wraps(command)
+        def wrapper(*args: Any, precision: str | None, **kwargs: Any) -> Any:
+            given = [f"--{word}" for word in flags if kwargs.pop(f"precision_{word.replace('-', '_')}")]
+            words = {word.removeprefix("--") for word in given} | ({precision} if precision is not None else set())
+            if len(words) > 1:
+                spelled = given + ([f"--precision {precision}"] if precision is not None else [])
+                raise click.BadOptionUsage("precision", f"{' and '.join(spelled)} name different precisions: pass one")
+            return command(*args, precision=words.pop() if words else default, **kwargs)
+
+        options = [click.option("--precision", type=click.Choice(allowed), default=None,
+                                help=help + (f" [default: {default}]" if default is not None else ""))]
+        options += [click.option(f"--{word}", f"precision_{word}", is_flag=True, help=f"= --precision {word}.")
+                    for word in flags]
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 class OneLineGroup(click.Group):
@@ -206,11 +239,12 @@ def info(artifact, no_verify, as_json, public_key) -> None:
 
 @main.command()
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="ONNX artifact folder to build from.")
-@click.option("--precision", type=click.Choice(TARGET_PRECISIONS["tensorrt"]), default=None,
-              help="Assert the artifact's precision (strongly typed engines keep the graph's types).")
+@precision_options("tensorrt", default=None,
+                   help="Assert the artifact's precision (strongly typed engines keep the graph's types).")
 @click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine artifact folder [default: <artifact>-trt].")
+@click.option("--out", "--engine-out", "out", type=click.Path(path_type=Path), default=None,
+              help="Engine artifact folder [default: <artifact>-trt].")
 @click.option("--force", is_flag=True, help="Replace --out if it exists and canvit-export wrote it.")
 @click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command (e.g. for a Jetson).")
 @click.option("--adopt-engine", type=click.Path(path_type=Path), default=None, metavar="FILE",
@@ -246,6 +280,61 @@ def trt(artifact, precision, workspace_gib, timing_cache, out, force, print_trte
                "facts from trtexec's log; I/O checked when a runner loads it")
     click.echo(f"wrote {manifest.directory}: TensorRT {facts.tensorrt} engine for {facts.gpu} (compute capability "
                f"{facts.compute_capability}), {manifest.files['engine'].bytes / 1e6:.1f} MB, {checked}")
+
+
+@main.command("check-bundle")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runtime", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
+              help="tensorrt: build the engine here (once) and check it; onnxruntime: check the ONNX artifact itself "
+                   "(a device without TensorRT, or the bundle).")
+@click.option("--rebuild", is_flag=True, help="Build the engine again even if the bundle holds one built before.")
+@click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
+@click.option("--latency-steps", type=int, default=50, show_default=True, help="Timed steps after the check.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: its own].")
+@one_line_errors
+def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads) -> None:
+    """Check a device bundle (`canvit-export trt ... --bundle`) on this device: build the engine (tensorrt), roll out
+    the bundle's viewpoints, compare every glimpse with the float32 PyTorch reference recorded on the workstation at
+    the precision's tolerances, print PASS (exit 0) or FAIL (exit 1), then the step's latency."""
+    import canvit_runtime
+    from canvit_runtime.bundle import check_bundle as run_check
+    from canvit_runtime.bundle import read_bundle
+
+    if latency_steps < 0:
+        raise ValueError(f"--latency-steps {latency_steps}: must be >= 0")
+    record = read_bundle(bundle)
+    target = bundle / record.artifact
+    if runtime == "tensorrt":
+        from canvit_runtime.engine import build_tensorrt
+
+        engine = bundle / f"{record.artifact}-trt"
+        if engine.exists() and not rebuild:
+            click.echo(f"using the engine built before in {engine} (--rebuild builds it again)", err=True)
+        else:
+            built = build_tensorrt(target, engine, workspace_gib=workspace_gib, force=rebuild)
+            click.echo(f"built {engine}: {built.files['engine'].bytes / 1e6:.1f} MB", err=True)
+        target = engine
+    session = canvit_runtime.open(target, runtime=runtime, threads=threads)
+    click.echo(f"checking {target} on {session.name} ({record.precision}) against {record.reference_runtime}: "
+               f"{record.glimpses} glimpses ({record.policy}, seed {record.seed}) of {record.image}")
+    result = run_check(bundle, session, record, latency_steps=latency_steps, echo=click.echo)
+    w = result.worst
+    click.echo(f"worst: canvas rel-L2 {w['canvas_rel_l2']:.2e}, cosine {w['canvas_cosine']:.7f}, CLS rel-L2 "
+               f"{w['cls_rel_l2']:.2e}" + "".join(f", {k.removesuffix('_rel_l2')} rel-L2 {w[k]:.2e}" for k in w
+                                                  if k.endswith("_rel_l2") and not k.startswith(("canvas", "cls"))))
+    bounds = ", ".join(f"{k} {v:g}" for k, v in result.tolerances.items())
+    if result.passed:
+        click.echo(f"PASS at all {len(result.rows)} glimpses within the {record.precision} tolerances: {bounds}")
+    else:
+        click.echo(f"FAIL {len(result.failures)} violation(s) of the {record.precision} tolerances; first: "
+                   f"{result.failures[0]}")
+    if result.latency_ms:
+        steps = np.array(result.latency_ms)
+        click.echo(f"step latency on {session.name}: median {np.median(steps):.2f} ms, p90 "
+                   f"{np.percentile(steps, 90):.2f} ms over {len(steps)} steps (batch {session.manifest.batch}: "
+                   f"{1e3 * session.manifest.batch / np.median(steps):.1f} glimpses/s)")
+    if not result.passed:
+        sys.exit(1)
 
 
 @main.command()

@@ -73,6 +73,14 @@ def check_precision(manifest: Manifest, precision: str | None) -> None:
                           f"`canvit-export onnx --precision {precision}`")
 
 
+def audit_graph(source: Manifest) -> dict[str, int]:
+    """The TensorRT audit (trt_audit.check) of the artifact's graph, for every audited TensorRT version: ExportError
+    with one line naming the node, op, dtype and version TensorRT's ONNX parser would refuse. Returns the counts."""
+    from canvit_runtime.trt_audit import check
+
+    return check(source.file("graph"))
+
+
 def trtexec_command(manifest: Manifest, *, engine: Path, workspace_gib: float, timing_cache: Path | None) -> str:
     """The equivalent trtexec build (TensorRT 10.x on JetPack needs --stronglyTyped; 11.x ignores it)."""
     args = ["trtexec", f"--onnx={manifest.file('graph')}", f"--saveEngine={engine}", "--stronglyTyped",
@@ -149,6 +157,7 @@ def trtexec_for(artifact: Path, out: Path | None, *, precision: str | None = Non
     """The trtexec command that builds the same engine on a device (no TensorRT needed here)."""
     source = load_source_artifact(artifact, target="TensorRT")
     check_precision(source, precision)
+    audit_graph(source)
     out = out or artifact.with_name(artifact.name + "-trt")
     return trtexec_command(source, engine=out / ENGINE_FILE, workspace_gib=workspace_gib, timing_cache=timing_cache)
 
@@ -181,6 +190,8 @@ def build_tensorrt(artifact: Path, out: Path | None, *, precision: str | None = 
         raise ExportError(f"--workspace {workspace_gib}: must be > 0 GiB")
     out = out or artifact.with_name(artifact.name + "-trt")
     import_tensorrt()  # fail before creating anything
+    with stage("TensorRT audit of the graph's ops, attributes and dtypes"):
+        audit_graph(source)
 
     def write(path: Path) -> dict[str, Any]:
         engine, facts = build_engine(source, workspace_gib=workspace_gib, timing_cache=timing_cache)

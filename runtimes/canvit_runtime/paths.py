@@ -28,7 +28,7 @@ from pathlib import Path
 
 MARKER = ".canvit-export"
 """The marker file in every folder this tool writes: JSON {"written_by": "canvit-export", "kind", "paths"}."""
-MARKER_KINDS = ("artifact", "calibration set", "Triton repository", "report folder")
+MARKER_KINDS = ("artifact", "calibration set", "Triton repository", "report folder", "device bundle")
 
 
 class ExportError(ValueError):
