@@ -221,6 +221,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "installing canvit-runtime[$extra] from {wheel}" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here/{wheel}[$extra]"
+# the same version number from a newer bundle: replace the package itself, never keep an older copy
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$here/{wheel}"
 exec "$venv/bin/canvit-runtime" check-bundle "$here" "$@"
 """
 

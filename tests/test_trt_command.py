@@ -168,6 +168,16 @@ def test_bundle_contents(bundle: Path) -> None:
     assert hashlib.sha256((bundle / record["wheel"]["path"]).read_bytes()).hexdigest() == record["wheel"]["sha256"]
 
 
+@pytest.mark.skipif(HAS_TENSORRT, reason="checks the answer of a machine without TensorRT; tensorrt imports here")
+def test_check_bundle_without_tensorrt_names_the_ways_on(bundle: Path) -> None:
+    code, output = invoke(runtime_main, "check-bundle", bundle)
+    line = one_line(output)
+    assert code == 2 and "TensorRT is not installed here" in line and "BUILD.md" in line \
+        and "--runtime onnxruntime" in line, output
+    code, output = invoke(runtime_main, "check-bundle", bundle.parent)
+    assert code == 2 and "bundle.json: no such file" in one_line(output)
+
+
 @pytest.fixture(scope="module")
 def device_python() -> str:
     python = find_python("3.10")

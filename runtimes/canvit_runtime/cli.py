@@ -307,6 +307,12 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
     if runtime == "tensorrt":
         from canvit_runtime.engine import build_tensorrt
 
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise ValueError(f"TensorRT is not installed here (import tensorrt fails): build with trtexec as "
+                             f"{bundle / 'BUILD.md'} shows, or check the ONNX artifact with --runtime onnxruntime"
+                             ) from None
         engine = bundle / f"{record.artifact}-trt"
         if engine.exists() and not rebuild:
             click.echo(f"using the engine built before in {engine} (--rebuild builds it again)", err=True)
