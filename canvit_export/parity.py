@@ -2,7 +2,7 @@
 
 The reference is `CanViT.forward` after `sample_at_viewpoint` (step.reference_step) in float32 on the CPU, with the
 weights the manifest names (or --model), the same initial state (CanViT.init_state), the same scene and the same
-viewpoints (reference.EagerRunner). After every glimpse we compare (DESIGN.md, Contracts):
+viewpoints (reference.EagerRunner). After every glimpse we compare (docs/design.md, Contracts):
   canvas spatial tokens [B, G*G, Dc]: rel-L2 = |a - r| / |r|, max-abs, cosine (the smallest over the batch);
   recurrent CLS [B, 1, Db]: rel-L2;
   the readouts the artifact has, against canvit-pytorch's heads on the reference state: rel-L2 of seg_logits,

@@ -1,6 +1,6 @@
 """The precision rule, and the audit that proves an ONNX graph keeps it.
 
-The rule (paper App. D.3; DESIGN.md, Contracts): whatever the compute precision, these stay float32:
+The rule (paper App. D.3; docs/design.md, Contracts): whatever the compute precision, these stay float32:
 - the state I/O (`canvas`, `recurrent_cls`, `canvas_next`, `recurrent_cls_next`) and the scene and viewpoint inputs;
 - the canvas residual stream: `canvas`, every `canvas + write(...)` sum up to `canvas_next`, and each update as it
   is added;

@@ -15,7 +15,7 @@ the classifier from a classification checkpoint (CanViTForImageClassification); 
 checkpoint (CanViTForPretraining); or, with --random-weights, seeded random heads at trained-like magnitudes so that
 their outputs are not near-constant (`random_probe`, `random_classifier`; the feature head is the random pretraining
 model's own). Every head runs in float32, whatever the step's precision: the canvas LayerNorm sees norms of 1e4-1e5,
-and the entropy is a difference of logs (paper App. D.3; DESIGN.md, Contracts).
+and the entropy is a difference of logs (paper App. D.3; docs/design.md, Contracts).
 """
 
 from __future__ import annotations

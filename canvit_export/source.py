@@ -27,7 +27,7 @@ DEFAULT_MODEL = FLAGSHIP
 BACKBONES = ("vitb16", "vits16")
 RANDOM_LAYERSCALE_STD = 0.3
 """Std of the random LayerScale gammas. canvit-pytorch initializes them at 1e-5, which makes every ViT block
-nearly an identity; trained-like magnitudes make random weights exercise the model (DESIGN.md, Contracts)."""
+nearly an identity; trained-like magnitudes make random weights exercise the model (docs/design.md, Contracts)."""
 RANDOM_LAYERNORM_STD = 0.1
 """Std of the random LayerNorm affine parameters: gain ~ 1 + N(0, std), bias ~ N(0, std). canvit-pytorch (as
 torch) initializes every LayerNorm at gain 1, bias 0, so all LayerNorms of one tensor compute the same values: a

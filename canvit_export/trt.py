@@ -14,6 +14,7 @@ its manifest records, or from the --model the user passes, never from a local pa
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -126,17 +127,25 @@ def runtime_source() -> Path:
 
 
 def build_wheel(into: Path) -> Path:
-    """The canvit-runtime wheel, built into `into` with pip (offline where setuptools is installed here)."""
-    into.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-            "--wheel-dir", str(into), str(runtime_source())]
-    try:
-        import setuptools  # noqa: F401
+    """The canvit-runtime wheel, built into `into` with pip (offline where setuptools is installed here), from a copy
+    of runtimes/ in a temporary folder: setuptools writes build/ and *.egg-info beside its source, and nothing may be
+    written outside --out."""
+    import tempfile
 
-        args.insert(5, "--no-build-isolation")
-    except ImportError:
-        pass
-    done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
+    into.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="canvit-runtime-wheel-") as scratch:
+        source = Path(scratch) / "runtimes"
+        shutil.copytree(runtime_source(), source, symlinks=False,
+                        ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+        args = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                "--wheel-dir", str(into), str(source)]
+        try:
+            import setuptools  # noqa: F401
+
+            args.insert(5, "--no-build-isolation")
+        except ImportError:
+            pass
+        done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
     wheels = sorted(into.glob("canvit_runtime-*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
         last = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]

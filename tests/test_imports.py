@@ -1,4 +1,4 @@
-"""The arrows run one way (DESIGN.md): no import cycles in canvit_export or canvit_runtime, counting the imports made
+"""The arrows run one way (docs/design.md): no import cycles in canvit_export or canvit_runtime, counting the imports made
 inside functions too, and canvit_runtime imports neither torch nor canvit_export nor canvit-pytorch."""
 
 from __future__ import annotations

@@ -124,3 +124,22 @@ def test_glimpse_output_is_the_crop(tmp_path, vits16) -> None:
 def test_unknown_runtime_is_refused(export_artifact) -> None:
     with pytest.raises(ValueError, match="unknown runtime 'tflite'"):
         canvit_runtime.open(export_artifact("vits16", canvas=16), runtime="tflite")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runner_close_and_context_manager(export_artifact, runtime: str) -> None:
+    """close() drops the backend's session or compiled model (the attributes the runner names), idempotently; a step
+    or reset after it is one clear ValueError; `with` closes on exit."""
+    import canvit_runtime
+
+    artifact = export_artifact("vits16", canvas=16)
+    with canvit_runtime.open(artifact, runtime=runtime, threads=1) as runner:
+        scene = np.zeros((1, 3, 512, 512), np.float32)
+        runner.step(scene, np.zeros((1, 2), np.float32), np.ones(1, np.float32))
+        assert runner.released and all(getattr(runner, name) is not None for name in runner.released)
+    assert all(getattr(runner, name) is None for name in runner.released)
+    runner.close()  # idempotent
+    with pytest.raises(ValueError, match="was closed: open the artifact again"):
+        runner.step(scene, np.zeros((1, 2), np.float32), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match="was closed"):
+        runner.reset()

@@ -113,7 +113,7 @@ def architecture_record(canvit: CanViT) -> Architecture:
 
 def step_tensors(canvit: CanViT, geometry: Geometry, *, glimpse_output: bool,
                  readouts: list[TensorSpec] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The step's inputs and outputs with static shapes, dtypes (all float32) and roles (DESIGN.md, Contracts), in
+    """The step's inputs and outputs with static shapes, dtypes (all float32) and roles (docs/design.md, Contracts), in
     GlimpseStep's output order; `readouts` (readouts.readout_tensors) come last."""
     B, S, g = geometry.batch, geometry.scene_px, geometry.glimpse_px
     canvas = [B, canvit.config.num_canvas_registers + geometry.canvas_grid**2, canvit.config.canvas_dim]

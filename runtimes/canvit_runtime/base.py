@@ -94,6 +94,30 @@ class Runner(ABC):
         self._generation = 0
         self._is_reset = False
 
+    released: tuple[str, ...] = ()
+    """The attributes holding backend objects (sessions, compiled models) that close() drops."""
+
+    def close(self) -> None:
+        """Release what the runner holds in its backend (a session, a compiled model, device memory); idempotent.
+        A step or reset after close raises ValueError. `with canvit_runtime.open(...) as runner:` closes on exit."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        for attribute in self.released:
+            setattr(self, attribute, None)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise ValueError(f"this {self.name} runner of {self.manifest.directory} was closed: open the artifact again")
+
     def _check_graph_io(self, inputs: dict[str, list], outputs: dict[str, list], *, state_inside: bool = False) -> None:
         """check_graph_io for this runner's manifest."""
         check_graph_io(self.manifest, inputs, outputs, state_inside=state_inside)
@@ -103,6 +127,7 @@ class Runner(ABC):
 
         The graph's batch is static: batch_size defaults to it, and any other value raises ValueError.
         """
+        self._check_open()
         batch = self.manifest.batch if batch_size is None else batch_size
         if batch != self.manifest.batch:
             raise ValueError(f"batch_size {batch}: this artifact was exported for batch {self.manifest.batch}; "
@@ -118,6 +143,7 @@ class Runner(ABC):
         Raises ValueError for a scene of another shape or dtype, or an invalid or non-finite viewpoint
         (policies.check_viewpoints), before anything runs.
         """
+        self._check_open()
         if not self._is_reset:
             self.reset()
         scene = self._check_scene(scene)

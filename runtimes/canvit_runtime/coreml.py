@@ -45,6 +45,7 @@ class CoreMLRunner(Runner):
     """Runs step.mlpackage with coremltools' MLModel on `compute_units` (ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE)."""
 
     name = "coreml"
+    released = ("model", "_state")
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, compute_units: str = "ALL") -> None:
         super().__init__(manifest)

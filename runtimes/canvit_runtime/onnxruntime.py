@@ -169,6 +169,8 @@ class OnnxRuntimeRunner(HostStateRunner):
 
     name = "onnxruntime"
 
+    released = ("session",)
+
     def __init__(self, manifest: Manifest, *, threads: int | None = None, providers: list[str] | None = None,
                  profile: str | None = None, spinning: bool = False) -> None:
         import onnxruntime as ort

@@ -70,6 +70,8 @@ class OpenVinoRunner(_CompiledStep, HostStateRunner):
     """A stateless IR or an ONNX artifact: the state goes in and out of the graph every glimpse. `profile`: per-node
     performance counters (self.request.get_profiling_info() after a step)."""
 
+    released = ("request", "compiled")
+
     def __init__(self, manifest: Manifest, *, threads: int | None = None, device: str = "CPU",
                  inference_precision: str | None = None, profile: bool = False) -> None:
         HostStateRunner.__init__(self, manifest)
@@ -86,6 +88,8 @@ class OpenVinoStatefulRunner(_CompiledStep, Runner):
     request of it, and with it its own state variables (threads, device, inference_precision and profile are then
     the compiled model's). `profile`: per-node performance counters, as OpenVinoRunner.
     """
+
+    released = ("request", "compiled")
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, device: str = "CPU",
                  inference_precision: str | None = None, compiled: Any = None, profile: bool = False) -> None:

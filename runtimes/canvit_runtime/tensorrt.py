@@ -178,8 +178,8 @@ class TensorRtRunner(Runner):
                                          self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
         return host
 
-    def __del__(self) -> None:
-        """Free what the runner holds on the GPU: graph executables, device buffers, the stream."""
+    def _release(self) -> None:
+        """Free what the runner holds on the GPU: graph executables, device buffers, the stream (once)."""
         cudart = getattr(self, "cudart", None)
         if cudart is None:
             return
@@ -187,5 +187,11 @@ class TensorRtRunner(Runner):
             self._destroy_graphs()
         for address in getattr(self, "_buffers", {}).values():
             cudart.cudaFree(address)
+        self._buffers = {}
         if getattr(self, "stream", None) is not None:
             cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self.context = self.engine = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -3,7 +3,7 @@ reference, and the worst figures and failures of a rollout. canvit-export's pari
 canvit-runtime's bundle check (against a reference recorded with canvit-pytorch, on the device) share it, so a verdict
 means the same thing on a workstation and on a Jetson.
 
-Errors (DESIGN.md, Contracts): canvas spatial tokens [B, G*G, Dc] rel-L2 = |a - r| / |r|, max-abs and the smallest
+Errors (docs/design.md, Contracts): canvas spatial tokens [B, G*G, Dc] rel-L2 = |a - r| / |r|, max-abs and the smallest
 cosine over the batch; recurrent CLS [B, 1, Db] rel-L2; readouts rel-L2 (seg_logits, class_logits, teacher_patches),
 the share of canvas cells whose segmentation argmax agrees, whether the top-1 class agrees. All in float64.
 """
