@@ -13,49 +13,13 @@ from typing import Any
 import click
 
 from canvit_export.errors import ExportError
-from canvit_runtime.cli import OneLineGroup, precision_options
+from canvit_runtime.cli import OneLineGroup, one_line_errors, precision_options
 from canvit_runtime.cli import info as runtime_info
 from canvit_runtime.manifest import CoreMLArtifact, Manifest, OnnxArtifact, OpenVinoArtifact, TensorRtArtifact
 from canvit_runtime.paths import check_out, check_output_file, write_output
 
 EXIT_BAD_INPUT = 2
 EXIT_PARITY_FAILED = 1
-
-
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ExportError (and ValueError from the runtime layer, OSError from the file system: a full disk, a path
-    through a file) into `error: <message>` and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except BrokenPipeError:
-            raise  # the reader of stdout left (`| head`): click ends quietly, exit 1
-        except (ExportError, ValueError) as error:
-            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        except OSError as error:
-            fail(os_error_line(error, kwargs.get("out")))
-
-    return wrapper
-
-
-def os_error_line(error: OSError, out: Any = None) -> str:
-    """One line for a file-system error: what failed on which path (the command's --out where the error names no file,
-    as a full disk met inside a library's writer does), and the usual fix."""
-    where = f"{error.filename}: " if error.filename else f"writing {out}: " if out is not None else ""
-    hint = {"ENOSPC": "free some space or choose another --out", "EACCES": "choose a folder you can write to",
-            "ENOTDIR": "a folder on the path is a file: choose another --out",
-            "EEXIST": "choose another --out or pass --force", "EROFS": "choose a writable folder"}
-    import errno
-
-    name = errno.errorcode.get(error.errno or 0, "")
-    return f"{where}{error.strerror or error}" + (f"; {hint[name]}" if name in hint else "")
 
 
 FORCE_HELP = "Replace --out if it exists and canvit-export wrote it (never a folder this tool did not write)."

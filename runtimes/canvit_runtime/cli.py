@@ -28,7 +28,9 @@ EXIT_BAD_INPUT = 2
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """ValueError (ManifestError, bad viewpoints or images) and RuntimeUnavailable -> `error: <first line>`, exit 2."""
+    """The one error-to-one-line mapper of both CLIs: ValueError (ExportError, ManifestError, bad viewpoints or
+    images) and RuntimeUnavailable -> `error: <first line>`; OSError (a full disk, a path through a file) ->
+    os_error_line; exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,11 +40,29 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except BrokenPipeError:
             raise  # the reader of stdout left (`| head`): click ends quietly, exit 1
-        except (ValueError, RuntimeUnavailable, OSError) as error:
-            click.echo(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+        except (ValueError, RuntimeUnavailable) as error:
+            line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except OSError as error:
+            line = os_error_line(error, kwargs.get("out"))
+        click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
     return wrapper
+
+
+def os_error_line(error: OSError, out: Any = None) -> str:
+    """One line for a file-system error: what failed on which path (the command's --out where the error names no file,
+    as a full disk met inside a library's writer does), and the usual fix."""
+    import errno
+
+    from canvit_runtime.paths import printable
+
+    where = f"{printable(error.filename)}: " if error.filename else f"writing {printable(out)}: " if out is not None else ""
+    hint = {"ENOSPC": "free some space or choose another --out", "EACCES": "choose a folder you can write to",
+            "ENOTDIR": "a folder on the path is a file: choose another --out",
+            "EEXIST": "choose another --out or pass --force", "EROFS": "choose a writable folder"}
+    name = errno.errorcode.get(error.errno or 0, "")
+    return f"{where}{error.strerror or error}" + (f"; {hint[name]}" if name in hint else "")
 
 
 SHORTHANDS = ("fp16", "bf16", "int8")
