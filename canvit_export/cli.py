@@ -18,7 +18,6 @@ from canvit_runtime.cli import info as runtime_info
 from canvit_runtime.manifest import CoreMLArtifact, Manifest, OnnxArtifact, OpenVinoArtifact, TensorRtArtifact
 from canvit_runtime.paths import check_out, check_output_file, write_output
 
-EXIT_BAD_INPUT = 2
 EXIT_PARITY_FAILED = 1
 
 

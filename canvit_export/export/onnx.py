@@ -28,6 +28,7 @@ from canvit_export.readouts import Heads, readout_tensors
 from canvit_export.source import LoadedModel
 from canvit_export.step import INPUT_NAMES, GlimpseStep
 from canvit_runtime.manifest import Manifest, OnnxArtifact, PrecisionRecord
+from canvit_runtime.paths import check_out
 from canvit_runtime.precision import PRECISIONS
 
 GRAPH_FILE = "step.onnx"
@@ -79,8 +80,7 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
     if precision == "int8":
         from canvit_export.export.int8 import export_onnx_int8
 
-        if out.exists() and not force:
-            raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+        check_out(out, force=force, inputs=[i for i in (calibration,) if i is not None])  # before the fp32 export
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".fp32", dir=out.parent) as work:
             export_onnx(loaded, geometry, Path(work) / "fp32", opset=opset, glimpse_output=glimpse_output,

@@ -37,6 +37,7 @@ from canvit_runtime.artifact import (
     staged_artifact,
 )
 from canvit_runtime.manifest import Manifest, TensorRtArtifact, a_precision, verified_onnx
+from canvit_runtime.paths import check_out
 from canvit_runtime.precision import TARGET_PRECISIONS, precision_info
 from canvit_runtime.tensorrt import cuda_call, engine_io_mismatch, import_cudart
 
@@ -269,8 +270,7 @@ def adopt_engine(artifact: Path, engine_file: Path, out: Path | None, *, trtexec
         raise ExportError(f"--adopt-engine {engine_file}: no such file; build it with the command "
                           f"`trt --artifact {artifact} --print-trtexec` prints")
     out = out or artifact.with_name(artifact.name + "-trt")
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists: pass --force to overwrite it, or choose another --out")
+    check_out(out, force=force, inputs=[i for i in (artifact, engine_file, trtexec_log) if i is not None])
     if trtexec_log is not None and not trtexec_log.is_file():
         raise ExportError(f"--trtexec-log {trtexec_log}: no such file")
     log = parse_trtexec_log(trtexec_log.read_text(errors="replace"), path=trtexec_log) if trtexec_log else None
