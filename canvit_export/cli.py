@@ -351,8 +351,7 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         if precision not in (None, source.precision.name):
             console.print(f"{artifact} is {source.precision.name}: re-exporting it at {precision} (its weights, "
                           f"geometry and readouts)")
-        geometry = Geometry(batch=source.batch, scene_px=source.scene_px, glimpse_px=source.glimpse_px,
-                            canvas_grid=source.canvas_grid)
+        geometry = Geometry.of(source)
         opset = getattr(source.artifact, "opset", opset)
     else:
         loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
