@@ -512,7 +512,7 @@ def child_cpp_inputs(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def cpp_demo(facts: dict[str, Any], built: dict[tuple[str, str], Path], out: Path) -> Part:
-    """Part 4: build cpp_demo with the TensorRT backend only (README, "On a Jetson ... with TensorRT"), run
+    """Part 4: build cpp_demo with the TensorRT backend only (docs/cpp-demo.md, "On a Jetson ... with TensorRT"), run
     `canvit_demo --backend tensorrt` on the ViT-S engine with CUDA graphs and without, and compare its canvas with
     the Python runner's. An engine the demo's TensorRT cannot load (another TensorRT than the Python wheel's) is
     retried from the ONNX artifact with --engine, the demo building its own."""

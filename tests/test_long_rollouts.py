@@ -1,7 +1,7 @@
 """Long rollouts (issue 15): 1000 glimpses on every runtime and precision that runs here stay finite and within their
 precision's parity tolerances (canvit_runtime.verdict.TOLERANCES; fp32 against PyTorch, the narrower precisions against the fp32
 artifact of the same weights on ONNX Runtime), and resident memory stays flat (no leak in the runners or the runtimes
-they drive). ViT-S, canvas 16; the CanViT-B figures are in the README's parity section."""
+they drive). ViT-S, canvas 16; the CanViT-B figures are in docs/parity.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """canvit-runtime as a device installs it: its wheel, built from runtimes/, installed into a fresh venv with only the
 onnxruntime extra, under Python 3.12 and 3.10 (JetPack 6's). It runs an artifact there without torch, and gives the
 same canvas as the runtime in canvit-export's own environment; and the Jetson route's engine steps work there
-(README, "On a Jetson"): building an engine refuses cleanly without TensorRT, `--print-trtexec` prints the build,
+(docs/tensorrt.md, "On a Jetson"): building an engine refuses cleanly without TensorRT, `--print-trtexec` prints the build,
 and an engine trtexec built is adopted with its manifest."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 // only on request); a stateless IR or an ONNX artifact takes and returns them every glimpse, in two host buffers
 // per state that swap between glimpses (no copy). Readouts (a stateful IR's only graph outputs) stay in the
 // request's output tensors, copied out by read_output. Inference precision hint f32: OpenVINO then runs the graph's
-// own types (bf16 IRs carry their bf16 matmuls; the canvas path stays f32; README "canvit-export openvino").
+// own types (bf16 IRs carry their bf16 matmuls; the canvas path stays f32; docs/openvino.md).
 #include <openvino/op/util/variable.hpp>
 #include <openvino/openvino.hpp>
 

@@ -1,7 +1,7 @@
 // TensorRT backend (TensorRT >= 10, C++ API): runs a `canvit-export trt` artifact's step.engine, or builds an engine
 // on the device from an ONNX artifact's mixed-precision step.onnx with a strongly typed network (TensorRT 10.x:
 // NetworkDefinitionCreationFlag::kSTRONGLY_TYPED; 11.x: always strongly typed), so TensorRT runs exactly the
-// graph's types: fp16 matmuls, float32 canvas path (README "Precision"). --engine PATH loads an engine saved there
+// graph's types: fp16 matmuls, float32 canvas path (docs/export.md, "Precision"). --engine PATH loads an engine saved there
 // (by an earlier run, or by trtexec from the same step.onnx) or saves the one it builds.
 // The canvas and recurrent CLS stay in device memory, in two buffers each that swap between glimpses, so no
 // canvas crosses PCIe per glimpse; with cuda_graph each buffer assignment's enqueueV3 is captured once as a CUDA

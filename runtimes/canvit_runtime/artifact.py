@@ -1,8 +1,8 @@
 """Writing an artifact without torch: the atomic folder, the manifest, checksums and tool versions.
 
 canvit-export's targets and canvit-runtime's TensorRT engine build (which runs on the device, e.g. a Jetson on
-Python 3.10) share these. An artifact is a folder: the compiled step, initial_state.bin and manifest.json (README,
-"The manifest"). It is written into a hidden temporary sibling folder and renamed into place only when complete, so a
+Python 3.10) share these. An artifact is a folder: the compiled step, initial_state.bin and manifest.json
+(docs/manifest.md). It is written into a hidden temporary sibling folder and renamed into place only when complete, so a
 failed export leaves nothing behind; an existing folder is replaced only with force.
 """
 

@@ -381,7 +381,7 @@ ReadoutName = Literal["segmentation", "classification", "features"]
 READOUT_OUTPUTS: dict[str, tuple[str, ...]] = {"segmentation": ("seg_logits", "seg_entropy"),
                                                "classification": ("class_logits",),
                                                "features": ("teacher_patches",)}
-"""The outputs each readout adds to the step graph, computed on the new state (README, "Readouts")."""
+"""The outputs each readout adds to the step graph, computed on the new state (docs/export.md, "Readouts")."""
 
 
 class ReadoutRecord(_Record):

@@ -1,5 +1,5 @@
 // canvit_demo: loop an exported CanViT glimpse step from its manifest, without Python.
-// The manifest (manifest.json) is the contract with the Python side: see the repository README, "The manifest".
+// The manifest (manifest.json) is the contract with the Python side: see docs/manifest.md.
 #pragma once
 
 #include <array>
@@ -25,7 +25,7 @@ struct TensorSpec {
     size_t numel() const;
 };
 
-// A readout head the step computes on the new state (manifest "readouts"; README "Readouts"):
+// A readout head the step computes on the new state (manifest "readouts"; docs/export.md, "Readouts"):
 //   segmentation:   seg_logits [B, C, G, G] (logits), seg_entropy [B, G, G] (nats, predictive entropy);
 //   classification: class_logits [B, n] (logits);
 //   features:       teacher_patches [B, G*G, Dt] (the teacher's standardized patch features).

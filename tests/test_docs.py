@@ -1,0 +1,108 @@
+"""The README stays short and true, and the documentation site (mkdocs.yml, docs/) builds (issue 27).
+
+The README keeps the Quick start, the commands, the targets and a link per page; the rest is in docs/, built with
+mkdocs-material under `strict: true` (a broken link, a missing anchor or a page left out of the nav fails it).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+MKDOCS_YML = ROOT / "mkdocs.yml"
+
+README_MAX_LINES = 250
+# The Quick start's second command, which CI runs verbatim (.ci/run).
+TEST_COMMAND = "scripts/setup.sh && .venv/bin/python -m pytest -q"
+# The Quick start's first command begins so (the export and parity check follow on the same line).
+EXPORT_COMMAND_START = "scripts/setup.sh && .venv/bin/canvit-export onnx "
+
+
+def _readme_lines() -> list[str]:
+    return README.read_text(encoding="utf-8").splitlines()
+
+
+def _nav_pages(nav: object) -> list[str]:
+    """Every page path in mkdocs.yml's nav, however nested (`- page.md`, `- Title: page.md`, sections)."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, list):
+        return [page for item in nav for page in _nav_pages(item)]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in _nav_pages(value)]
+    return []
+
+
+def _mkdocs_config() -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not importable (mkdocs-material, in the dev extra, brings it)")
+    # mkdocs.yml may come to carry !!python/name tags (pymdownx options); none is needed to read the nav.
+    loader = type("_Loader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda _loader, _suffix, _node: None)
+    return yaml.load(MKDOCS_YML.read_text(encoding="utf-8"), Loader=loader)
+
+
+def test_readme_is_at_most_250_lines():
+    n = len(_readme_lines())
+    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES}): move sections into docs/"
+
+
+def test_readme_quick_start_commands_are_what_ci_runs():
+    lines = _readme_lines()
+    assert TEST_COMMAND in lines, f"README.md lost its Quick start test command line {TEST_COMMAND!r}"
+    assert any(line.startswith(EXPORT_COMMAND_START) for line in lines), "README.md lost its Quick start export command"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert TEST_COMMAND in [line.strip() for line in ci], f".ci/run no longer runs the README's {TEST_COMMAND!r}"
+
+
+def test_readme_commands_table_names_every_command():
+    from canvit_export.cli import main as export_main
+    from canvit_runtime.cli import main as runtime_main
+
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("## Commands") :]
+    table = table[: table.index("\n## ", 1)]
+    missing = [f"canvit-export {name}" for name in export_main.commands if f"`canvit-export {name}" not in table]
+    for name in runtime_main.commands:
+        if f"`canvit-runtime {name}" not in table and f"`{name}`" not in table:
+            missing.append(f"canvit-runtime {name}")
+    assert not missing, f"README.md's Commands table lacks {missing}"
+
+
+def test_readme_links_every_docs_page():
+    text = README.read_text(encoding="utf-8")
+    missing = [page.name for page in sorted(DOCS.glob("*.md")) if f"(docs/{page.name})" not in text]
+    assert not missing, f"README.md's Documentation list lacks a link to {missing}"
+
+
+def test_every_docs_page_is_in_the_nav():
+    config = _mkdocs_config()
+    nav = _nav_pages(config.get("nav"))
+    pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+    assert pages, "docs/ holds no page"
+    missing = [page for page in pages if page not in nav]
+    assert not missing, f"mkdocs.yml's nav lacks {missing}"
+    absent = [page for page in nav if not (DOCS / page).is_file()]
+    assert not absent, f"mkdocs.yml's nav names pages docs/ does not hold: {absent}"
+
+
+def test_mkdocs_build_strict(tmp_path):
+    for module in ("mkdocs", "material"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not importable: pip install 'mkdocs-material>=9.5' (in canvit-export's dev extra)")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # the theme's end-of-life banner
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    assert (tmp_path / "index.html").is_file()
