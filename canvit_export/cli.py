@@ -287,8 +287,10 @@ FROM_WEIGHTS = ("model", "revision", "random_weights", "backbone", "weight_seed"
               help="Write a device bundle instead of building here: the ONNX artifact, the canvit-runtime wheel, the "
                    "build commands, a PyTorch reference and run-on-device.sh, which builds the engine on the device "
                    "and prints the parity verdict.")
-@click.option("--policy", default="c2f", show_default=True, help="With --bundle: the reference's viewpoints, c2f or f-iid.")
-@click.option("--glimpses", type=int, default=21, show_default=True, help="With --bundle: glimpses of the reference.")
+@click.option("--policy", type=click.Choice(["c2f", "f-iid"]), default="c2f", show_default=True,
+              help="With --bundle: the reference's fixed viewpoints.")
+@click.option("--glimpses", type=click.IntRange(1, 1000), default=21, show_default=True,
+              help="With --bundle: glimpses of the reference.")
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="With --bundle: the reference's photograph [default: skimage astronaut].")
 @click.option("--print-trtexec", is_flag=True, help="Export (if needed) and print the equivalent trtexec build only.")
@@ -327,6 +329,15 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         return ctx.invoke(runtime_trt, artifact=artifact, precision=precision, workspace_gib=workspace_gib,
                           timing_cache=timing_cache, out=engine_out, force=force, print_trtexec=print_trtexec,
                           adopt_engine=adopt_engine, trtexec_log=trtexec_log)
+    typed = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    only = {"bundle": ("policy", "glimpses", "image"), "build": ("workspace_gib", "timing_cache", "engine_out")}
+    if bundle is None and (extra := [n for n in only["bundle"] if n in typed]):
+        raise ExportError(f"--{extra[0]} describes the bundle's reference: pass it with --bundle DIR")
+    if bundle is not None and (extra := [n for n in (*only["build"], "out") if n in typed]):
+        flag = {"workspace_gib": "workspace", "engine_out": "engine-out", "timing_cache": "timing-cache"}.get(
+            extra[0], extra[0])
+        raise ExportError(f"--{flag} is for a build here; with --bundle the device builds (BUILD.md holds its "
+                          f"commands) and the ONNX artifact goes inside the bundle: drop --{flag}")
     if bundle is None and not print_trtexec and (missing := tensorrt_missing()):
         raise ExportError(f"{missing}: engines are built on the GPU that runs them; pass --bundle DIR to write what "
                           f"the device needs (it builds and checks the engine there), or --print-trtexec")
@@ -345,6 +356,9 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
                 raise ExportError(f"--out names the ONNX artifact to export, and {artifact} is {source.precision.name} "
                                   f"already: nothing is exported (--engine-out names the engine folder)")
             if bundle is None:
+                if extra := [n for n in ("probe", "calibration", "model", "revision") if n in typed]:
+                    raise ExportError(f"--{extra[0]} is for an export, and {artifact} is {source.precision.name} "
+                                      f"already: nothing is exported")
                 return _build_or_print(source, engine_out, workspace_gib, timing_cache, force, print_trtexec)
         loaded = weights_of(source, model, revision)
         heads = heads_of(source, loaded, probe, weight_seed)
@@ -374,8 +388,8 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         return target
 
     if bundle is not None:
-        write_bundle(bundle, manifest_source=source if reuse else None, loaded=loaded, export=export, force=force,
-                     policy=policy, glimpses=glimpses, seed=0, image=image, inputs=tuple(inputs))
+        write_bundle(bundle, manifest_source=source if reuse else None, loaded=loaded, heads=heads, export=export,
+                     force=force, policy=policy, glimpses=glimpses, seed=0, image=image, inputs=tuple(inputs))
         console.print(f"wrote {bundle} ({bundle_size(bundle) / 1e6:.0f} MB): copy it to the device (rsync -a "
                       f"{describe(bundle)} device:) and run {describe(bundle.name)}/run-on-device.sh there "
                       f"(add --runtime onnxruntime where TensorRT is missing)", soft_wrap=True)

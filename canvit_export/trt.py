@@ -13,7 +13,7 @@ its manifest records, or from the --model the user passes, never from a local pa
 
 from __future__ import annotations
 
-import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,8 +110,9 @@ def audit(graph: Path | Manifest) -> None:
     manifest = graph if isinstance(graph, Manifest) else load_manifest(graph)
     with console.status("TensorRT audit of the graph's ops, attributes and dtypes ..."):
         counts = check(manifest.file("graph"))
-    console.print(f"TensorRT audit: {counts['nodes']} nodes of {counts[AUDITED_VERSIONS[0]]} op types accepted by "
-                  f"TensorRT {', '.join(AUDITED_VERSIONS)}'s ONNX parser, strongly typed" +
+    console.print(f"TensorRT audit: {counts['nodes']} nodes of {counts[AUDITED_VERSIONS[0]]} op types pass "
+                  f"onnx-tensorrt's operator tables as used for TensorRT {', '.join(AUDITED_VERSIONS)} (strongly "
+                  f"typed; tensorrt_onnx_support.json names each table)" +
                   (" (bf16: GPUs of compute capability 8.0 or more, Orin yes, Xavier no)"
                    if manifest.precision.name == "bf16" else ""))
 
@@ -145,7 +146,11 @@ def build_wheel(into: Path) -> Path:
             args.insert(5, "--no-build-isolation")
         except ImportError:
             pass
-        done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
+        except subprocess.TimeoutExpired as error:
+            raise ExportError("building the canvit-runtime wheel took over 900 s: is pip waiting for the network?"
+                              ) from error
     wheels = sorted(into.glob("canvit_runtime-*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
         last = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]
@@ -153,14 +158,14 @@ def build_wheel(into: Path) -> Path:
     return wheels[0]
 
 
-def record_reference(manifest: Manifest, loaded: Any, scene: np.ndarray, policy: str, glimpses: int, seed: int,
-                     progress: Callable[[str], None] = lambda line: None) -> dict[str, np.ndarray]:
+def record_reference(manifest: Manifest, loaded: Any, heads: Any, scene: np.ndarray, policy: str, glimpses: int,
+                     seed: int, progress: Callable[[str], None] = lambda line: None) -> dict[str, np.ndarray]:
     """The float32 reference of canvit_runtime.bundle (reference.npz): canvit-pytorch's CanViT (EagerRunner, the
-    parity reference) rolled out from the initial state over `policy`'s viewpoints, with the artifact's readouts."""
+    parity reference) rolled out from the initial state over `policy`'s viewpoints, with the artifact's readout
+    `heads` (the ones exported)."""
     from canvit_export.reference import EagerRunner
     from canvit_runtime.policies import make_policy
 
-    heads = heads_of(manifest, loaded, None, 0) if manifest.readouts else None
     eager = EagerRunner(manifest, loaded, heads=heads)
     eager.reset()
     outputs = [o for r in manifest.readouts for o in r.outputs]
@@ -203,15 +208,14 @@ def script_text(record: BundleRecord) -> str:
     return f"""#!/bin/sh
 # Check this bundle on the device that runs it (written by canvit-export trt --bundle):
 #   ./{SCRIPT_FILE} [--runtime tensorrt|onnxruntime] [more canvit-runtime check-bundle options]
-# makes a venv ($VENV, default .venv here) with $PYTHON (default python3; JetPack 6: Python 3.10) that sees the system's
+# makes a venv ($VENV, default .venv-<runtime> here) with $PYTHON (default python3; JetPack 6: Python 3.10) that sees the system's
 # TensorRT (JetPack's python3-libnvinfer), installs the canvit-runtime wheel, builds the engine (once), rolls out the
 # recorded viewpoints and prints the parity verdict against the float32 PyTorch reference: a per-glimpse table, PASS
 # (exit 0) or FAIL (exit 1), then the step's latency. --runtime onnxruntime checks the ONNX artifact instead, on a
 # device without TensorRT (or to check the bundle itself).
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(CDPATH= cd -- "$(dirname -- "$0")" >/dev/null && pwd)
 python=${{PYTHON:-python3}}
-venv=${{VENV:-$here/.venv}}
 runtime=tensorrt
 previous=
 for arg in "$@"; do
@@ -221,9 +225,15 @@ for arg in "$@"; do
 done
 case "$runtime" in
     onnxruntime) extra=onnxruntime; site= ;;
-    tensorrt) if [ "$(uname -m)" = aarch64 ]; then extra=jetson; else extra=tensorrt; fi; site=--system-site-packages ;;
+    # a Jetson (L4T) has JetPack's TensorRT and a CUDA 12 driver: the jetson extra; elsewhere PyPI's TensorRT
+    tensorrt) if [ -e /etc/nv_tegra_release ]; then extra=jetson; else extra=tensorrt; fi; site=--system-site-packages ;;
     *) echo "error: --runtime $runtime: choose tensorrt or onnxruntime" >&2; exit 2 ;;
 esac
+venv=${{VENV:-$here/.venv-$runtime}}  # one per runtime: only tensorrt's sees the system's packages
+if command -v sha256sum >/dev/null; then
+    (cd "$here" && echo "{record.wheel.sha256}  {wheel}" | sha256sum -c --quiet -) || {{
+        echo "error: {wheel} differs from bundle.json: copy the bundle again" >&2; exit 2; }}
+fi
 if [ ! -x "$venv/bin/python" ]; then
     echo "making the venv $venv with $python $site" >&2
     "$python" -m venv $site "$venv"
@@ -240,7 +250,7 @@ def build_text(manifest: Manifest, record: BundleRecord) -> str:
     """BUILD.md: the engine build commands, run in the bundle's folder on the device."""
     from canvit_runtime.engine import trtexec_command
 
-    name = record.artifact
+    name = record.artifact  # a plain name (BundleRecord's pattern): no shell quoting needed
     at_bundle = manifest.at(Path(name))
     command = trtexec_command(at_bundle, engine=Path(f"{name}-trt/step.engine"), workspace_gib=4.0, timing_cache=None)
     return f"""# Building the TensorRT engine of {name} on the device
@@ -271,8 +281,9 @@ mkdir -p {name}-build
 """
 
 
-def write_bundle(bundle: Path, *, manifest_source: Manifest | None, loaded: Any, export: Any, force: bool,
-                 policy: str, glimpses: int, seed: int, image: Path | None, inputs: tuple[Path, ...] = ()) -> Path:
+def write_bundle(bundle: Path, *, manifest_source: Manifest | None, loaded: Any, heads: Any, export: Any,
+                 force: bool, policy: str, glimpses: int, seed: int, image: Path | None,
+                 inputs: tuple[Path, ...] = ()) -> Path:
     """Write the device bundle (canvit_runtime.bundle's layout) at `bundle`, atomically: `export(folder)` writes the
     ONNX artifact into `folder` (or manifest_source is copied), then the TensorRT audit, the PyTorch reference, the
     wheel, BUILD.md, the script and bundle.json. Returns `bundle`. ExportError for a bad policy or image."""
@@ -288,7 +299,10 @@ def write_bundle(bundle: Path, *, manifest_source: Manifest | None, loaded: Any,
     photo = default_image() if image is None else image
     with staged_artifact(bundle, force=force, inputs=inputs, kind="device bundle") as staging:
         if manifest_source is not None:
-            name = manifest_source.directory.name
+            from canvit_export.export.artifact import Geometry, default_out_dir
+
+            name = default_out_dir(manifest_source.architecture.backbone, Geometry.of(manifest_source),
+                                   manifest_source.precision.name, "onnx").name  # a plain name, whatever the source's
             with stage(f"copying {manifest_source.directory} into the bundle"):
                 copy_artifact(manifest_source, staging / name)
         else:
@@ -300,7 +314,7 @@ def write_bundle(bundle: Path, *, manifest_source: Manifest | None, loaded: Any,
         except ValueError as error:
             raise ExportError(str(error)) from error
         with stage(f"recording the float32 reference with PyTorch ({glimpses} glimpses, {policy})") as status:
-            arrays = record_reference(manifest, loaded, scene, policy, glimpses, seed, progress=status.update)
+            arrays = record_reference(manifest, loaded, heads, scene, policy, glimpses, seed, progress=status.update)
             np.savez(staging / REFERENCE_FILE, **arrays)  # type: ignore[arg-type]
         with stage("building the canvit-runtime wheel"):
             wheel = build_wheel(staging / WHEELS)
@@ -322,6 +336,7 @@ def bundle_size(bundle: Path) -> int:
     return sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
 
 
-def describe(path: Path) -> str:
-    return json.dumps(str(path)) if any(c.isspace() for c in str(path)) else str(path)
+def describe(path: Path | str) -> str:
+    """`path` as a shell word (quoted when it must be)."""
+    return shlex.quote(str(path))
 

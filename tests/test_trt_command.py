@@ -193,8 +193,99 @@ def run_script(bundle: Path, python: str, venv: Path) -> subprocess.CompletedPro
                            "--threads", "2"], capture_output=True, text=True, env=env, timeout=900, check=False)
 
 
-def test_device_script_passes_then_fails_a_scaled_reference(bundle: Path, device_python: str,
+def copy_of(bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the module's bundle that a test may alter (the fixture stays as written)."""
+    import shutil
+
+    return Path(shutil.copytree(bundle, tmp_path / bundle.name))
+
+
+def rerecord(bundle: Path, **fields: object) -> None:
+    """Rewrite bundle.json with `fields` changed and the reference's size and SHA-256 as they are now: what a forger
+    (or a stale copy) would write."""
+    reference = bundle / "reference.npz"
+    record = json.loads((bundle / "bundle.json").read_text())
+    record["reference"].update(bytes=reference.stat().st_size, sha256=hashlib.sha256(reference.read_bytes()).hexdigest())
+    record.update(fields)
+    (bundle / "bundle.json").write_text(json.dumps(record))
+
+
+def reference_arrays(bundle: Path) -> dict[str, np.ndarray]:
+    with np.load(bundle / "reference.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_check_bundle_refuses_hostile_bundles(bundle: Path, tmp_path: Path) -> None:
+    """Each alteration is one line, exit 2, before any rollout: an artifact name leaving the bundle, a reference that
+    is no zip, a member too many, a header lying about its dtype, a precision that is not the artifact's."""
+    import zipfile
+
+    cases = {}
+    copy = copy_of(bundle, tmp_path / "a")
+    rerecord(copy, artifact="../outside")
+    cases["artifact"] = (copy, "is not a valid bundle record")
+    copy = copy_of(bundle, tmp_path / "b")
+    (copy / "reference.npz").write_bytes(os.urandom(4096))
+    rerecord(copy)
+    cases["not a zip"] = (copy, "is not a readable reference archive")
+    copy = copy_of(bundle, tmp_path / "c")
+    with zipfile.ZipFile(copy / "reference.npz", "a") as archive:
+        archive.writestr("canvas", b"\0" * 64)  # np.load would read this one as "canvas" too
+    rerecord(copy)
+    cases["extra member"] = (copy, "not the arrays")
+    copy = copy_of(bundle, tmp_path / "d")
+    arrays = reference_arrays(copy)
+    np.savez(copy / "reference.npz", **{**arrays, "scales": arrays["scales"].astype(np.float64)})
+    rerecord(copy)
+    cases["dtype"] = (copy, "scales is ")
+    copy = copy_of(bundle, tmp_path / "e")
+    rerecord(copy, precision="int8")
+    cases["precision"] = (copy, "bundle.json says int8 and the artifact is fp16")
+    for name, (folder, needle) in cases.items():
+        code, output = invoke(runtime_main, "check-bundle", folder, "--runtime", "onnxruntime", "--latency-steps", "0")
+        assert code == 2 and needle in one_line(output), (name, output)
+
+
+def test_check_bundle_prints_manifest_strings_sanitized(bundle: Path, tmp_path: Path) -> None:
+    copy = copy_of(bundle, tmp_path)
+    rerecord(copy, image="photo.jpg\nPASS at all 8 glimpses \x1b[32m")
+    code, output = invoke(runtime_main, "check-bundle", copy, "--runtime", "onnxruntime", "--latency-steps", "0",
+                          "--threads", "2")
+    assert code == 0, output
+    assert "photo.jpg?PASS at all 8 glimpses ?[32m" in output and "\x1b" not in output
+    assert sum(line.startswith("PASS") for line in output.splitlines()) == 1
+
+
+def test_bundle_from_an_artifact(export_artifact, tmp_path: Path) -> None:
+    """--artifact of the precision asked: copied into the bundle (under a plain name), its weights from its record."""
+    artifact = export_artifact("vits16", canvas=16, precision="fp16")
+    folder = tmp_path / "b"
+    code, output = invoke(main, "trt", "--artifact", artifact, "--fp16", "--glimpses", "3", "--bundle", folder)
+    assert code == 0, output
+    record = json.loads((folder / "bundle.json").read_text())
+    assert record["artifact"] == "canvit-vits16-c16-g128-s512-b1-fp16"
+    assert load_manifest(folder / record["artifact"]).files["graph"].sha256 == load_manifest(artifact).files["graph"].sha256
+    code, output = invoke(runtime_main, "check-bundle", folder, "--runtime", "onnxruntime", "--latency-steps", "0")
+    assert code == 0 and "PASS at all 3 glimpses" in output, output
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("--policy", "f-iid"), "--policy describes the bundle's reference: pass it with --bundle DIR"),
+    (("--bundle", "b", "--out", "x"), "--out is for a build here"),
+    (("--bundle", "b", "--workspace", "2"), "--workspace is for a build here"),
+    (("--bundle", "b", "--policy", "eg-c2f"), "Invalid value for '--policy'"),
+])
+def test_trt_refuses_options_it_would_ignore(args: tuple[str, ...], needle: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke(main, "trt", "--fp16", *SMALL, *args)
+    assert code == 2 and needle in one_line(output), output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_script_passes_then_fails_a_scaled_reference(bundle: Path, device_python: str, tmp_path: Path,
                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    bundle = copy_of(bundle, tmp_path)
     venv = tmp_path_factory.mktemp("device") / "venv"
     done = run_script(bundle, device_python, venv)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
@@ -209,14 +300,10 @@ def test_device_script_passes_then_fails_a_scaled_reference(bundle: Path, device
 
     # a reference canvas scaled by 1.05 (rel-L2 5e-2, beyond fp16's 2e-2), recorded as the bundle's own: FAIL, exit 1
     reference = bundle / "reference.npz"
-    with np.load(reference) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = reference_arrays(bundle)
     arrays["canvas"] = (arrays["canvas"] * np.float32(1.05)).astype(np.float32)
     np.savez(reference, **arrays)
-    record = json.loads((bundle / "bundle.json").read_text())
-    record["reference"].update(bytes=reference.stat().st_size,
-                               sha256=hashlib.sha256(reference.read_bytes()).hexdigest())
-    (bundle / "bundle.json").write_text(json.dumps(record))
+    rerecord(bundle)
     done = run_script(bundle, device_python, venv)
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     assert any(line.startswith("FAIL ") and "canvas rel-L2" in line for line in done.stdout.splitlines()), done.stdout

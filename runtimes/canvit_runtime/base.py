@@ -165,6 +165,7 @@ class Runner(ABC):
 
     def state(self, name: str) -> np.ndarray:
         """The current state tensor ("canvas" or "recurrent_cls") as a host array."""
+        self._check_open()
         return self._read_state(name)
 
     def _check_scene(self, scene: object) -> np.ndarray:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from canvit_runtime.paths import (
     read_regular,
     regular_file,
 )
+from canvit_runtime.precision import PrecisionName
 from canvit_runtime.verdict import GlimpseErrors, glimpse_errors, judge, tolerances_for
 
 BUNDLE_FILE = "bundle.json"
@@ -59,11 +61,11 @@ class BundleRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: Literal["canvit-export-bundle"] = "canvit-export-bundle"
     version: Literal[1] = 1
-    artifact: Annotated[str, Field(min_length=1, max_length=255)]
+    artifact: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")]
     """The ONNX artifact's folder, a plain name at the bundle's top."""
-    precision: str
-    policy: str
-    """The fixed policy the viewpoints were drawn from (c2f, f-iid): a record, the viewpoints are in the reference."""
+    precision: PrecisionName
+    policy: Literal["c2f", "f-iid"]
+    """The fixed policy the viewpoints were drawn from: a record, the viewpoints are in the reference."""
     seed: int
     glimpses: Annotated[int, Field(ge=1, le=MAX_REFERENCE_GLIMPSES)]
     image: Annotated[str, Field(max_length=500)]
@@ -101,9 +103,14 @@ def read_bundle(bundle: Path) -> BundleRecord:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ExportError(f"{printable(path)} is not a valid bundle record ({printable(first)}): write the bundle "
                           f"again with `canvit-export trt ... --bundle DIR`") from error
-    for name in (record.artifact, record.reference.path, record.wheel.path):
-        if not plain_member(name):
-            raise ExportError(f"{printable(path)} names {printable(name)}, not a plain path inside the bundle")
+    wheel = record.wheel.path.split("/")
+    if record.reference.path != REFERENCE_FILE or len(wheel) != 2 or wheel[0] != WHEELS or \
+            not plain_member(record.wheel.path) or not wheel[1].endswith(".whl"):
+        raise ExportError(f"{printable(path)} names {printable(record.reference.path)} and "
+                          f"{printable(record.wheel.path)}: a bundle's are {REFERENCE_FILE} and {WHEELS}/<name>.whl")
+    for name in (record.artifact, WHEELS):
+        if (Path(bundle) / name).is_symlink():  # rsync -a keeps links: never follow one out of the bundle
+            raise ExportError(f"{printable(Path(bundle) / name)} is a symbolic link: copy the bundle without links")
     return record
 
 
@@ -115,6 +122,32 @@ def check_file(bundle: Path, record: FileRecord) -> Path:
         raise ExportError(f"{printable(path)} is missing or altered (size or SHA-256 differs from {BUNDLE_FILE}): copy "
                           f"the bundle again")
     return path
+
+
+def engine_is_stale(engine: Path, artifact: Path) -> str | None:
+    """Why the engine folder a bundle holds must not be reused (None when it may): not an engine artifact, built from
+    another graph than the bundle's artifact, or on another GPU or TensorRT than this machine's. An engine copied in
+    with the bundle, or left by an older bundle of the same name, is rebuilt, never trusted."""
+    from canvit_runtime.engine import gpu_facts
+    from canvit_runtime.manifest import ManifestError, TensorRtArtifact, load_manifest
+
+    try:
+        built, source = load_manifest(engine), load_manifest(artifact)
+    except ManifestError as error:
+        return f"{printable(engine)} is not a valid engine artifact ({printable(str(error).splitlines()[0])})"
+    facts = built.artifact
+    if not isinstance(facts, TensorRtArtifact):
+        return f"{printable(engine)} is not a TensorRT engine artifact"
+    if facts.source.graph_sha256 != source.files["graph"].sha256:
+        return f"{printable(engine)} was built from another graph than {printable(artifact)}"
+    import tensorrt
+
+    here = {**gpu_facts(), "tensorrt": tensorrt.__version__}
+    if (facts.gpu, facts.compute_capability, facts.tensorrt) != (here["gpu"], here["compute_capability"],
+                                                                  here["tensorrt"]):
+        return (f"{printable(engine)} was built for {printable(facts.gpu)} with TensorRT {printable(facts.tensorrt)}, "
+                f"this is {here['gpu']} with TensorRT {here['tensorrt']}")
+    return None
 
 
 def expected_shapes(manifest: Manifest, glimpses: int) -> dict[str, tuple[int, ...]]:
@@ -132,24 +165,39 @@ def expected_shapes(manifest: Manifest, glimpses: int) -> dict[str, tuple[int, .
 
 
 def load_reference(path: Path, manifest: Manifest, glimpses: int) -> dict[str, np.ndarray]:
-    """The reference arrays, float32, each of the shape expected_shapes gives; ExportError otherwise. Each member's
-    size is checked in the zip directory before it is read, so a hostile archive cannot make the reader inflate more
-    than the artifact's geometry needs."""
+    """The reference arrays, float32, each of the shape expected_shapes gives; ExportError (one line) otherwise.
+    reference.npz is read member by member: exactly one `<name>.npy` per expected array, each .npy header (dtype,
+    shape, order) checked before its data is read, and no member inflating past what that header declares, so a
+    hostile archive cannot make the reader allocate more than the artifact's geometry needs. Never unpickles."""
     shapes = expected_shapes(manifest, glimpses)
-    with zipfile.ZipFile(path) as archive:
-        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
-        if set(members) != set(shapes):
-            raise ExportError(f"{printable(path)} holds {sorted(members)[:8]}, not the arrays {sorted(shapes)} of "
-                              f"{manifest.directory}: write the bundle again")
-        for name, info in members.items():
-            if info.file_size > 4 * int(np.prod(shapes[name])) + 4096:  # float32 data and an .npy header
-                raise ExportError(f"{printable(path)}: {name} is larger than its shape {list(shapes[name])} needs")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in shapes}
-    for name, array in arrays.items():
-        if array.dtype != np.float32 or array.shape != shapes[name]:
-            raise ExportError(f"{printable(path)}: {name} is {array.dtype} {list(array.shape)}, expected float32 "
-                              f"{list(shapes[name])}")
+    redo = "write the bundle again with `canvit-export trt ... --bundle DIR`"
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info.filename for info in archive.infolist()]
+            if sorted(names) != sorted(f"{name}.npy" for name in shapes):
+                raise ExportError(f"{printable(path)} holds {printable(sorted(names)[:8])}, not the arrays "
+                                  f"{sorted(shapes)} of {manifest.directory}: {redo}")
+            for name, shape in shapes.items():
+                info = archive.getinfo(f"{name}.npy")
+                if info.file_size > 4 * int(np.prod(shape)) + 4096:  # float32 data and an .npy header
+                    raise ExportError(f"{printable(path)}: {name} is larger than its shape {list(shape)} needs: {redo}")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                              np.lib.format.read_array_header_2_0)(member)
+                    if header != (shape, False, np.dtype("<f4")):
+                        raise ExportError(f"{printable(path)}: {name} is {printable(header)}, expected float32 "
+                                          f"{list(shape)} in C order: {redo}")
+                    data = member.read(4 * int(np.prod(shape)) + 1)
+                if len(data) != 4 * int(np.prod(shape)):
+                    raise ExportError(f"{printable(path)}: {name} holds {len(data)} bytes, not its shape's: {redo}")
+                arrays[name] = np.frombuffer(data, dtype="<f4").reshape(shape)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, KeyError) as error:
+        if isinstance(error, ExportError):
+            raise
+        raise ExportError(f"{printable(path)} is not a readable reference archive ({printable(error)}): {redo}"
+                          ) from error
     return arrays
 
 
@@ -170,15 +218,33 @@ class BundleCheck:
         return not self.failures
 
 
+def read_reference(bundle: Path, record: BundleRecord) -> dict[str, np.ndarray]:
+    """The bundle's reference after every check (the artifact's manifest and checksums, its precision against
+    bundle.json's, the reference's SHA-256 and each array's header): ExportError in one line, before any runtime
+    loads anything."""
+    from canvit_runtime.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(Path(bundle) / record.artifact)
+    except ManifestError as error:
+        raise ExportError(str(error)) from error
+    if manifest.precision.name != record.precision:
+        raise ExportError(f"{BUNDLE_FILE} says {record.precision} and the artifact is {manifest.precision.name}: "
+                          f"write the bundle again")
+    return load_reference(check_file(Path(bundle), record.reference), manifest, record.glimpses)
+
+
 def check_bundle(bundle: Path, runner: Any, record: BundleRecord, *, latency_steps: int = 50,
-                 echo: Callable[[str], None] = print) -> BundleCheck:
+                 echo: Callable[[str], None] = print, reference: dict[str, np.ndarray] | None = None) -> BundleCheck:
     """Roll the reference's viewpoints out on `runner` (a canvit_runtime Runner of the bundle's artifact, or of its
-    engine), compare every glimpse with the reference (canvit_runtime.verdict, the artifact precision's tolerances),
-    then time `latency_steps` further steps. Prints a per-glimpse table through `echo`. Raises ExportError for a
-    reference that is altered or does not fit the artifact."""
+    engine; `reference`: read_reference's arrays, read here when None), compare every glimpse with the reference
+    (canvit_runtime.verdict, the artifact precision's tolerances), then time `latency_steps` further steps. Prints a
+    per-glimpse table through `echo`. Raises ExportError for a reference that is altered or does not fit the
+    artifact."""
     manifest = runner.manifest
-    reference = load_reference(check_file(bundle, record.reference), manifest, record.glimpses)
-    tolerances = tolerances_for(record.precision)
+    if reference is None:
+        reference = read_reference(bundle, record)
+    tolerances = tolerances_for(manifest.precision.name)
     readouts = [o for r in manifest.readouts for o in r.outputs]
     scene = reference["scene"]
     runner.reset()

@@ -35,13 +35,14 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from canvit_runtime import RuntimeUnavailable
+        from canvit_runtime.paths import printable
 
         try:
             return command(*args, **kwargs)
         except BrokenPipeError:
             raise  # the reader of stdout left (`| head`): click ends quietly, exit 1
-        except (ValueError, RuntimeUnavailable) as error:
-            line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except (ValueError, RuntimeUnavailable) as error:  # may quote an untrusted graph or manifest: sanitized
+            line = printable(str(error).splitlines()[0] if str(error) else type(error).__name__, limit=2000)
         except OSError as error:
             line = os_error_line(error, kwargs.get("out"))
         click.echo(f"error: {line}", err=True)
@@ -316,13 +317,17 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
     """Check a device bundle (`canvit-export trt ... --bundle`) on this device: build the engine (tensorrt), roll out
     the bundle's viewpoints, compare every glimpse with the float32 PyTorch reference recorded on the workstation at
     the precision's tolerances, print PASS (exit 0) or FAIL (exit 1), then the step's latency."""
+    import os
+
     import canvit_runtime
     from canvit_runtime.bundle import check_bundle as run_check
-    from canvit_runtime.bundle import read_bundle
+    from canvit_runtime.bundle import engine_is_stale, read_bundle, read_reference
+    from canvit_runtime.paths import printable
 
     if latency_steps < 0:
         raise ValueError(f"--latency-steps {latency_steps}: must be >= 0")
     record = read_bundle(bundle)
+    reference = read_reference(bundle, record)
     target = bundle / record.artifact
     if runtime == "tensorrt":
         from canvit_runtime.engine import build_tensorrt
@@ -334,16 +339,21 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
                              f"{bundle / 'BUILD.md'} shows, or check the ONNX artifact with --runtime onnxruntime"
                              ) from None
         engine = bundle / f"{record.artifact}-trt"
-        if engine.exists() and not rebuild:
+        stale = engine_is_stale(engine, target) if os.path.lexists(engine) else None
+        if os.path.lexists(engine) and not rebuild and stale is None:
             click.echo(f"using the engine built before in {engine} (--rebuild builds it again)", err=True)
         else:
-            built = build_tensorrt(target, engine, workspace_gib=workspace_gib, force=rebuild)
+            if stale is not None:
+                click.echo(f"building the engine again: {stale}", err=True)
+            built = build_tensorrt(target, engine, workspace_gib=workspace_gib, force=os.path.lexists(engine))
             click.echo(f"built {engine}: {built.files['engine'].bytes / 1e6:.1f} MB", err=True)
         target = engine
-    session = canvit_runtime.open(target, runtime=runtime, threads=threads)
-    click.echo(f"checking {target} on {session.name} ({record.precision}) against {record.reference_runtime}: "
-               f"{record.glimpses} glimpses ({record.policy}, seed {record.seed}) of {record.image}")
-    result = run_check(bundle, session, record, latency_steps=latency_steps, echo=click.echo)
+    with canvit_runtime.open(target, runtime=runtime, threads=threads) as session:
+        click.echo(f"checking {printable(target)} on {session.name} ({record.precision}) against "
+                   f"{printable(record.reference_runtime)}: {record.glimpses} glimpses ({record.policy}, seed "
+                   f"{record.seed}) of {printable(record.image)}")
+        result = run_check(bundle, session, record, latency_steps=latency_steps, echo=click.echo, reference=reference)
+        batch = session.manifest.batch
     w = result.worst
     click.echo(f"worst: canvas rel-L2 {w['canvas_rel_l2']:.2e}, cosine {w['canvas_cosine']:.7f}, CLS rel-L2 "
                f"{w['cls_rel_l2']:.2e}" + "".join(f", {k.removesuffix('_rel_l2')} rel-L2 {w[k]:.2e}" for k in w
@@ -356,9 +366,9 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
                    f"{result.failures[0]}")
     if result.latency_ms:
         steps = np.array(result.latency_ms)
-        click.echo(f"step latency on {session.name}: median {np.median(steps):.2f} ms, p90 "
-                   f"{np.percentile(steps, 90):.2f} ms over {len(steps)} steps (batch {session.manifest.batch}: "
-                   f"{1e3 * session.manifest.batch / np.median(steps):.1f} glimpses/s)")
+        click.echo(f"step latency on {result.runtime}: median {np.median(steps):.2f} ms, p90 "
+                   f"{np.percentile(steps, 90):.2f} ms over {len(steps)} steps (batch {batch}: "
+                   f"{1e3 * batch / np.median(steps):.1f} glimpses/s)")
     if not result.passed:
         sys.exit(1)
 
