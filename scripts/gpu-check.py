@@ -22,6 +22,9 @@ Parts:
   5. timings  `canvit-export bench --runtimes tensorrt` over the engines, and canvit-pytorch on CUDA (eager fp32,
               bf16 autocast, torch.compile; median of N glimpses after warm-up, torch.cuda.synchronize around
               each), beside the paper's 2.4 ms a glimpse for CanViT-B.
+  6. trt      the commands as users type them: `canvit-export trt --fp16` from weights to engine (ViT-S), and a
+              device bundle (`trt --fp16 --bundle`) checked by `canvit-runtime check-bundle --runtime tensorrt`
+              twice: the engine built, then reused (PASS at the fp16 tolerances both times).
 
 A part that fails does not stop the others. --out must be new, empty, or a folder this script wrote (then it is
 replaced): anything else is refused before any work.
@@ -731,6 +734,36 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 # --- the command --------------------------------------------------------------------------------------------------
+# --- part 6: trt as users type it ------------------------------------------------------------------------------
+def trt_commands(facts: dict[str, Any], out: Path) -> Part:
+    """Part 6: `canvit-export trt --fp16` from weights (ViT-S, canvas 16) to an engine, then a bundle of it checked
+    with `canvit-runtime check-bundle --runtime tensorrt` twice (build, then reuse of the engine it built)."""
+    start = time.perf_counter()
+    if not facts.get("tensorrt"):
+        return part("trt", "skipped", f"TensorRT's Python bindings do not import ({facts.get('tensorrt_error', '?')})")
+    export, runtime = executable("canvit-export"), executable("canvit-runtime")
+    if export is None or runtime is None:
+        return part("trt", "failed", "canvit-export or canvit-runtime is not installed: run scripts/setup.sh")
+    small = ["--fp16", "--random-weights", "--backbone", "vits16", "--canvas", "16"]
+    onnx_dir, bundle = out / "artifacts" / "trt-fp16", out / "artifacts" / "trt-bundle"
+    rows: list[dict[str, Any]] = []
+    steps = [("trt --fp16 (weights to engine)", [export, "trt", *small, "--out", str(onnx_dir)], "trt-one"),
+             ("trt --fp16 --bundle", [export, "trt", *small, "--glimpses", "8", "--bundle", str(bundle)], "trt-bundle"),
+             ("check-bundle (build)", [runtime, "check-bundle", str(bundle), "--runtime", "tensorrt"], "check-1"),
+             ("check-bundle (reuse)", [runtime, "check-bundle", str(bundle), "--runtime", "tensorrt"], "check-2")]
+    for label, argv, log in steps:
+        rc, last, seconds = run(argv, out / "logs" / f"{log}.log", timeout=1800)
+        rows.append({"step": label, "exit": rc, "seconds": round(seconds, 1), "last line": last})
+        print(f"  {label}: exit {rc} in {seconds:.1f} s: {last}", flush=True)
+        if rc != 0:
+            break
+    ok = len(rows) == len(steps) and all(r["exit"] == 0 for r in rows) and \
+        (onnx_dir.parent / f"{onnx_dir.name}-trt" / "step.engine").exists()
+    why = "engine from weights built; bundle checked on TensorRT twice (PASS)" if ok else \
+        f"{rows[-1]['step']}: exit {rows[-1]['exit']}: {rows[-1]['last line']}"
+    return part("trt", "ran" if ok else "failed", why, time.perf_counter() - start, {"rows": rows})
+
+
 def parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
     command = argparse.ArgumentParser(
@@ -783,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         ("parity", lambda: parity(built, out, args.quick)),
         ("cpp-demo", lambda: cpp_demo(facts, built, out)),
         ("timings", lambda: timings(facts, built, out, args.quick)),
+        ("trt", lambda: trt_commands(facts, out)),
     ]
     for index, (name, step) in enumerate(steps, start=1):
         print(f"gpu-check [{index}/{len(steps)}] {name} ...", flush=True)

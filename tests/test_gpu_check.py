@@ -62,7 +62,7 @@ def test_help_documents_the_exit_statuses() -> None:
         assert line in result.stdout, result.stdout
     for option in ("--out", "--quick"):
         assert option in result.stdout
-    for name in ("1. probe", "2. engines", "3. parity", "4. cpp-demo", "5. timings"):
+    for name in ("1. probe", "2. engines", "3. parity", "4. cpp-demo", "5. timings", "6. trt"):
         assert name in result.stdout
 
 
@@ -206,7 +206,7 @@ def test_quick_run_on_a_gpu(tmp_path) -> None:
     out = tmp_path / "report"
     result = run_script("--out", str(out), "--quick", timeout=1800)
     report = json.loads((out / "report.json").read_text())
-    assert [p["name"] for p in report["parts"]] == ["probe", "engines", "parity", "cpp-demo", "timings"]
+    assert [p["name"] for p in report["parts"]] == ["probe", "engines", "parity", "cpp-demo", "timings", "trt"]
     assert result.returncode == 0, (out / "report.md").read_text()
     assert report["exit_status"] == 0 and (out / "report.md").exists()
     assert all(p["status"] in ("ran", "skipped") for p in report["parts"])
@@ -236,8 +236,10 @@ def test_parts_without_their_prerequisites_are_skipped(tmp_path, monkeypatch, ca
         ("parity", "skipped", "no engine was built (part engines)"),
         ("cpp-demo", "skipped", "missing: nvcc (the CUDA toolkit), TensorRT headers (set TENSORRT_ROOT)"),
         ("timings", "skipped", "engines: none built; PyTorch on CUDA: torch.cuda.is_available() is False"),
+        ("trt", "skipped", "TensorRT's Python bindings do not import (ModuleNotFoundError: No module named "
+                           "'tensorrt')"),
     ]
     assert report["gpu"] == "GPU 0: Test GPU" and report["exit_status"] == 0
     printed = capsys.readouterr().out
-    assert "gpu-check [2/5] engines: skipped in 0.0 s" in printed and "exit 0" in printed
+    assert "gpu-check [2/6] engines: skipped in 0.0 s" in printed and "exit 0" in printed
     assert "Skipped:\n- engines: TensorRT's Python bindings" in (out / "report.md").read_text()
