@@ -361,7 +361,7 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
                                       f"already: nothing is exported")
                 return _build_or_print(source, engine_out, workspace_gib, timing_cache, force, print_trtexec)
         loaded = weights_of(source, model, revision)
-        heads = heads_of(source, loaded, probe, weight_seed)
+        heads = heads_of(source, loaded, probe)
         if precision not in (None, source.precision.name):
             console.print(f"{artifact} is {source.precision.name}: re-exporting it at {precision} (its weights, "
                           f"geometry and readouts)")

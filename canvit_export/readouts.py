@@ -273,20 +273,22 @@ class ReadoutModule(nn.Module):
         return tuple(out)
 
 
-def heads_from_records(loaded: Any, records: list[ReadoutRecord]) -> Heads:
+def heads_from_records(loaded: Any, records: list[ReadoutRecord], *, probe: str | None = None) -> Heads:
     """The heads a manifest's readouts name, rebuilt for the parity reference (same seeds, files or model), each
-    checked against its recorded fingerprint. Raises ExportError when one cannot be had or differs."""
+    checked against its recorded fingerprint; `probe` (a Hub id or folder the user names) replaces the segmentation
+    probe's recorded location. Raises ExportError when one cannot be had or differs."""
     heads = Heads()
     for record in records:
         source = record.source
         if record.name == "segmentation":
-            if source.kind == "random":
+            if source.kind == "random" and probe is None:
                 assert source.seed is not None
                 heads.probe = random_probe(loaded.canvit, seed=source.seed,
                                            num_classes=len(record.class_names or []) or ADE20K_CLASSES)
             else:
-                assert source.location is not None
-                heads.probe, _ = load_probe(source.location, loaded.canvit.canvas_dim)
+                location = probe or source.location
+                assert location is not None
+                heads.probe, _ = load_probe(location, loaded.canvit.canvas_dim)
             module: nn.Module = heads.probe
         elif record.name == "classification":
             if source.kind == "random":

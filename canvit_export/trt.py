@@ -89,18 +89,19 @@ def weights_of(manifest: Manifest, model: str | None, revision: str | None) -> A
                       f"followed (manifests are untrusted input): pass --model DIR, that checkpoint")
 
 
-def heads_of(manifest: Manifest, loaded: Any, probe: str | None, seed: int) -> Any:
-    """The artifact's readout heads for a re-export or a reference: rebuilt from seeded or Hub records, or --probe."""
-    from canvit_export.readouts import heads_from_records, load_heads
+def heads_of(manifest: Manifest, loaded: Any, probe: str | None) -> Any:
+    """The artifact's readout heads for a re-export or a reference: rebuilt from its records (seeds, Hub ids), the
+    segmentation probe from --probe where given, each checked against its recorded fingerprint."""
+    from canvit_export.readouts import heads_from_records
 
     if not manifest.readouts:
+        if probe is not None:
+            raise ExportError(f"--probe: {manifest.directory} has no segmentation readout to take it")
         return None
-    if probe is not None:
-        return load_heads(loaded, [r.name for r in manifest.readouts], probe=probe, seed=seed)
-    if local := [r.name for r in manifest.readouts if r.source.kind == "checkpoint"]:
+    if probe is None and (local := [r.name for r in manifest.readouts if r.source.kind == "checkpoint"]):
         raise ExportError(f"{manifest.directory}'s {local[0]} head comes from a local folder, whose path in its manifest "
                           f"is not followed: pass --probe DIR, that folder")
-    return heads_from_records(loaded, manifest.readouts)
+    return heads_from_records(loaded, manifest.readouts, probe=probe)  # seeds kept, fingerprints checked
 
 
 def audit(graph: Path | Manifest) -> None:

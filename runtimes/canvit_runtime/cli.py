@@ -326,6 +326,12 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
 
     if latency_steps < 0:
         raise ValueError(f"--latency-steps {latency_steps}: must be >= 0")
+    if threads is not None and runtime != "onnxruntime":
+        raise ValueError("--threads sets ONNX Runtime's threads: pass it with --runtime onnxruntime")
+    typed = click.get_current_context().get_parameter_source("workspace_gib") == click.core.ParameterSource.COMMANDLINE
+    if runtime == "onnxruntime" and (rebuild or typed):
+        raise ValueError(f"--{'rebuild' if rebuild else 'workspace'} is for the TensorRT engine: pass it with "
+                         f"--runtime tensorrt")
     record = read_bundle(bundle)
     reference = read_reference(bundle, record)
     target = bundle / record.artifact
