@@ -368,6 +368,8 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         geometry = Geometry.of(source)
         opset = getattr(source.artifact, "opset", opset)
     else:
+        if random_weights and out is None and bundle is None:  # the default --out, known before loading anything
+            check_out(default_out_dir(backbone, geometry, precision or "fp32", "onnx"), force=force, inputs=inputs)
         loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
         heads = load_readouts(loaded, readout, probe, weight_seed)
     reuse = source is not None and precision in (None, source.precision.name)
