@@ -599,12 +599,9 @@ def glimpse_inputs(scene: np.ndarray | None, center: tuple[float, float], scale:
 
 
 def random_viewpoints(seed: int, count: int) -> list[tuple[tuple[float, float], float]]:
-    """The full scene, then seeded random valid viewpoints ((row, col), scale): 0.1 <= scale <= 1 and |row|, |col| <=
-    1 - scale, so that every glimpse lies inside the scene. For load tests and the serving tests' streams."""
-    rng = np.random.default_rng(seed)
-    out = [((0.0, 0.0), 1.0)]
-    while len(out) < count:
-        scale = float(rng.uniform(0.1, 1.0))
-        row, col = rng.uniform(-(1 - scale), 1 - scale, size=2)
-        out.append(((float(row), float(col)), scale))
-    return out
+    """F-IID (canvit_runtime.policies.full_then_random, the one random-viewpoint generator) as ((row, col), scale)
+    pairs of one stream: the full scene, then seeded random valid viewpoints. For load tests and the serving tests."""
+    from canvit_runtime.policies import full_then_random
+
+    return [((float(v.centers[0, 0]), float(v.centers[0, 1])), float(v.scales[0]))
+            for v in full_then_random(batch=1, glimpses=count, seed=seed)]
