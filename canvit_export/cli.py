@@ -307,19 +307,22 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
     GPU it will run on; or write a --bundle for a device to build and check its own; or --print-trtexec."""
     from canvit_export.export.artifact import Geometry, default_out_dir
     from canvit_export.progress import console
-    from canvit_export.trt import bundle_size, describe, heads_of, tensorrt_missing, weights_of, write_bundle
+    from canvit_export.trt import bundle_size, describe, heads_of, weights_of, write_bundle
+    from canvit_runtime.engine import tensorrt_missing
 
     ctx = click.get_current_context()
+    typed = [p.name for p in ctx.command.params if ctx.get_parameter_source(p.name or "") ==
+             click.core.ParameterSource.COMMANDLINE]
+    flag = {p.name: p.opts[0] for p in ctx.command.params}  # parameter -> the option the user typed, e.g. --canvas
+
+    def typed_one(*names: str) -> str | None:
+        """The first of these options the user typed, as typed (e.g. --canvas), or None."""
+        return next((flag[name] for name in names if name in typed), None)
+
     if bundle is not None and print_trtexec:
         raise ExportError("--bundle and --print-trtexec exclude each other: the bundle holds the build commands")
-    if artifact is not None:
-        given = [name for name in FROM_WEIGHTS if name not in ("model", "revision")
-                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            flag = {"canvas_grid": "canvas", "glimpse_px": "glimpse", "scene_px": "scene", "weight_seed": "seed",
-                    "random_weights": "random-weights"}.get(given[0], given[0])
-            raise ExportError(f"--{flag} describes an export from weights, and --artifact {artifact} has its own: "
-                              f"drop one")
+    if artifact is not None and (option := typed_one(*(n for n in FROM_WEIGHTS if n not in ("model", "revision")))):
+        raise ExportError(f"{option} describes an export from weights, and --artifact {artifact} has its own: drop one")
     if adopt_engine is not None or trtexec_log is not None:
         if artifact is None or bundle is not None or out is not None:
             raise ExportError("--adopt-engine takes the --artifact its engine was built from (and --engine-out), "
@@ -329,15 +332,11 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         return ctx.invoke(runtime_trt, artifact=artifact, precision=precision, workspace_gib=workspace_gib,
                           timing_cache=timing_cache, out=engine_out, force=force, print_trtexec=print_trtexec,
                           adopt_engine=adopt_engine, trtexec_log=trtexec_log)
-    typed = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    only = {"bundle": ("policy", "glimpses", "image"), "build": ("workspace_gib", "timing_cache", "engine_out")}
-    if bundle is None and (extra := [n for n in only["bundle"] if n in typed]):
-        raise ExportError(f"--{extra[0]} describes the bundle's reference: pass it with --bundle DIR")
-    if bundle is not None and (extra := [n for n in (*only["build"], "out") if n in typed]):
-        flag = {"workspace_gib": "workspace", "engine_out": "engine-out", "timing_cache": "timing-cache"}.get(
-            extra[0], extra[0])
-        raise ExportError(f"--{flag} is for a build here; with --bundle the device builds (BUILD.md holds its "
-                          f"commands) and the ONNX artifact goes inside the bundle: drop --{flag}")
+    if bundle is None and (option := typed_one("policy", "glimpses", "image")):
+        raise ExportError(f"{option} describes the bundle's reference: pass it with --bundle DIR")
+    if bundle is not None and (option := typed_one("workspace_gib", "timing_cache", "engine_out", "out")):
+        raise ExportError(f"{option} is for a build here; with --bundle the device builds (BUILD.md holds its "
+                          f"commands) and the ONNX artifact goes inside the bundle: drop {option}")
     if bundle is None and not print_trtexec and (missing := tensorrt_missing()):
         raise ExportError(f"{missing}: engines are built on the GPU that runs them; pass --bundle DIR to write what "
                           f"the device needs (it builds and checks the engine there), or --print-trtexec")
@@ -356,10 +355,10 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
                 raise ExportError(f"--out names the ONNX artifact to export, and {artifact} is {source.precision.name} "
                                   f"already: nothing is exported (--engine-out names the engine folder)")
             if bundle is None:
-                if extra := [n for n in ("probe", "calibration", "model", "revision") if n in typed]:
-                    raise ExportError(f"--{extra[0]} is for an export, and {artifact} is {source.precision.name} "
-                                      f"already: nothing is exported")
-                return _build_or_print(source, engine_out, workspace_gib, timing_cache, force, print_trtexec)
+                if option := typed_one("probe", "calibration", "model", "revision"):
+                    raise ExportError(f"{option} is for an export, and {artifact} is {source.precision.name} already: "
+                                      f"nothing is exported")
+                return _build_or_print(artifact, engine_out, workspace_gib, timing_cache, force, print_trtexec)
         loaded = weights_of(source, model, revision)
         heads = heads_of(source, loaded, probe)
         if precision not in (None, source.precision.name):
@@ -396,22 +395,21 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
                       f"{describe(bundle)} device:) and run {describe(bundle.name)}/run-on-device.sh there "
                       f"(add --runtime onnxruntime where TensorRT is missing)", soft_wrap=True)
         return None
-    from canvit_runtime.manifest import load_manifest
-
-    return _build_or_print(load_manifest(export(None)), engine_out, workspace_gib, timing_cache, force, print_trtexec)
+    return _build_or_print(export(None), engine_out, workspace_gib, timing_cache, force, print_trtexec)
 
 
-def _build_or_print(source: Manifest, engine_out: Path | None, workspace_gib: float, timing_cache: Path | None,
+def _build_or_print(source: Path, engine_out: Path | None, workspace_gib: float, timing_cache: Path | None,
                     force: bool, print_trtexec: bool) -> None:
-    """`source`'s engine built here, or trtexec's command printed, each after the TensorRT audit of its graph."""
+    """The engine of the ONNX artifact `source` built here, or trtexec's command printed, each after the TensorRT audit
+    of its graph (canvit_runtime.engine reads and verifies the artifact)."""
     from canvit_export.progress import console
     from canvit_export.trt import stage
     from canvit_runtime.engine import build_tensorrt, trtexec_for
 
     if print_trtexec:
-        click.echo(trtexec_for(source.directory, engine_out, workspace_gib=workspace_gib, timing_cache=timing_cache))
+        click.echo(trtexec_for(source, engine_out, workspace_gib=workspace_gib, timing_cache=timing_cache))
         return
-    manifest = build_tensorrt(source.directory, engine_out, workspace_gib=workspace_gib, timing_cache=timing_cache,
+    manifest = build_tensorrt(source, engine_out, workspace_gib=workspace_gib, timing_cache=timing_cache,
                               force=force, stage=stage)
     facts = manifest.artifact
     assert isinstance(facts, TensorRtArtifact)

@@ -54,21 +54,6 @@ def stage(label: str) -> Iterator[Any]:
     console.print(f"{label}: {time.perf_counter() - start:.1f} s")
 
 
-def tensorrt_missing() -> str | None:
-    """None where TensorRT's Python bindings import and a CUDA GPU answers; else what is missing, in a few words."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed here (import tensorrt fails)"
-    from canvit_runtime.engine import gpu_facts
-
-    try:
-        gpu_facts()
-    except ExportError as error:
-        return str(error).split(";")[0]
-    return None
-
-
 def weights_of(manifest: Manifest, model: str | None, revision: str | None) -> Any:
     """The weights an artifact was exported from: --model when given, else the Hub id or seeded random weights its
     manifest records (fingerprint checked); never a local path read from the manifest. ExportError naming --model."""
@@ -104,11 +89,10 @@ def heads_of(manifest: Manifest, loaded: Any, probe: str | None) -> Any:
     return heads_from_records(loaded, manifest.readouts, probe=probe)  # seeds kept, fingerprints checked
 
 
-def audit(graph: Path | Manifest) -> None:
+def audit(manifest: Manifest) -> None:
     """The TensorRT audit (canvit_runtime.trt_audit) of an artifact's graph, with its one line of result."""
     from canvit_runtime.trt_audit import AUDITED_VERSIONS, check
 
-    manifest = graph if isinstance(graph, Manifest) else load_manifest(graph)
     with console.status("TensorRT audit of the graph's ops, attributes and dtypes ..."):
         counts = check(manifest.file("graph"))
     console.print(f"TensorRT audit: {counts['nodes']} nodes of {counts[AUDITED_VERSIONS[0]]} op types pass "

@@ -336,14 +336,11 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
     reference = read_reference(bundle, record)
     target = bundle / record.artifact
     if runtime == "tensorrt":
-        from canvit_runtime.engine import build_tensorrt
+        from canvit_runtime.engine import build_tensorrt, tensorrt_missing
 
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            raise ValueError(f"TensorRT is not installed here (import tensorrt fails): build with trtexec as "
-                             f"{bundle / 'BUILD.md'} shows, or check the ONNX artifact with --runtime onnxruntime"
-                             ) from None
+        if missing := tensorrt_missing():
+            raise ValueError(f"{missing}: build with trtexec as {bundle / 'BUILD.md'} shows, or check the ONNX "
+                             f"artifact with --runtime onnxruntime")
         engine = bundle / f"{record.artifact}-trt"
         stale = engine_is_stale(engine, target) if os.path.lexists(engine) else None
         if os.path.lexists(engine) and not rebuild and stale is None:

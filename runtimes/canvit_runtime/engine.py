@@ -115,6 +115,20 @@ def gpu_facts() -> dict[str, str]:
     return {"gpu": name.strip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
 
 
+def tensorrt_missing() -> str | None:
+    """None where TensorRT's Python bindings import and a CUDA GPU answers; else what is missing, in a few words (for
+    a message that goes on to name the way around it)."""
+    try:
+        import_tensorrt()
+    except ExportError:
+        return "TensorRT is not installed here (import tensorrt fails)"
+    try:
+        gpu_facts()
+    except ExportError as error:
+        return str(error).split(";")[0]
+    return None
+
+
 def check_engine(serialized: bytes, manifest: Manifest, *, what: str) -> None:
     """Deserialize `serialized` with this machine's TensorRT and check its I/O against the manifest (ExportError)."""
     trt = import_tensorrt()
