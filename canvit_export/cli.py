@@ -55,12 +55,17 @@ def geometry_options(command: Callable[..., Any]) -> Callable[..., Any]:
         geometry = Geometry(batch=batch, scene_px=scene_px, glimpse_px=glimpse_px, canvas_grid=canvas_grid)
         return command(*args, geometry=geometry, **kwargs)
 
+    from canvit_runtime.manifest import LIMITS
+
     for option in reversed([
-        click.option("--canvas", "canvas_grid", type=int, default=32, show_default=True,
-                     help="Canvas grid G (G x G tokens)."),
-        click.option("--glimpse", "glimpse_px", type=int, default=128, show_default=True, help="Glimpse size in px."),
-        click.option("--scene", "scene_px", type=int, default=512, show_default=True, help="Scene size in px (square)."),
-        click.option("--batch", type=int, default=1, show_default=True, help="Static batch size."),
+        click.option("--canvas", "canvas_grid", type=click.IntRange(1, LIMITS["canvas_grid"]), default=32,
+                     show_default=True, help="Canvas grid G (G x G tokens)."),
+        click.option("--glimpse", "glimpse_px", type=click.IntRange(1, LIMITS["glimpse_px"]), default=128,
+                     show_default=True, help="Glimpse size in px."),
+        click.option("--scene", "scene_px", type=click.IntRange(1, LIMITS["scene_px"]), default=512,
+                     show_default=True, help="Scene size in px (square)."),
+        click.option("--batch", type=click.IntRange(1, LIMITS["batch"]), default=1, show_default=True,
+                     help="Static batch size."),
     ]):
         wrapper = option(wrapper)
     return wrapper
@@ -305,7 +310,7 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         print_trtexec, adopt_engine, trtexec_log) -> None:
     """Export the glimpse step at a precision and build its strongly typed TensorRT engine (-> <artifact>-trt), on the
     GPU it will run on; or write a --bundle for a device to build and check its own; or --print-trtexec."""
-    from canvit_export.export.artifact import Geometry, default_out_dir
+    from canvit_export.export.artifact import default_out_dir
     from canvit_export.progress import console
     from canvit_export.trt import bundle_size, describe, heads_of, weights_of, write_bundle
     from canvit_runtime.engine import tensorrt_missing
@@ -364,7 +369,7 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         if precision not in (None, source.precision.name):
             console.print(f"{artifact} is {source.precision.name}: re-exporting it at {precision} (its weights, "
                           f"geometry and readouts)")
-        geometry = Geometry.of(source)
+        geometry = source.geometry
         opset = getattr(source.artifact, "opset", opset)
     else:
         if random_weights and out is None and bundle is None:  # the default --out, known before loading anything

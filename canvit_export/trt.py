@@ -284,9 +284,9 @@ def write_bundle(bundle: Path, *, manifest_source: Manifest | None, loaded: Any,
     photo = default_image() if image is None else image
     with staged_artifact(bundle, force=force, inputs=inputs, kind="device bundle") as staging:
         if manifest_source is not None:
-            from canvit_export.export.artifact import Geometry, default_out_dir
+            from canvit_export.export.artifact import default_out_dir
 
-            name = default_out_dir(manifest_source.architecture.backbone, Geometry.of(manifest_source),
+            name = default_out_dir(manifest_source.architecture.backbone, manifest_source.geometry,
                                    manifest_source.precision.name, "onnx").name  # a plain name, whatever the source's
             with stage(f"copying {manifest_source.directory} into the bundle"):
                 copy_artifact(manifest_source, staging / name)

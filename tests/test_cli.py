@@ -65,7 +65,9 @@ def test_checkpoint_folder_export_and_parity(tmp_path: Path, vits16) -> None:
     (["--model", "EMPTY_DIR", "--random-weights"], ["exclude each other"]),
     (["--random-weights", "--backbone", "vits16", "--glimpse", "100"], ["--glimpse 100", "multiple"]),
     (["--random-weights", "--backbone", "vits16", "--opset", "16"], ["--opset 16", ">= 17"]),
-    (["--random-weights", "--backbone", "vits16", "--batch", "0"], ["--batch 0"]),
+    (["--random-weights", "--backbone", "vits16", "--batch", "0"], ["--batch", "1<=x<=64"]),
+    (["--random-weights", "--backbone", "vits16", "--glimpse", "2048"], ["--glimpse", "1<=x<=1024"]),
+    (["--random-weights", "--backbone", "vits16", "--glimpse", "512"], ["--scene 256", "at least the glimpse"]),
 ])
 def test_bad_export_inputs(tmp_path: Path, args: list[str], needles: list[str]) -> None:
     (tmp_path / "EMPTY_DIR").mkdir()

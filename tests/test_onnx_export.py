@@ -146,7 +146,7 @@ def test_failed_export_leaves_nothing(tmp_path, vits16, monkeypatch) -> None:
     monkeypatch.setattr(onnx_target, "export_graph", broken)
     out = tmp_path / "artifact"
     with pytest.raises(RuntimeError, match="exporter crashed"):
-        onnx_target.export_onnx(vits16, Geometry(1, 256, 128, 8), out, quiet=True)
+        onnx_target.export_onnx(vits16, Geometry(batch=1, scene_px=256, glimpse_px=128, canvas_grid=8), out, quiet=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -155,7 +155,7 @@ def test_existing_folder_needs_force(tmp_path, vits16, monkeypatch) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="--force"):
-        onnx_target.export_onnx(vits16, Geometry(1, 256, 128, 8), out, quiet=True)
+        onnx_target.export_onnx(vits16, Geometry(batch=1, scene_px=256, glimpse_px=128, canvas_grid=8), out, quiet=True)
     assert (out / "keep.txt").read_text() == "mine"
 
 

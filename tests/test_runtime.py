@@ -110,7 +110,7 @@ def test_glimpse_output_is_the_crop(tmp_path, vits16) -> None:
     from canvit_export.export.onnx import export_onnx
 
     out = tmp_path / "g"
-    export_onnx(vits16, Geometry(1, 256, 128, 8), out, glimpse_output=True, quiet=True)
+    export_onnx(vits16, Geometry(batch=1, scene_px=256, glimpse_px=128, canvas_grid=8), out, glimpse_output=True, quiet=True)
     runner = canvit_runtime.open(out)
     scene = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
     result = runner.step(scene, np.array([[0.0, 0.0]], np.float32), np.array([1.0], np.float32))

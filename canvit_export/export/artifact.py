@@ -6,7 +6,6 @@ canvit_runtime.artifact, which canvit-runtime's on-device TensorRT engine build 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,47 +29,27 @@ from canvit_runtime.manifest import (
     ROLE_SCENE,
     ROLE_STATE,
     Architecture,
+    Geometry,
     InitialState,
     InitialStatePart,
-    Manifest,
     Preprocessing,
     StatePair,
     TensorSpec,
 )
-from canvit_runtime.manifest import Geometry as GeometryRecord
 
-__all__ = ["INITIAL_STATE_FILE", "Geometry", "architecture_record", "copy_initial_state", "default_out_dir",
+__all__ = ["INITIAL_STATE_FILE", "Geometry", "architecture_record", "check_geometry", "copy_initial_state", "default_out_dir",
            "derived_fields", "finish_manifest", "load_source_artifact", "preprocessing_record", "source_record",
            "staged_artifact", "state_pairs", "step_tensors", "tool_versions", "write_initial_state"]
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Static sizes of an exported step: batch B, scene S px, glimpse g px, canvas grid G (G x G tokens)."""
-
-    batch: int
-    scene_px: int
-    glimpse_px: int
-    canvas_grid: int
-
-    def check(self, patch_px: int) -> None:
-        """Raise ExportError for sizes the step cannot take."""
-        if self.batch < 1:
-            raise ExportError(f"--batch {self.batch}: must be >= 1")
-        if self.canvas_grid < 1:
-            raise ExportError(f"--canvas {self.canvas_grid}: must be >= 1 (canvas of G x G tokens)")
-        if self.glimpse_px < patch_px or self.glimpse_px % patch_px:
-            raise ExportError(f"--glimpse {self.glimpse_px}: must be a positive multiple of the {patch_px} px patch")
-        if self.scene_px < self.glimpse_px:
-            raise ExportError(f"--scene {self.scene_px}: must be at least the glimpse ({self.glimpse_px} px)")
-
-    def record(self) -> GeometryRecord:
-        return GeometryRecord(batch=self.batch, scene_px=self.scene_px, glimpse_px=self.glimpse_px,
-                              canvas_grid=self.canvas_grid)
-
-    @staticmethod
-    def of(manifest: Manifest) -> Geometry:
-        return Geometry(**manifest.geometry.model_dump())
+def check_geometry(geometry: Geometry, patch_px: int) -> None:
+    """Raise ExportError for sizes CanViT's step cannot take: the glimpse a whole number of `patch_px` patches
+    (canvit-pytorch's patch embedding), the scene at least one glimpse. The manifest's Geometry record already caps
+    each size (canvit_runtime.manifest.LIMITS)."""
+    if geometry.glimpse_px < patch_px or geometry.glimpse_px % patch_px:
+        raise ExportError(f"--glimpse {geometry.glimpse_px}: must be a positive multiple of the {patch_px} px patch")
+    if geometry.scene_px < geometry.glimpse_px:
+        raise ExportError(f"--scene {geometry.scene_px}: must be at least the glimpse ({geometry.glimpse_px} px)")
 
 
 def default_out_dir(backbone: str, geometry: Geometry, precision: str, target: str) -> Path:

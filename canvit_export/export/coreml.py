@@ -29,6 +29,7 @@ from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
     Geometry,
     architecture_record,
+    check_geometry,
     finish_manifest,
     preprocessing_record,
     staged_artifact,
@@ -235,7 +236,7 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
     except ImportError as error:
         raise ExportError("Core ML export needs coremltools: pip install coremltools (canvit-export[coreml])") from error
     canvit = loaded.canvit
-    geometry.check(canvit.patch_size)
+    check_geometry(geometry, canvit.patch_size)
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
         step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid,
@@ -279,7 +280,7 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
                                         compute_precision="FLOAT32 (the step's own casts set fp16 where allowed)",
                                         op_counts=audit["op_counts"],
                                         mil_audit=MilAudit(**{k: v for k, v in audit.items() if k != "op_counts"})),
-                model=loaded.record, architecture=architecture_record(canvit), geometry=geometry.record(),
+                model=loaded.record, architecture=architecture_record(canvit), geometry=geometry,
                 inputs=inputs, outputs=outputs, state=state, initial_state=write_initial_state(canvit, staging),
                 preprocessing=preprocessing_record(geometry),
                 precision=PrecisionRecord(name=precision, matmul_dtype=info.matmul_dtype,

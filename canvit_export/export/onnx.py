@@ -15,6 +15,7 @@ from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
     Geometry,
     architecture_record,
+    check_geometry,
     finish_manifest,
     preprocessing_record,
     staged_artifact,
@@ -93,7 +94,7 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
     except ValueError as error:
         raise ExportError(str(error)) from error
     canvit = loaded.canvit
-    geometry.check(canvit.patch_size)
+    check_geometry(geometry, canvit.patch_size)
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: must be >= {MIN_OPSET} (LayerNormalization)")
     stages = Stages(3, quiet=quiet)
@@ -121,7 +122,7 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
                 ("onnx", "onnxscript", "onnxruntime"),
                 artifact=OnnxArtifact(target="onnx", opset=opset, ir_version=model.ir_version,
                                       nodes=len(model.graph.node), op_counts=audit.op_counts),
-                model=loaded.record, architecture=architecture_record(canvit), geometry=geometry.record(),
+                model=loaded.record, architecture=architecture_record(canvit), geometry=geometry,
                 inputs=inputs, outputs=outputs, state=state_pairs(inputs),
                 initial_state=write_initial_state(canvit, staging), preprocessing=preprocessing_record(geometry),
                 precision=precision_record(step_dtypes, audit.violations), readouts=readout_records)
