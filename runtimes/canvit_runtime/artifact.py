@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from canvit_runtime.manifest import Manifest, ManifestError, SourceArtifact, a_target, file_record, load_manifest
-from canvit_runtime.paths import ExportError, check_out, file_on_path, not_ours, write_marker
+from canvit_runtime.paths import ExportError, check_out, file_on_path, replacement_refusal, write_marker
 
 __all__ = ["COMMANDS", "INITIAL_STATE_FILE", "ExportError", "check_out", "clean_stale_staging", "command_line",
            "copy_initial_state", "derived_fields", "file_on_path", "finish_manifest", "load_source_artifact",
@@ -89,9 +89,8 @@ def staged_artifact(out: Path, *, force: bool, inputs: tuple[Path, ...] = (), ki
         if os.path.lexists(out):
             if not force:
                 raise ExportError(raced)
-            if why := not_ours(out):  # checked again: it may have changed while the export ran
-                raise ExportError(f"--out {out} {why}; --force replaces only what canvit-export wrote: move it away "
-                                  f"or choose another --out")
+            if refusal := replacement_refusal(out, force=True):  # checked again: it may have changed meanwhile
+                raise ExportError(refusal)
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
             out.rename(trash / out.name)
             staging.rename(out)

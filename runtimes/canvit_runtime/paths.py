@@ -138,13 +138,21 @@ def check_out(out: Path, *, force: bool, inputs: Iterable[Path] = (), option: st
                      "is inside" if source_resolved in resolved.parents else "contains")
             raise ExportError(f"{option} {printable(out)} {where} the input {printable(source)}: choose a folder "
                               f"apart from it")
-    if os.path.lexists(out):
-        if not force:
-            raise ExportError(f"{printable(out)} already exists: pass --force to overwrite it, or choose another "
-                              f"{option}")
-        if why := not_ours(out):
-            raise ExportError(f"{option} {printable(out)} {why}; --force replaces only what canvit-export wrote: "
-                              f"move it away or choose another {option}")
+    if refusal := replacement_refusal(out, force=force, option=option):
+        raise ExportError(refusal)
+
+
+def replacement_refusal(out: Path, *, force: bool, option: str = "--out") -> str | None:
+    """The one line refusing to replace an existing `out` (None when nothing is there, or `--force` may replace it:
+    an empty folder or one this tool wrote, not_ours); the replacement rule of every command that writes a folder."""
+    if not os.path.lexists(out):
+        return None
+    if not force:
+        return f"{printable(out)} already exists: pass --force to overwrite it, or choose another {option}"
+    if why := not_ours(out):
+        return (f"{option} {printable(out)} {why}; --force replaces only what canvit-export wrote: move it away or "
+                f"choose another {option}")
+    return None
 
 
 def inside_any(path: Path, folders: Iterable[Path]) -> Path | None:
