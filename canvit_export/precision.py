@@ -142,7 +142,8 @@ def _dtype(types: dict[str, int], name: str) -> str:
 
 
 def audit_onnx(model: onnx.ModelProto) -> AuditReport:
-    """Check the precision rule and the forbidden ops on an exported step graph (see the module docstring)."""
+    """Check the precision rule and the forbidden ops on an exported step graph (see the module docstring): the
+    canvas stream, the coordinate region, the readout region, the float32 ops and the Q/DQ placement, in turn."""
     graph = model.graph
     types = tensor_types(model)
     report = AuditReport()
@@ -153,25 +154,38 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
     report.tensor_dtypes = {DTYPE_NAME_OF.get(t, str(t)): 0 for t in set(types.values())}
     for t in types.values():
         report.tensor_dtypes[DTYPE_NAME_OF.get(t, str(t))] += 1
-    bad = report.violations
-
     for op in FORBIDDEN_OPS:
         if counts.get(op):
-            bad.append(f"{counts[op]} {op} node(s): the step must be built without slice assignment")
-
+            report.violations.append(f"{counts[op]} {op} node(s): the step must be built without slice assignment")
     io_names = {v.name for v in (*graph.input, *graph.output)}
     for name in (*STATE_IO, *COORDINATE_INPUTS, "scene"):
         if name in io_names and types.get(name) != TensorProto.FLOAT:
-            bad.append(f"graph I/O {name} is {_dtype(types, name)}, must be float32")
+            report.violations.append(f"graph I/O {name} is {_dtype(types, name)}, must be float32")
+    _audit_canvas_stream(graph, types, report)
+    _audit_coordinates(graph, types, io_names, report)
+    _audit_readouts(graph, types, io_names, report)
+    _audit_float32_ops(graph, types, report)
+    # Q/DQ graphs (static INT8): a QuantizeLinear on an unquantizable tensor would round the canvas stream, the
+    # coordinates, RoPE, the VPE or a readout to 8 bits even though the tensors around it stay float32.
+    unquantizable = report.unquantizable
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in unquantizable:
+            report.violations.append(f"QuantizeLinear {node.name} quantizes protected tensor {node.input[0]}")
+    return report
 
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    return consumers
 
-    # The canvas residual stream: canvas -> Add (one per Canvas Write) -> ... -> canvas_next, through any Cast
-    # on the way (a Cast to a narrower type is then reported as a narrow stream tensor).
-    stream = ["canvas"]
+
+def _audit_canvas_stream(graph: onnx.GraphProto, types: dict[str, int], report: AuditReport) -> None:
+    """The canvas residual stream: canvas -> Add (one per Canvas Write) -> ... -> canvas_next, through any Cast on
+    the way (a Cast to a narrower type is then reported as a narrow stream tensor); its LayerNorms in float32."""
+    bad, consumers, stream = report.violations, _consumers(graph), ["canvas"]
     while stream[-1] != "canvas_next":
         adds = [n for n in consumers[stream[-1]] if n.op_type == "Add"]
         casts = [n for n in consumers[stream[-1]] if n.op_type == "Cast"]
@@ -190,6 +204,7 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
             bad.append("canvas stream does not reach canvas_next")
             break
     report.canvas_stream = stream
+    report.protected.update(stream)
     for name in stream:
         if types.get(name) != TensorProto.FLOAT:
             bad.append(f"canvas stream tensor {name} is {_dtype(types, name)}, must be float32")
@@ -201,34 +216,39 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
                 if stash != 1:
                     bad.append(f"LayerNormalization {node.name} on the canvas has stash_type {stash}, must be 1 (float32)")
 
-    # The coordinate region: tensors computed from centers/scales (and constants) alone. It ends at Cast nodes
-    # (a deliberate hand-over, e.g. the VPE token entering a narrower backbone stream) and at nodes that also
-    # read a tensor from outside the region (e.g. RoPE multiplying query features).
+
+def _region(graph: onnx.GraphProto, types: dict[str, int], seeds: set[str], *, stop_at_cast: bool) -> set[str]:
+    """The tensors computed from `seeds` and constants alone (nodes are topologically sorted); a node that also
+    reads a tensor from outside ends the region, and so does a Cast where `stop_at_cast`."""
     initializers = {init.name for init in graph.initializer}
-    region = set(COORDINATE_INPUTS) & io_names
-    for node in graph.node:  # nodes are topologically sorted
+    region = set(seeds)
+    for node in graph.node:
         data_inputs = [name for name in node.input if name and name not in initializers and types.get(name) is not None]
-        if node.op_type in ("Constant", "Cast") or not data_inputs:
+        if node.op_type == "Constant" or (stop_at_cast and node.op_type == "Cast") or not data_inputs:
             continue
         if all(name in region for name in data_inputs):
             region.update(out for out in node.output if out)
+    return region
+
+
+def _audit_coordinates(graph: onnx.GraphProto, types: dict[str, int], io_names: set[str], report: AuditReport) -> None:
+    """The coordinate region (centers, scales -> RoPE, VPE): it ends at Cast nodes (a deliberate hand-over, e.g. the
+    VPE token entering a narrower backbone stream) and at nodes that also read features (RoPE times queries)."""
+    region = _region(graph, types, set(COORDINATE_INPUTS) & io_names, stop_at_cast=True)
     report.coordinate_tensors = len(region)
-    report.protected.update(stream, region)
+    report.protected.update(region)
     for name in sorted(region):
         if types.get(name) in NARROW:
-            bad.append(f"coordinate/RoPE/VPE tensor {name} is {_dtype(types, name)}, must be float32")
+            report.violations.append(f"coordinate/RoPE/VPE tensor {name} is {_dtype(types, name)}, must be float32")
 
-    # The readout region: what the heads compute from the new state (canvas_next, recurrent_cls_next) and constants
-    # alone, up to the readout outputs. All of it float32, Casts included (a narrowing Cast is itself a finding).
+
+def _audit_readouts(graph: onnx.GraphProto, types: dict[str, int], io_names: set[str], report: AuditReport) -> None:
+    """The readout region: what the heads compute from the new state (canvas_next, recurrent_cls_next) and constants
+    alone, up to the readout outputs; all of it float32, Casts included (a narrowing Cast is itself a finding)."""
+    bad = report.violations
     readout_outputs = [v.name for v in graph.output if v.name not in STATE_IO and v.name != "glimpse"]
-    readouts = {"canvas_next", "recurrent_cls_next"} & io_names if readout_outputs else set()
-    for node in graph.node:
-        data_inputs = [name for name in node.input if name and name not in initializers and types.get(name) is not None]
-        if node.op_type == "Constant" or not data_inputs:
-            continue
-        if all(name in readouts for name in data_inputs):
-            readouts.update(out for out in node.output if out)
-    readouts -= {"canvas_next", "recurrent_cls_next"}
+    seeds = {"canvas_next", "recurrent_cls_next"} & io_names if readout_outputs else set()
+    readouts = _region(graph, types, seeds, stop_at_cast=False) - {"canvas_next", "recurrent_cls_next"}
     report.readout_tensors = len(readouts)
     report.protected.update(readouts)
     for name in readout_outputs:
@@ -240,18 +260,13 @@ def audit_onnx(model: onnx.ModelProto) -> AuditReport:
         if types.get(name) in NARROW:
             bad.append(f"readout tensor {name} is {_dtype(types, name)}, must be float32")
 
+
+def _audit_float32_ops(graph: onnx.GraphProto, types: dict[str, int], report: AuditReport) -> None:
+    """Every input and output of FLOAT32_OPS (Sin, Cos, Log, GridSample...) float32."""
     for node in graph.node:
         if node.op_type in FLOAT32_OPS:
             report.protected.update(node.output)
             for name in (*node.input, *node.output):
                 report.float32_op_tensors += 1
                 if types.get(name) in NARROW:
-                    bad.append(f"{node.op_type} tensor {name} is {_dtype(types, name)}, must be float32")
-
-    # Q/DQ graphs (static INT8): a QuantizeLinear on an unquantizable tensor would round the canvas stream, the
-    # coordinates, RoPE, the VPE or a readout to 8 bits even though the tensors around it stay float32.
-    unquantizable = report.unquantizable
-    for node in graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] in unquantizable:
-            bad.append(f"QuantizeLinear {node.name} quantizes protected tensor {node.input[0]}")
-    return report
+                    report.violations.append(f"{node.op_type} tensor {name} is {_dtype(types, name)}, must be float32")
