@@ -313,17 +313,9 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
     from canvit_export.export.artifact import default_out_dir
     from canvit_export.progress import console
     from canvit_export.trt import bundle_size, describe, heads_of, weights_of, write_bundle
-    from canvit_runtime.engine import tensorrt_missing
 
     ctx = click.get_current_context()
-    typed = [p.name for p in ctx.command.params if ctx.get_parameter_source(p.name or "") ==
-             click.core.ParameterSource.COMMANDLINE]
-    flag = {p.name: p.opts[0] for p in ctx.command.params}  # parameter -> the option the user typed, e.g. --canvas
-
-    def typed_one(*names: str) -> str | None:
-        """The first of these options the user typed, as typed (e.g. --canvas), or None."""
-        return next((flag[name] for name in names if name in typed), None)
-
+    typed_one = _typed_options(ctx)
     if bundle is not None and print_trtexec:
         raise ExportError("--bundle and --print-trtexec exclude each other: the bundle holds the build commands")
     if artifact is not None and (option := typed_one(*(n for n in FROM_WEIGHTS if n not in ("model", "revision")))):
@@ -337,19 +329,9 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
         return ctx.invoke(runtime_trt, artifact=artifact, precision=precision, workspace_gib=workspace_gib,
                           timing_cache=timing_cache, out=engine_out, force=force, print_trtexec=print_trtexec,
                           adopt_engine=adopt_engine, trtexec_log=trtexec_log)
-    if bundle is None and (option := typed_one("policy", "glimpses", "image")):
-        raise ExportError(f"{option} describes the bundle's reference: pass it with --bundle DIR")
-    if bundle is not None and (option := typed_one("workspace_gib", "timing_cache", "engine_out", "out")):
-        raise ExportError(f"{option} is for a build here; with --bundle the device builds (BUILD.md holds its "
-                          f"commands) and the ONNX artifact goes inside the bundle: drop {option}")
-    if bundle is None and not print_trtexec and (missing := tensorrt_missing()):
-        raise ExportError(f"{missing}: engines are built on the GPU that runs them; pass --bundle DIR to write what "
-                          f"the device needs (it builds and checks the engine there), or --print-trtexec")
     inputs = [i for i in (artifact, calibration, image) if i is not None]
-    for option, folder in (("--out", out), ("--engine-out", engine_out), ("--bundle", bundle)):
-        if folder is not None:
-            check_out(folder, force=force, inputs=inputs, option=option)
-
+    _refuse_for_mode(typed_one, bundle=bundle, print_trtexec=print_trtexec, inputs=inputs, force=force,
+                     folders={"--out": out, "--engine-out": engine_out, "--bundle": bundle})
     source: Manifest | None = None
     if artifact is not None:
         from canvit_runtime.artifact import load_source_artifact
@@ -401,6 +383,38 @@ def trt(model, revision, random_weights, backbone, weight_seed, geometry, artifa
                       f"(add --runtime onnxruntime where TensorRT is missing)", soft_wrap=True)
         return None
     return _build_or_print(export(None), engine_out, workspace_gib, timing_cache, force, print_trtexec)
+
+
+def _typed_options(ctx: click.Context) -> Callable[..., str | None]:
+    """typed_one(*parameter names): the first of them the user typed on the command line, as typed (e.g. --canvas),
+    or None; the flags come from click's own parameters."""
+    typed = [p.name for p in ctx.command.params if ctx.get_parameter_source(p.name or "") ==
+             click.core.ParameterSource.COMMANDLINE]
+    flag = {p.name: p.opts[0] for p in ctx.command.params}
+
+    def typed_one(*names: str) -> str | None:
+        return next((flag[name] for name in names if name in typed), None)
+
+    return typed_one
+
+
+def _refuse_for_mode(typed_one: Callable[..., str | None], *, bundle: Path | None, print_trtexec: bool,
+                     inputs: list[Path], force: bool, folders: dict[str, Path | None]) -> None:
+    """Raise ExportError, before any work, for options the chosen mode (bundle, build here, --print-trtexec) would
+    ignore, for a build here without TensorRT and a GPU, and for an output folder check_out refuses."""
+    from canvit_runtime.engine import tensorrt_missing
+
+    if bundle is None and (option := typed_one("policy", "glimpses", "image")):
+        raise ExportError(f"{option} describes the bundle's reference: pass it with --bundle DIR")
+    if bundle is not None and (option := typed_one("workspace_gib", "timing_cache", "engine_out", "out")):
+        raise ExportError(f"{option} is for a build here; with --bundle the device builds (BUILD.md holds its "
+                          f"commands) and the ONNX artifact goes inside the bundle: drop {option}")
+    if bundle is None and not print_trtexec and (missing := tensorrt_missing()):
+        raise ExportError(f"{missing}: engines are built on the GPU that runs them; pass --bundle DIR to write what "
+                          f"the device needs (it builds and checks the engine there), or --print-trtexec")
+    for option, folder in folders.items():
+        if folder is not None:
+            check_out(folder, force=force, inputs=inputs, option=option)
 
 
 def _build_or_print(source: Path, engine_out: Path | None, workspace_gib: float, timing_cache: Path | None,

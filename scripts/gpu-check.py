@@ -564,31 +564,11 @@ def cpp_demo(facts: dict[str, Any], built: dict[tuple[str, str], Path], out: Pat
     rows = []
     sources = [engine, onnx_artifact]
     for graph in (True, False):
-        label = "cuda graph" if graph else "no cuda graph"
         for source in sources:
             rebuilt = source == onnx_artifact
-            tag = f"{'graph' if graph else 'enqueue'}-{'onnx' if rebuilt else 'engine'}"
-            argv = [str(demo), "--artifact", str(source), "--backend", "tensorrt", "--image", inputs["scene"],
-                    "--policy", inputs["viewpoints"], "--glimpses", str(glimpses), "--canvas-out",
-                    str(work / f"canvas-{tag}.npy"), "--log", str(work / f"log-{tag}.json")]
-            if rebuilt:
-                argv += ["--engine", str(work / "demo.engine")]
-            if not graph:
-                argv.append("--no-cuda-graph")
-            rc, last, _ = run(argv, logs / f"cpp-demo-{tag}.log", timeout=900)
-            bound = CPP_REBUILT_REL_L2 if rebuilt else CPP_REL_L2
-            row: dict[str, Any] = {"run": f"{label}, {'ONNX + --engine' if rebuilt else 'engine artifact'}",
-                                   "exit": rc, "rel-L2 vs Python": None, "bound": bound, "median ms": None,
-                                   "status": "failed"}
-            if rc == 0:
-                cpp = np.load(work / f"canvas-{tag}.npy").astype(np.float64)
-                relative = float(np.linalg.norm(cpp - python) / np.linalg.norm(python)) if cpp.shape == python.shape \
-                    else float("inf")
-                log = json.loads((work / f"log-{tag}.json").read_text())
-                row.update({"rel-L2 vs Python": relative, "median ms": log.get("median_ms"),
-                            "status": "PASS" if relative <= bound else "FAIL"})
-            else:
-                row["why"] = last
+            row = _cpp_demo_row(demo, source, rebuilt=rebuilt, graph=graph, inputs=inputs, glimpses=glimpses,
+                                work=work, logs=logs, python=python)
+            rc = row["exit"]
             rows.append(row)
             if rc == 0:
                 break
@@ -603,6 +583,38 @@ def cpp_demo(facts: dict[str, Any], built: dict[tuple[str, str], Path], out: Pat
     if bad:
         why = f"{bad[0]['run']}: {bad[0]['status']} ({bad[0].get('why') or bad[0]['rel-L2 vs Python']})"
     return part("cpp-demo", "failed" if bad else "ran", why, time.perf_counter() - start, details)
+
+
+def _cpp_demo_row(demo: Path, source: Path, *, rebuilt: bool, graph: bool, inputs: dict[str, str], glimpses: int,
+                  work: Path, logs: Path, python: Any) -> dict[str, Any]:
+    """One canvit_demo --backend tensorrt run (an engine artifact, or the ONNX artifact with --engine; CUDA graph or
+    not) and its canvas against the Python runner's `python` canvas."""
+    import numpy as np
+
+    tag = f"{'graph' if graph else 'enqueue'}-{'onnx' if rebuilt else 'engine'}"
+    argv = [str(demo), "--artifact", str(source), "--backend", "tensorrt", "--image", inputs["scene"],
+            "--policy", inputs["viewpoints"], "--glimpses", str(glimpses), "--canvas-out",
+            str(work / f"canvas-{tag}.npy"), "--log", str(work / f"log-{tag}.json")]
+    if rebuilt:
+        argv += ["--engine", str(work / "demo.engine")]
+    if not graph:
+        argv.append("--no-cuda-graph")
+    rc, last, _ = run(argv, logs / f"cpp-demo-{tag}.log", timeout=900)
+    bound = CPP_REBUILT_REL_L2 if rebuilt else CPP_REL_L2
+    label = "cuda graph" if graph else "no cuda graph"
+    row: dict[str, Any] = {"run": f"{label}, {'ONNX + --engine' if rebuilt else 'engine artifact'}",
+                           "exit": rc, "rel-L2 vs Python": None, "bound": bound, "median ms": None,
+                           "status": "failed"}
+    if rc == 0:
+        cpp = np.load(work / f"canvas-{tag}.npy").astype(np.float64)
+        relative = float(np.linalg.norm(cpp - python) / np.linalg.norm(python)) if cpp.shape == python.shape \
+            else float("inf")
+        log = json.loads((work / f"log-{tag}.json").read_text())
+        row.update({"rel-L2 vs Python": relative, "median ms": log.get("median_ms"),
+                    "status": "PASS" if relative <= bound else "FAIL"})
+    else:
+        row["why"] = last
+    return row
 
 
 # --- part 5: timings ----------------------------------------------------------------------------------------------

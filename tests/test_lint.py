@@ -20,7 +20,11 @@ BIN = Path(sys.executable).parent
     # canvit-runtime installs on Python 3.10 (JetPack 6): its standard-library use must exist there (datetime.UTC,
     # for one, is 3.11+). tests/test_runtime_package.py runs it on a real 3.10 as well.
     ["mypy", "--python-version", "3.10", "-p", "canvit_runtime"],
-], ids=["ruff", "mypy", "mypy-runtime-py310"])
+    # No function longer than 80 lines (docstring included) in the exporter, the runtime, the C++ demo or the
+    # scripts; lizard's complexity and argument-count warnings are off (-C, -a), length is the rule (issue 27).
+    ["lizard", "--length", "80", "-C", "10000", "-a", "100", "--warnings_only", "canvit_export", "runtimes/canvit_runtime",
+     "cpp_demo/src", "cpp_demo/include", "cpp_demo/tests", "scripts"],
+], ids=["ruff", "mypy", "mypy-runtime-py310", "lizard-function-length"])
 def test_clean(tool: list[str]) -> None:
     executable = BIN / tool[0]
     if not executable.exists():
@@ -28,6 +32,19 @@ def test_clean(tool: list[str]) -> None:
     result = subprocess.run([str(executable), *tool[1:]], cwd=REPO, capture_output=True, text=True, timeout=600,
                             check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def test_function_length_check_can_fail(tmp_path: Path) -> None:
+    """lizard, as test_clean runs it, flags an 81-line Python function and passes an 80-line one."""
+    executable = BIN / "lizard"
+    if not executable.exists():
+        pytest.skip("lizard is not installed in this environment (pip install -e '.[dev]')")
+    for lines, expected in ((78, 0), (79, 1)):  # the def line and `return` come on top of the body's lines
+        source = tmp_path / f"f{lines}.py"
+        source.write_text("def f(x):\n" + "".join(f"    x = x + {i}\n" for i in range(lines)) + "    return x\n")
+        result = subprocess.run([str(executable), "--length", "80", "-C", "10000", "-a", "100", "--warnings_only",
+                                 str(source)], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == expected, (lines, result.stdout)
 
 
 def test_suite_stops_at_once_on_a_full_disk(tmp_path) -> None:

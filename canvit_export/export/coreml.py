@@ -112,24 +112,30 @@ def audit_mil(program: Any, readouts: list[str] | None = None) -> dict[str, Any]
     counts: dict[str, int] = {}
     for op in ops:
         counts[op.op_type] = counts.get(op.op_type, 0) + 1
+    stream = _mil_canvas_stream(function, ops, violations)
+    if stream is None:
+        return {"canvas_stream": [], "coordinate_ops": 0, "op_counts": counts,
+                "violations": ["no canvas input and no state read found"]}
+    coordinate_ops = _mil_coordinates(function, ops, violations)
+    _mil_readouts(function, stream, readouts or [], violations)
+    return {"canvas_stream": [v.name for v in stream], "coordinate_ops": coordinate_ops, "op_counts": counts,
+            "violations": violations}
 
-    def consumers(var: Any) -> list[Any]:
-        return list(var.child_ops)
 
-    # Start of the canvas stream: the canvas input, or for a stateful program (where `canvas` is the fp16 state,
-    # read with read_state) the select() that picks the initial canvas or the state, widened to fp32.
+def _mil_canvas_stream(function: Any, ops: list[Any], violations: list[str]) -> list[Any] | None:
+    """The canvas stream's vars, from the canvas input (or, stateful, the select() that picks the initial canvas or
+    the fp16 state read, widened to fp32) through each Canvas Write `add`; None when no start is found."""
     start = function.inputs.get("canvas")
-    if start is None or any(op.op_type == "read_state" for op in consumers(start)):
+    if start is None or any(op.op_type == "read_state" for op in start.child_ops):
         selects = [op for op in ops if op.op_type == "select"]
         if not selects:
-            return {"canvas_stream": [], "coordinate_ops": 0, "op_counts": counts,
-                    "violations": ["no canvas input and no state read found"]}
+            return None
         start = selects[0].outputs[0]
     stream = [start]
     while True:
         current = stream[-1]
-        adds = [op for op in consumers(current) if op.op_type == "add"]
-        casts = [op for op in consumers(current) if op.op_type == "cast"]
+        adds = [op for op in current.child_ops if op.op_type == "add"]
+        casts = [op for op in current.child_ops if op.op_type == "cast"]
         if len(adds) == 1:
             add = adds[0]
             update = add.x if add.y is current else add.y
@@ -145,7 +151,12 @@ def audit_mil(program: Any, readouts: list[str] | None = None) -> dict[str, Any]
             violations.append(f"canvas stream tensor {var.name} is {_dtype(var)}, must be fp32")
     if len(stream) < 2:
         violations.append("the canvas stream has no Canvas Write add")
+    return stream
 
+
+def _mil_coordinates(function: Any, ops: list[Any], violations: list[str]) -> int:
+    """Ops computed from centers/scales alone (up to a cast) output fp32 (or int32/bool); every sin/cos/log/resample
+    outputs fp32. Returns the number of coordinate ops."""
     region = {function.inputs[name].name for name in ("centers", "scales") if name in function.inputs}
     coordinate_ops = 0
     for op in ops:
@@ -163,11 +174,15 @@ def audit_mil(program: Any, readouts: list[str] | None = None) -> dict[str, Any]
             for out in op.outputs:
                 if _dtype(out) != "fp32":
                     violations.append(f"{op.op_type} {op.name} outputs {_dtype(out)}, must be fp32")
-    # The readouts (program outputs named in `readouts`): every op they depend on past the canvas stream and the
-    # recurrent CLS must be fp32 (the probe's LayerNorm of the canvas, the entropy, the heads).
+    return coordinate_ops
+
+
+def _mil_readouts(function: Any, stream: list[Any], readouts: list[str], violations: list[str]) -> None:
+    """The readouts (program outputs named in `readouts`): every op they depend on past the canvas stream and the
+    recurrent CLS must be fp32 (the probe's LayerNorm of the canvas, the entropy, the heads)."""
     outputs = {var.name: var for var in function.outputs}
     stops = {id(v) for v in stream} | {id(outputs[n]) for n in ("canvas_next", "recurrent_cls_next") if n in outputs}
-    for name in readouts or []:
+    for name in readouts:
         if name not in outputs:
             violations.append(f"readout {name} is not an output of the program")
             continue
@@ -182,8 +197,6 @@ def audit_mil(program: Any, readouts: list[str] | None = None) -> dict[str, Any]
                                   f"{_dtype(var)}: must be fp32")
             pending.extend(v for value in var.op.inputs.values()
                            for v in (value if isinstance(value, list | tuple) else [value]) if hasattr(v, "op"))
-    return {"canvas_stream": [v.name for v in stream], "coordinate_ops": coordinate_ops, "op_counts": counts,
-            "violations": violations}
 
 
 def convert(step: nn.Module, example: tuple[Tensor, ...], input_names: list[str], outputs: list[str], *,

@@ -330,7 +330,6 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
     the compiled model outputs less than f32.
     """
     import openvino as ov
-    from openvino import passes
 
     source = load_source_artifact(artifact, target="OpenVINO")
     label = choose_precision(source, precision)
@@ -346,21 +345,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
             with stages.stage("calibration set (the step's inputs over rollouts of the fp32 graph)"):
                 calib = resolve_calibration(source, calibration, Path(work), quiet=quiet)
         with stages.stage(f"converting the {source.precision.name} ONNX graph to OpenVINO"):
-            graph = Path(work) / "step.onnx"  # the checksummed bytes, with no unlisted external data
-            graph.write_bytes(verified_onnx(source))
-            source_model = onnx.load(str(graph))
-            check_graph_io(source, *onnx_io(source_model))
-            source_audit = audit_onnx(source_model)
-            # Static INT8 may quantize the canvas LayerNorm outputs at a projection's input (as bf16 casts them):
-            # the compiled audit then holds the unquantizable tensors to f32, the others everything protected.
-            protected = source_audit.unquantizable if int8_static else source_audit.protected
-            try:
-                model = ov.convert_model(str(graph))
-            except Exception as error:  # OpenVINO's frontends refuse an op they do not know, in many lines
-                lines = [line for line in str(error).splitlines() if line.strip()]
-                raise ExportError(f"{artifact}: OpenVINO cannot convert this graph ({lines[-1][:160] if lines else error}); "
-                                  f"re-export the ONNX artifact with canvit-export") from error
-            drop_identity_layouts(model)
+            model, protected = _convert(ov, source, artifact, Path(work), int8_static=int8_static)
             if label == "bf16":
                 pad_rows(model, "bf16")
         if int8_weights:
@@ -374,28 +359,9 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
                 int8_facts["quantizer"] += f"; rows of {padded} INT8 MatMuls padded to a multiple of {ROW_MULTIPLE}"
         probe_as_matmul(model)  # after NNCF, which leaves the probe's convolution float (a readout is protected)
         with stages.stage("compiling on CPU and auditing the canvas path in the compiled model's runtime info"):
-            # Audited before MakeStateful: OpenVINO's runtime model of a result-less stateful graph lists only its
-            # inputs. MakeStateful swaps the state's Parameter/Result pairs for ReadValue/Assign and nothing else.
-            twin = model.clone()
-            compiled = ov.Core().compile_model(twin, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            audit = audit_compiled(compiled, protected_ops(twin, protected))
-            if audit["violations"]:
-                raise ExportError(f"the compiled model breaks the float32 rule: {audit['violations'][0]} "
-                                  f"(+{len(audit['violations']) - 1} more)")
-            if audit["checked"] < 10:
-                raise ExportError(f"only {audit['checked']} protected nodes found in the compiled model: the audit "
-                                  f"cannot vouch for the canvas path")
-        variables: dict[str, str] = {}
+            audit = _audit_compiled(ov, model, protected)
         with stages.stage("making the state variables and saving the IR" if stateful else "saving the stateless IR"):
-            if stateful:
-                pairs = dict(source.state_pairs)
-                manager = passes.Manager()
-                manager.register_pass(passes.MakeStateful(pairs))
-                manager.run_passes(model)
-                found = {op.get_variable_id() for op in model.get_ops() if op.get_type_name() == "ReadValue"}
-                variables = {inp: inp + out for inp, out in pairs.items()}  # OpenVINO's naming: tensor names joined
-                if set(variables.values()) != found:
-                    raise ExportError(f"MakeStateful made variables {sorted(found)}, expected {sorted(variables.values())}")
+            variables = _make_stateful(model, source) if stateful else {}
             save_ir(ov, model, staging / IR_FILE)
             copy_initial_state(source, staging)
             fields = derived_fields(source)
@@ -416,6 +382,58 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
                     compiled_audit=CompiledAudit(**audit, compiled="the stateless twin on CPU, f32 hint")),
                 **fields)
     return manifest.at(out)
+
+
+def _convert(ov: Any, source: Manifest, artifact: Path, work: Path, *, int8_static: bool) -> tuple[Any, set[str]]:
+    """The artifact's checksummed ONNX graph converted to an OpenVINO model (identity layouts dropped), and the
+    tensors the compiled audit holds to f32: static INT8 may quantize the canvas LayerNorm outputs at a projection's
+    input (as bf16 casts them), so it holds the unquantizable tensors, the others everything protected."""
+    graph = work / "step.onnx"  # the checksummed bytes, with no unlisted external data
+    graph.write_bytes(verified_onnx(source))
+    source_model = onnx.load(str(graph))
+    check_graph_io(source, *onnx_io(source_model))
+    source_audit = audit_onnx(source_model)
+    protected = source_audit.unquantizable if int8_static else source_audit.protected
+    try:
+        model = ov.convert_model(str(graph))
+    except Exception as error:  # OpenVINO's frontends refuse an op they do not know, in many lines
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise ExportError(f"{artifact}: OpenVINO cannot convert this graph ({lines[-1][:160] if lines else error}); "
+                          f"re-export the ONNX artifact with canvit-export") from error
+    drop_identity_layouts(model)
+    return model, protected
+
+
+def _audit_compiled(ov: Any, model: Any, protected: set[str]) -> dict[str, Any]:
+    """Compile a clone on CPU (f32 hint) and audit the canvas path in its runtime info; raise ExportError on a
+    narrowed protected node or when too few are found to vouch for it. Audited before MakeStateful: OpenVINO's
+    runtime model of a result-less stateful graph lists only its inputs, and MakeStateful changes nothing else."""
+    twin = model.clone()
+    compiled = ov.Core().compile_model(twin, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    audit = audit_compiled(compiled, protected_ops(twin, protected))
+    if audit["violations"]:
+        raise ExportError(f"the compiled model breaks the float32 rule: {audit['violations'][0]} "
+                          f"(+{len(audit['violations']) - 1} more)")
+    if audit["checked"] < 10:
+        raise ExportError(f"only {audit['checked']} protected nodes found in the compiled model: the audit "
+                          f"cannot vouch for the canvas path")
+    return audit
+
+
+def _make_stateful(model: Any, source: Manifest) -> dict[str, str]:
+    """Swap the state's Parameter/Result pairs for ReadValue/Assign variables (MakeStateful); return {state input:
+    variable id}, OpenVINO naming each variable by the two tensor names joined. Raises ExportError otherwise."""
+    from openvino import passes
+
+    pairs = dict(source.state_pairs)
+    manager = passes.Manager()
+    manager.register_pass(passes.MakeStateful(pairs))
+    manager.run_passes(model)
+    found = {op.get_variable_id() for op in model.get_ops() if op.get_type_name() == "ReadValue"}
+    variables = {inp: inp + out for inp, out in pairs.items()}
+    if set(variables.values()) != found:
+        raise ExportError(f"MakeStateful made variables {sorted(found)}, expected {sorted(variables.values())}")
+    return variables
 
 
 def save_ir(ov: Any, model: Any, path: Path) -> None:
