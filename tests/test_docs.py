@@ -5,6 +5,7 @@ mkdocs-material under `strict: true` (a broken link, a missing anchor or a page 
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,32 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
     assert (tmp_path / "index.html").is_file()
+
+
+def test_generated_pages_are_current():
+    """docs/manifest-reference.md (from the JSON Schema) and the bench pages with the README's bench table (from the
+    newest docs/measurements/*-bench.json) are what scripts/gen_docs.py writes from their sources today."""
+    script = ROOT / "scripts" / "gen_docs.py"
+    runs = [["manifest", "--check"]]
+    if benches := sorted((DOCS / "measurements").glob("*-bench.json")):
+        runs.append(["bench", str(benches[-1]), "--check"])
+    for args in runs:
+        result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_page_check_can_fail(tmp_path):
+    """--check fails on a page that differs from what the schema gives: the manifest reference with a field dropped."""
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+    assert spec is not None and spec.loader is not None
+    gen_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_docs)
+    schema = json.loads((ROOT / "runtimes" / "canvit_runtime" / "manifest.schema.json").read_text(encoding="utf-8"))
+    page = gen_docs.manifest_page(schema)
+    assert "| `canvas_grid` | integer | yes | > 0, <= 256 |" in page  # Geometry's cap, as LIMITS sets it
+    del schema["$defs"]["Geometry"]["properties"]["canvas_grid"]
+    stale = tmp_path / "manifest-reference.md"
+    stale.write_text(gen_docs.manifest_page(schema), encoding="utf-8")
+    gen_docs.MANIFEST_PAGE = stale
+    assert gen_docs.main(["manifest", "--check"]) == 1
