@@ -10,7 +10,7 @@ modules' own parameters, with three export-minded changes that leave the arithme
   of angle 0 (cos 1, sin 0; `with_unrotated_prefix`), x * 1 + y * 0 == x for finite x, so every rotation is one
   element-wise pass with no split into prefix and grid and no concatenation after. The canvas grid's RoPE depends
   only on the canvas size, so its sin/cos are computed once here (float32, `compute_2d_rope` on `grid_coords`) and
-  become graph constants. (CanViT-B bf16 IR, canvas side alone: 31.5 -> 29.8 ms a glimpse.)
+  become graph constants (docs/measurements/2026-12-02-choices.md).
 - LayerNorm stays `nn.LayerNorm`, which exports as a single LayerNormalization op (opset >= 17).
 
 Precision (paper App. D.3; canvit_export.precision): matmuls, the patch-embedding conv and attention run in

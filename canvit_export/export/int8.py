@@ -95,9 +95,7 @@ def nncf_static_int8(model: Any, samples: Any, count: int, ignored: list[str] | 
     nncf.set_log_level(logging.WARNING)  # its INFO lists every op it leaves unquantized, hundreds of lines
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    # SmoothQuant off: measured on ViT-S (canvas 16, 21 C2F / 50 F-IID glimpses of chelsea, 32 calibration samples),
-    # the TRANSFORMER default (matmul alpha 0.95) gave a worst canvas rel-L2 of 0.10 / 0.16 against fp32, alpha 0.5
-    # 0.028 / 0.045, and none 0.018 / 0.017; fast bias correction changed nothing measurable and stays on.
+    # SmoothQuant off: it raised the canvas error of every alpha tried (docs/measurements/2026-12-02-choices.md).
     advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
     return nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER, subset_size=count,
                          fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=ignored or [], validate=False),
@@ -120,10 +118,8 @@ def quantize_openvino(model: Any, calibration: CalibrationSet, protected: set[st
 
 def is_attention_matmul(node: Any, constants: set[str]) -> bool:
     """A MatMul of two activations (attention's Q K^T and P V): kept float. quantize_static's MatMulConstBOnly does not
-    hold in QDQ format (onnxruntime 1.32 quantized them, with the softmax between them: QLinearSoftmax). Measured on
-    CanViT-B, canvas 32, 21 C2F glimpses of astronaut, 2 threads: keeping them float took the step from 40.5 to
-    32.6 ms on ONNX Runtime (uint8 activations) and the worst canvas rel-L2 to fp32 from 0.036 to 0.015, the
-    segmentation agreement's worst glimpse from 0.31 to 0.84."""
+    hold in QDQ format (onnxruntime 1.32 quantized them, with the softmax between them: QLinearSoftmax). Float, they
+    were both faster and closer to fp32 (docs/measurements/2026-12-02-choices.md)."""
     return node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] not in constants
 
 

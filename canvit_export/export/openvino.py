@@ -139,10 +139,9 @@ def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
     MatMuls of an activation quantized by a FakeQuantize (NNCF's static INT8), padded at the FakeQuantize's input so
     that the quantizer still feeds the MatMul (OpenVINO fuses the pair into one INT8 FullyConnected; padding between
     them left the MatMuls in f32). Rows are independent in these ops, so the result is the same but for the kernels'
-    accumulation order. Why: OpenVINO 2026.4's CPU bf16 brgemm ran M = 71 at ~70% of the rate of M = 72 (measured on
-    AVX-512 BF16: 24 MLP pairs, 768 x 3072, 32.3 ms vs 21.6 ms), and the CanViT-B bf16 step 1.24x faster padded; the
-    step's matmuls alone in INT8 (bench.floor_model) 17.9 ms vs 12.9 ms padded. f32 MatMuls are left alone (no gain
-    measured: 0.97x). Returns how many MatMuls were padded; the model is changed in place."""
+    accumulation order. Why: OpenVINO's CPU brgemm runs bf16 and INT8 rows faster at a multiple of 8 (f32 gains
+    nothing; docs/measurements/2026-12-02-choices.md). Returns how many MatMuls were padded; the model is changed in
+    place."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops

@@ -11,11 +11,9 @@ ONNX Runtime itself turns S8 activations to U8 on x86 (its QDQS8ToU8Transformer)
 DequantizeLinear feeds several nodes, as in this graph. So on the CPU provider of an x86-64 machine (on ARM ONNX
 Runtime runs S8S8 natively) `unsigned_activations` rewrites every activation Q/DQ pair to uint8 with zero point 128,
 which represents the same values: the same quantized arithmetic (with ONNX Runtime's own U8S8 caveat: on AVX2
-without VNNI its kernels may saturate int16 sums), 1.6x faster here (CanViT-B, canvas 32,
-2 threads, one interleaved run: step 52.9 -> 32.6 ms). The two runs are not bitwise equal: ONNX Runtime fuses
-a few matmuls differently (integer instead of float on dequantized weights), and INT8's requantization amplifies
-those float roundings (canvas 3e-3 apart after one glimpse); both are 1.5e-2 from the fp32 graph over 21 C2F
-glimpses.
+without VNNI its kernels may saturate int16 sums), and faster. The two runs are not bitwise equal: ONNX Runtime
+fuses a few matmuls differently (integer instead of float on dequantized weights), and INT8's requantization
+amplifies those float roundings; both are as far from the fp32 graph (docs/measurements/2026-12-02-choices.md).
 """
 
 from __future__ import annotations
@@ -163,9 +161,7 @@ class OnnxRuntimeRunner(HostStateRunner):
     "uint8"). `profile`: a file-name prefix: ONNX Runtime's profiler
     records every node's time (Chrome trace JSON, written by `self.session.end_profiling()`). `spinning`: let the
     intra-op workers spin between steps (ONNX Runtime's default). Off here: on 2 cores their spinning, long after a
-    step, slowed whatever ran next, PyTorch or OpenVINO, by ~20% (in one bench run: PyTorch eager 134.5 -> 111.9 ms,
-    OpenVINO's INT8 IR 30.9 -> 24.6 ms), and the step itself was no slower without it (CanViT-B fp32: 58.7 ms
-    spinning, 57.6 not)."""
+    step, slowed whatever ran next, and the step was no faster with it (docs/measurements/2026-12-02-choices.md)."""
 
     name = "onnxruntime"
 

@@ -19,47 +19,22 @@ from canvit_runtime.manifest import Manifest
 from canvit_runtime.paths import ExportError
 
 TOLERANCES: dict[str, dict[str, float]] = {
-    # fp32: rounding differences of correct float32 implementations stay orders of magnitude below 1e-4; argmax
-    # maps and top-1 must agree everywhere (a flip would need two classes within ~1e-6 of each other).
+    # fp32: correct float32 implementations differ by rounding only, orders of magnitude below 1e-4.
     "fp32": {"canvas_rel_l2": 1e-4, "cls_rel_l2": 1e-4, "canvas_cosine": 0.99999, "readout_rel_l2": 1e-4,
              "seg_agreement": 1.0, "top1_agreement": 1.0},
-    # fp16/bf16 compute with a float32 canvas: measured worst 8.0e-4 (fp16) and 8.2e-3 (bf16) over 200 F-IID
-    # glimpses of CanViT-B, so about 2.5x the bf16 figure. The readouts inherit the canvas's error (measured on
-    # ViT-S, 21 C2F glimpses of chelsea: seg/class logits rel-L2 5.0e-4 / 5.7e-4 in fp16, 5.3e-3 / 5.7e-3 in bf16),
-    # so they get the canvas's bound. seg_agreement bounds the mean over the glimpses of the share of cells whose
-    # argmax agrees: measured 0.999 (fp16) and 0.992 (bf16), worst single glimpse 0.98 and 0.84. Seeded random
-    # weights write nearly the same token to every canvas cell, so the winning class leads by little and argmax
-    # flips are more frequent than with trained weights. Top-1 agreed at every glimpse.
+    # fp16/bf16 with a float32 canvas: about 2.5x the worst measured (docs/measurements/2026-12-02-choices.md).
     "fp16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999, "readout_rel_l2": 2e-2,
              "seg_agreement": 0.98, "top1_agreement": 0.9},
     "bf16": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999, "readout_rel_l2": 2e-2,
              "seg_agreement": 0.95, "top1_agreement": 0.85},
-    # The control variant is held to fp16's bar: failing it is the measured cost of a float16 canvas.
+    # The control variant is held to fp16's bar: failing it is the cost of a float16 canvas.
     "fp16-all": {"canvas_rel_l2": 2e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.999, "readout_rel_l2": 2e-2,
                  "seg_agreement": 0.98, "top1_agreement": 0.9},
-    # INT8 weight-only compression (NNCF, asymmetric per channel) is a designed approximation: each weight moves
-    # by up to half a quantization step, (max - min) / 255 / 2 of its output channel. Measured over 21 C2F
-    # glimpses on a photo: canvas rel-L2 1.3e-2, cosine 0.99991 (ViT-S). The bound is about 4x that, so the
-    # designed approximation passes and a broken one (wrong zero points, per-tensor scales, a compressed VPE or
-    # canvas path) fails. Readouts (OpenVINO, ViT-S, chelsea): logits rel-L2 1.4e-2 (fp32-int8w) and 1.5e-2
-    # (bf16-int8w); argmax agreement mean 0.951 and 0.939 (worst glimpse 0.42 and 0.34: near-ties, see above);
-    # top-1 agreed at every glimpse.
+    # INT8 weights: about 4x the measured error, so a broken compression (zero points, per-tensor scales) fails.
     "int8w": {"canvas_rel_l2": 5e-2, "cls_rel_l2": 5e-2, "canvas_cosine": 0.998, "readout_rel_l2": 5e-2,
               "seg_agreement": 0.85, "top1_agreement": 0.8},
-    # Static INT8 (activations and weights of the weight matmuls; canvas path float32), calibrated on rollouts.
-    # Measured on CanViT-B (canvas 32, seeded random weights and heads, astronaut, 21 C2F / 200 F-IID / 21 EG-C2F
-    # glimpses, 96 calibration samples): ONNX Runtime Q/DQ (S8S8 symmetric, attention float) worst canvas rel-L2
-    # 1.5e-2 / 2.4e-2 (21 C2F / 200 F-IID), cosine >= 0.99971; NNCF on OpenVINO 1.8e-2 / 2.2e-2 / 1.7e-2, cosine
-    # >= 0.99975. (The Q/DQ graph with quantized attention, before: 3.6e-2 / 4.4e-2 / 3.5e-2.) The rel-L2 bounds are
-    # 4x the worst, 2.3x that earlier graph's, so a broken quantization (a quantized canvas stream, per-tensor
-    # weights, a bad calibration) fails. Argmax agreement is where random heads hurt: their classes are near-ties
-    # (see fp16), and a few % logit error flips many cells: mean agreement measured 0.77-0.97 (0.61 with attention
-    # quantized; F-IID the worst), top-1 0.71-1.0. Since the random weights' LayerNorms have their own gains and
-    # biases (source.RANDOM_LAYERNORM_STD), ViT-S (canvas 16, chelsea, 48 calibration samples, NNCF on OpenVINO)
-    # measured canvas rel-L2 3.5e-2 and class_logits rel-L2 3.7e-2 over 200 F-IID glimpses, and top-1 agreement
-    # 0.595 there and 0.454 over 1000: the random classifier's top two classes sat 1 point apart (13.2% and 12.2%),
-    # so a 4% logit error flips them. A broken quantization agrees at chance (1 in 1000 classes); the bound, 0.4,
-    # sits below what was measured and far above chance. The agreement bounds sit below the measurements.
+    # Static INT8: rel-L2 4x the worst measured; agreement bounds below what random heads' near-ties give, far
+    # above chance (docs/measurements/2026-12-02-choices.md).
     "int8": {"canvas_rel_l2": 1e-1, "cls_rel_l2": 1e-1, "canvas_cosine": 0.998, "readout_rel_l2": 1e-1,
              "seg_agreement": 0.5, "top1_agreement": 0.4},
 }
