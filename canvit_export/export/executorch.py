@@ -125,7 +125,8 @@ def _tensor_args(node: Any) -> list[Any]:
 
 
 def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
-    """The float32 rule over an exported (or edge) program before partitioning, as audit_mil does over Core ML's MIL.
+    """The float32 rule over the torch.export program (or its edge dialect) before partitioning, as audit_mil does
+    over Core ML's MIL.
 
     - the canvas residual stream, from the canvas input (stateless) or the select of the initial canvas or the
       buffer (stateful), through at most one cast and then each Canvas Write `add`: every tensor on it, and every
@@ -274,16 +275,13 @@ def export_program(module: nn.Module, args: tuple[Tensor, ...]) -> Any:
         return torch.export.export(module, args, strict=False)
 
 
-def lower(exported: Any) -> tuple[Any, Any]:
-    """(edge program before partitioning, lowered edge manager): `to_edge` for the audit, then
-    `to_edge_transform_and_lower` with the XNNPACK partitioner."""
+def lower(exported: Any) -> Any:
+    """The edge program manager of `exported` lowered with `to_edge_transform_and_lower` and the XNNPACK partitioner."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge, to_edge_transform_and_lower
+    from executorch.exir import to_edge_transform_and_lower
 
     with torch.no_grad(), _quiet():
-        edge = to_edge(exported).exported_program()
-        lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-    return edge, lowered
+        return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
 
 
 def serialize(lowered: Any) -> bytes:
@@ -336,10 +334,10 @@ def export_executorch(loaded: LoadedModel, geometry: Geometry, out: Path, *, pre
                           f"{geometry.canvas_grid}x{geometry.canvas_grid}, batch {geometry.batch}, "
                           f"{'stateful' if stateful else 'stateless'}{readout_text})"):
             exported = export_program(module, args)
-        with stages.stage("lowering to ExecuTorch with the XNNPACK partitioner (minutes)"):
-            edge, lowered = lower(exported)
-        with stages.stage("auditing the program (before partitioning, then every delegate boundary)"):
-            audit = audit_program(edge, readouts=list(step.readout_names))
+            audit = audit_program(exported, readouts=list(step.readout_names))  # before partitioning
+        with stages.stage("lowering to ExecuTorch with the XNNPACK partitioner (a minute or more)"):
+            lowered = lower(exported)
+        with stages.stage("auditing the program (canvas path, coordinates, readouts, every delegate boundary)"):
             lowered_program = lowered.exported_program()
             boundaries, boundary_violations = audit_delegates(
                 lowered_program, state_shapes=[p.shape for p in state])
