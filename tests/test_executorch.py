@@ -20,6 +20,9 @@ from canvit_export.export.artifact import Geometry
 from canvit_export.export.executorch import (
     PROGRAM,
     StatefulStep,
+    _attention,
+    _layer_norm,
+    _unbind,
     audit_program,
     export_executorch,
     export_program,
@@ -103,6 +106,11 @@ def test_manifest_records_the_program(pte: Path) -> None:
     assert [t.name for t in manifest.outputs] == ["canvas_next", "recurrent_cls_next", "seg_logits", "seg_entropy"]
     assert facts.delegates >= 1 and facts.delegated_ops > 100, "XNNPACK took the matmuls"
     assert "aten.grid_sampler_2d" in facts.portable_ops, "the glimpse sampler stays on portable kernels"
+    # XNNPACK_FORMS: LayerNorm, attention (no safe-softmax masking) and the QKV linears (bias folded) all delegated
+    refused = {"aten.native_layer_norm", "aten.any.dim", "aten.logical_not", "aten.full_like", "aten.addmm",
+               "aten.squeeze_copy.dims", "aten._softmax", "aten.bmm"}
+    assert not refused & set(facts.portable_ops), sorted(refused & set(facts.portable_ops))
+    assert facts.delegates <= 15, f"{facts.delegates} delegates: an op left out splits the graph"
     assert not facts.program_audit.violations and len(facts.program_audit.canvas_stream) >= 2
     assert facts.program_audit.delegate_boundaries > 0
     assert manifest.files["program"].bytes == (pte / PROGRAM).stat().st_size
@@ -141,6 +149,25 @@ def test_a_program_whose_state_does_not_carry_fails_the_check(vits16, photo, tmp
     states = program_rollout(method, scene, resets=[1, 0, 0, 0])
     assert worst_rel(states[:1], reference[:1]) < 1e-5
     assert worst_rel(states, reference) > 1e-2
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 7, 64), (1, 8, 70, 32)])
+def test_the_xnnpack_forms_compute_the_ops_they_replace(shape: tuple[int, ...]) -> None:
+    """Attention as bmm/softmax/bmm against F.scaled_dot_product_attention (self and cross attention), LayerNorm as
+    two inner means against F.layer_norm, unbind as narrow + reshape against torch.unbind, all float32."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(shape, generator=gen)
+    k, v = torch.randn(*shape[:2], 11, shape[3], generator=gen), torch.randn(*shape[:2], 11, 5, generator=gen)
+    for keys, values in ((q, q), (k, v)):
+        want = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
+        torch.testing.assert_close(_attention(q, keys, values), want, rtol=1e-5, atol=1e-6)
+    x = torch.randn(*shape[1:], generator=gen) * 3 + 1
+    weight, bias = torch.randn(shape[-1], generator=gen), torch.randn(shape[-1], generator=gen)
+    want = torch.nn.functional.layer_norm(x, (shape[-1],), weight, bias, eps=1e-6)
+    torch.testing.assert_close(_layer_norm(x, [shape[-1]], weight, bias, eps=1e-6), want, rtol=1e-5, atol=1e-5)
+    for dim in (0, 2, -1):
+        for got, expected in zip(_unbind(q, dim), torch.unbind(q, dim), strict=True):
+            assert torch.equal(got, expected)
 
 
 def test_the_audit_reports_a_narrowed_canvas(vits16) -> None:
