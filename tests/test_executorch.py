@@ -1,4 +1,5 @@
-"""The ExecuTorch target: one stateful ViT-S .pte (canvas 8, segmentation readout) exported once per session, run on
+"""The ExecuTorch target: one stateful ViT-S .pte (canvas 8, segmentation readout) exported once per session (and one
+fp16 program with the state as inputs and outputs), run on
 canvit-runtime's torch-free runner (executorch-numpy-runtime) against canvit-pytorch; the state carries and starts at
 the learned initial state (and a program that does not carry its state fails the same check); the audit reports a
 narrowed canvas; the command refuses what it cannot export in one line."""
@@ -54,6 +55,18 @@ def pte(vits16, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def pte_fp16_stateless(vits16, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`--precision fp16 --no-stateful`, canvas 8, segmentation readout: one export covers both (CI time)."""
+    from canvit_export.readouts import load_heads
+
+    out = tmp_path_factory.mktemp("executorch") / "vits16-c8-fp16-stateless-pte"
+    heads = load_heads(vits16, ["segmentation"], probe=None, seed=0)
+    export_executorch(vits16, Geometry(batch=1, scene_px=SCENE_PX, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS), out,
+                      precision="fp16", stateful=False, heads=heads, quiet=True)
+    return out
+
+
 def reference_rollout(vits16, scene: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """canvit-pytorch's state (canvas, recurrent CLS) after each glimpse of VIEWPOINTS, from CanViT.init_state."""
     step = GlimpseStep(vits16.canvit, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS).eval()
@@ -95,6 +108,25 @@ def test_parity_fp32(pte: Path, vits16, policy: str, photo, tmp_path: Path, repo
         assert report["eg_c2f"]["identical"] and report["eg_c2f"]["agreement"] == 1.0, report["eg_c2f"]
     report_figure(f"executorch ViT-S c{CANVAS} {policy}: canvas rel-L2 {report['worst']['canvas_rel_l2']:.1e}, "
                   f"{report['median_ms']['runtime']:.0f} ms a glimpse")
+
+
+def test_fp16_with_the_state_as_inputs_and_outputs(pte_fp16_stateless: Path, vits16, photo, tmp_path: Path,
+                                                   report_figure) -> None:
+    """`--no-stateful` takes and returns the state (the runner feeds it back) and fp16 passes the fp16 gate over
+    EG-C2F glimpses (8: XNNPACK takes no cast, so fp16 runs in many small delegates, seconds a glimpse), its canvas
+    float32 (audit clean, delegate boundaries included); it is narrower than fp32 (error above fp32 rounding)."""
+    manifest = manifest_round_trip(pte_fp16_stateless)
+    facts = manifest.artifact
+    assert isinstance(facts, ExecuTorchArtifact) and not manifest.stateful and facts.state_buffers == {}
+    assert facts.inputs == ["scene", "canvas", "recurrent_cls", "centers", "scales"]
+    assert manifest.outputs[0].name == "canvas_next" and manifest.precision.name == "fp16"
+    assert not facts.program_audit.violations
+    report = parity_command(artifact=pte_fp16_stateless, runtime="executorch", loaded=vits16, image=photo,
+                            policy="eg-c2f", glimpses=8, seed=0, threads=None, report_path=tmp_path / "r.json")
+    assert report["passed"], report["failures"][:3]
+    assert report["worst"]["canvas_rel_l2"] < 2e-2 and report["worst"]["canvas_rel_l2"] > 1e-5, report["worst"]
+    report_figure(f"executorch ViT-S c{CANVAS} fp16 stateless eg-c2f: canvas rel-L2 "
+                  f"{report['worst']['canvas_rel_l2']:.1e}, {report['median_ms']['runtime']:.0f} ms a glimpse")
 
 
 def test_manifest_records_the_program(pte: Path) -> None:

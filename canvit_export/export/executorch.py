@@ -66,6 +66,7 @@ STATE_BUFFERS = {"canvas": "canvas", "recurrent_cls": "recurrent_cls"}
 """State input name -> the program's mutable buffer that holds it."""
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 NARROW = (torch.float16, torch.bfloat16)
+CASTS = ("_to_copy", "_to_dim_order_copy", "to")
 TRIG_OPS = ("sin", "cos", "log", "grid_sampler_2d", "grid_sampler")
 
 
@@ -168,7 +169,7 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
         current = stream[-1]
         users = list(current.users)
         adds = [u for u in users if _base_op(u) == "add"]
-        casts = [u for u in users if _base_op(u) in ("_to_copy", "_to_dim_order_copy", "to")]
+        casts = [u for u in users if _base_op(u) in CASTS]
         if len(adds) == 1:
             add = adds[0]
             update = next((a for a in _tensor_args(add) if a is not current), None)
@@ -221,22 +222,38 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
             "violations": violations}
 
 
+def _is_cast(node: Any, *, to: torch.dtype | None = None, source: torch.dtype | None = None) -> bool:
+    """node is a dtype cast (to `to`, from `source`, where given)."""
+    if getattr(node, "op", None) != "call_function" or _base_op(node) not in CASTS:
+        return False
+    args = _tensor_args(node)
+    return (to is None or _dtype(node) == to) and (source is None or (bool(args) and _dtype(args[0]) == source))
+
+
 def audit_delegates(program: Any, *, state_shapes: list[list[int]]) -> tuple[int, list[str]]:
     """The dtypes at every delegate boundary of a lowered program: each tensor entering or leaving a delegate with a
-    state's shape (the canvas [B, R+G*G, Dc], the CLS [B, 1, Db]) must be float32. Returns (boundary tensors seen,
-    violations)."""
+    state's shape (the canvas [B, R+G*G, Dc], the CLS [B, 1, Db]) must be float32, unless it is a compute-dtype copy
+    the precision rule allows: made by a cast from float32 (a matmul input) or only ever cast back to float32 (an
+    update widened before it joins the stream; audit_program checks the stream itself). Returns (boundary tensors
+    seen, violations)."""
     seen, violations = 0, []
     shapes = [tuple(s) for s in state_shapes]
     for node in program.graph.nodes:
         if node.op != "call_function" or "executorch_call_delegate" not in str(node.target):
             continue
+        inner = getattr(program.graph_module, node.args[0].target).original_module.graph
+        inner_outputs = list(next(n for n in inner.nodes if n.op == "output").args[0])
         crossing = [*_tensor_args(node), *[u for u in node.users if _op_name(u).endswith("getitem")]]
         for tensor in crossing:
             value = tensor.meta.get("val")
             if not isinstance(value, torch.Tensor):
                 continue
             seen += 1
-            if tuple(value.shape) in shapes and value.dtype != torch.float32:
+            if tuple(value.shape) not in shapes or value.dtype == torch.float32:
+                continue
+            maker = inner_outputs[tensor.args[1]] if tensor in node.users else tensor
+            widened = bool(tensor.users) and all(_is_cast(u, to=torch.float32) for u in tensor.users)
+            if not (widened or _is_cast(maker, source=torch.float32)):
                 violations.append(f"delegate boundary {node.name}: {tensor.name} {list(value.shape)} is {value.dtype}, "
                                   f"must be float32")
     return seen, violations
