@@ -113,7 +113,7 @@ def test_parity_fp32(pte: Path, vits16, policy: str, photo, tmp_path: Path, repo
 def test_fp16_with_the_state_as_inputs_and_outputs(pte_fp16_stateless: Path, vits16, photo, tmp_path: Path,
                                                    report_figure) -> None:
     """`--no-stateful` takes and returns the state (the runner feeds it back) and fp16 passes the fp16 gate over
-    EG-C2F glimpses (8: XNNPACK takes no cast, so fp16 runs in many small delegates, seconds a glimpse), its canvas
+    EG-C2F glimpses (8: XNNPACK takes no cast, so fp16 runs in about a hundred delegates), its canvas
     float32 (audit clean, delegate boundaries included); it is narrower than fp32 (error above fp32 rounding)."""
     manifest = manifest_round_trip(pte_fp16_stateless)
     facts = manifest.artifact

@@ -16,9 +16,9 @@ For XNNPACK, three ops of the step are written in forms it takes, at export time
 by `export_program` with torch.export's `run_decompositions`; step.GlimpseStep and canvit-pytorch's parameters are
 used as they are): attention as bmm, softmax, bmm (the SDPA's own decomposition brings masking ops XNNPACK refuses),
 LayerNorm as two 4-D means (XNNPACK has no LayerNorm; its mean takes 4-D tensors over the two inner dims), and
-`unbind` as narrow + reshape (its squeeze is refused). The QKV key-bias mask product of parameters is folded into a
-constant, so those linears keep a static bias. Each refusal split a delegate: 87 delegates became 11 at ViT-S
-(docs/executorch.md).
+`unbind` as narrow + reshape (its squeeze is refused). The QKV key-bias mask product of parameters (and its cast
+under fp16) is folded into a constant, so those linears keep a static bias. Each op XNNPACK refuses splits the graph
+into more delegates (the census before and after: docs/executorch.md).
 
 Precision: the step carries its own casts (step.GlimpseStep); `audit_program` walks the exported program before
 partitioning and `audit_delegates` the dtypes at every delegate boundary after it, and the export fails when a
@@ -345,16 +345,21 @@ XNNPACK_FORMS = {torch.ops.aten.scaled_dot_product_attention.default: _attention
 """The step's ops rewritten, at export, in forms the XNNPACK partitioner takes (module docstring)."""
 
 
+FOLDED = {torch.ops.aten.mul.Tensor, torch.ops.aten._to_copy.default}
+"""Ops folded when every input is a constant: the QKV key-bias mask product, and its cast to float16 under fp16
+(an unfolded bias leaves the linear to a portable addmm)."""
+
+
 def export_program(module: nn.Module, args: tuple[Tensor, ...]) -> Any:
     """torch.export.export(module, args) (non-strict), under no_grad (ExecuTorch's buffer write-back refuses tensors
-    that require grad), with XNNPACK_FORMS decomposed and products of constants folded (the QKV key-bias mask)."""
+    that require grad), with XNNPACK_FORMS decomposed and FOLDED ops of constants folded."""
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     with torch.no_grad(), _quiet():
         exported = torch.export.export(module, args, strict=False).run_decompositions(XNNPACK_FORMS)
-        # Only products: folding everything (the RoPE tables, the registers' expand) makes a program XNNPACK's
-        # runtime refuses to run (shape propagation fails, executorch 1.5.1).
-        keep = {n.target for n in exported.graph.nodes if n.op == "call_function"} - {torch.ops.aten.mul.Tensor}
+        # Only products and casts: folding everything (the RoPE tables, the registers' expand) makes a program
+        # XNNPACK's runtime refuses to run (shape propagation fails, executorch 1.5.1).
+        keep = {n.target for n in exported.graph.nodes if n.op == "call_function"} - FOLDED
         return constant_prop_pass(exported, custom_skip_targets=keep)
 
 
