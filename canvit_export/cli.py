@@ -260,8 +260,8 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
     report = parity_command(artifact=artifact, runtime=runtime, loaded=loaded, image=image, policy=policy,
                             glimpses=glimpses, seed=seed, threads=threads, report_path=report_path, pictures=pictures)
     print_report(report)
-    console.print(f"report: {report['report_path']}")
-    if not report["passed"]:
+    console.print(f"report: {report.report_path}")
+    if not report.passed:
         sys.exit(EXIT_PARITY_FAILED)
 
 
