@@ -460,7 +460,7 @@ class Manifest(_Record):
         scene / viewpoint_centers / viewpoint_scales, float32 I/O, the state pairs, every shape against the geometry
         and the initial state, the readouts, the target's files listed, and a precision word matching its dtypes.
         Raises Inconsistent (a ValueError) with the rule's one-line message."""
-        for key, record in self.files.items():
+        for key, record in sorted(self.files.items()):  # in key order, as the C++ demo reads them
             if not plain_member(record.path):
                 raise Inconsistent(say("file_not_plain", key=key, name=printable(record.path)))
         names = [t.name for t in (*self.inputs, *self.outputs)]
