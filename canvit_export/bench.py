@@ -39,9 +39,10 @@ from canvit_runtime.policies import Viewpoints, make_policy
 from canvit_runtime.preprocess import scene_batch
 from canvit_runtime.verdict import compare
 
-COMPATIBLE = {"onnxruntime": {"onnx"}, "openvino": {"onnx", "openvino"}, "tensorrt": {"tensorrt"}}
+COMPATIBLE = {"onnxruntime": {"onnx"}, "openvino": {"onnx", "openvino"}, "tensorrt": {"tensorrt"},
+              "executorch": {"executorch"}}
 TARGET_NAMES = {"onnxruntime": "ONNX artifacts", "openvino": "ONNX and OpenVINO IR artifacts",
-                "tensorrt": "TensorRT engine artifacts"}
+                "tensorrt": "TensorRT engine artifacts", "executorch": "ExecuTorch .pte artifacts"}
 COLUMNS = ("config", "runtime", "precision", "canvas", "batch", "median ms", "p10 ms", "p90 ms", "glimpses/s",
            "vs eager", "x floor", "peak RSS MB", "size MB", "worst rel-L2", "worst cosine", "GFLOPs/glimpse", "GFLOP/s")
 FLOOR_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

@@ -121,12 +121,18 @@ def _machine(bench: dict[str, Any]) -> str:
 
 
 def bench_page(bench: dict[str, Any], date: str, source: Path) -> str:
+    """The dated page of one run: the machine, the commands (`<date>-bench.sh` beside the JSON, when kept), the
+    table and the chart (`<date>-bench.png`, when kept)."""
     lines = [GENERATED.format(what=f"bench {source.relative_to(ROOT)}"), "", f"# Bench, {date}", "",
              f"One interleaved `canvit-export bench` run on {_machine(bench)}; medians of the timed glimpses. The JSON "
-             f"it wrote is [{source.name}]({source.name}).", ""]
-    if command := bench.get("command"):
-        lines += ["```", command, "```", ""]
-    return "\n".join([*lines, *bench_table(bench)]) + "\n"
+             f"it wrote is [{source.name}]({source.name}); versions: "
+             + ", ".join(f"{k} {v}" for k, v in bench.get("machine", {}).get("versions", {}).items()) + ".", ""]
+    if (commands := source.with_suffix(".sh")).exists():
+        lines += ["```bash", commands.read_text(encoding="utf-8").rstrip(), "```", ""]
+    lines += [*bench_table(bench), ""]
+    if (chart := source.with_suffix(".png")).exists():
+        lines += [f"![step latency per configuration]({chart.name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def readme_with_table(readme: str, bench: dict[str, Any], date: str, page: Path) -> str:

@@ -1,6 +1,6 @@
 """canvit-runtime: run an exported artifact on a device, without torch. Every error is one line and exit code 2.
 
-    canvit-runtime run --artifact DIR --image photo.jpg [--runtime onnxruntime|openvino|tensorrt|coreml]
+    canvit-runtime run --artifact DIR --image photo.jpg [--runtime onnxruntime|openvino|tensorrt|coreml|executorch]
     canvit-runtime info DIR [--json]
     canvit-runtime trt --artifact DIR [--print-trtexec | --adopt-engine FILE [--trtexec-log LOG]]
     canvit-runtime check-bundle DIR [--runtime tensorrt|onnxruntime]
@@ -141,7 +141,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (manifest.json).")
 @click.option("--image", type=click.Path(path_type=Path), required=True, help="Photograph (PNG, JPEG, ...).")
 @click.option("--runtime", default="onnxruntime", show_default=True,
-              help="onnxruntime, openvino, tensorrt or coreml (macOS).")
+              help="onnxruntime, openvino, tensorrt, coreml (macOS) or executorch.")
 @click.option("--policy", default="c2f", show_default=True,
               help="Viewpoints: full, c2f, f-iid, r-iid, eg-c2f (needs a segmentation readout), or a viewpoints JSON "
                    "file.")

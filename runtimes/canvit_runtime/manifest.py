@@ -70,8 +70,8 @@ SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 Role = Literal["scene", "state", "viewpoint_centers", "viewpoint_scales", "reset", "readout", "extra"]
 """What a graph input/output means to a runner: scene [B, 3, S, S] (ImageNet-normalized); state (carried from one
 glimpse to the next: canvas, recurrent CLS); viewpoint_centers [B, 2] (row, col) in scene coordinates [-1, 1];
-viewpoint_scales [B] in (0, 1]; reset [B] (Core ML stateful: 1.0 reads the initial canvas); readout (a head's output
-on the new state); extra (an output nobody feeds back, e.g. the glimpse)."""
+viewpoint_scales [B] in (0, 1]; reset [B] (Core ML and ExecuTorch stateful: 1.0 reads the initial state); readout (a
+head's output on the new state); extra (an output nobody feeds back, e.g. the glimpse)."""
 ROLE_SCENE: Role = "scene"
 ROLE_STATE: Role = "state"
 ROLE_CENTERS: Role = "viewpoint_centers"
@@ -79,13 +79,14 @@ ROLE_SCALES: Role = "viewpoint_scales"
 ROLE_RESET: Role = "reset"
 ROLE_EXTRA: Role = "extra"
 DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
-FileKey = Literal["graph", "ir", "weights", "engine", "package", "initial_state"]
+FileKey = Literal["graph", "ir", "weights", "engine", "package", "program", "initial_state"]
 TARGET_FILES: dict[str, tuple[str, ...]] = {"onnx": ("graph",), "openvino": ("ir", "weights"), "tensorrt": ("engine",),
-                                            "coreml": ("package",)}
+                                            "coreml": ("package",), "executorch": ("program",)}
 """The files each target's artifact must list, beside initial_state."""
 
 
-TARGET_NAMES = {"onnx": "an ONNX", "openvino": "an OpenVINO IR", "tensorrt": "a TensorRT engine", "coreml": "a Core ML"}
+TARGET_NAMES = {"onnx": "an ONNX", "openvino": "an OpenVINO IR", "tensorrt": "a TensorRT engine", "coreml": "a Core ML",
+                "executorch": "an ExecuTorch"}
 
 
 def a_target(target: str) -> str:
@@ -384,7 +385,36 @@ class CoreMLArtifact(_Record):
     mil_audit: MilAudit
 
 
-ArtifactRecord = Annotated[OnnxArtifact | OpenVinoArtifact | TensorRtArtifact | CoreMLArtifact,
+class ProgramAudit(_Record):
+    """The float32 rule over an ExecuTorch program (canvit_export.export.executorch): the canvas stream's nodes
+    before partitioning, the coordinate-region ops checked, the tensors seen at delegate boundaries, violations."""
+
+    canvas_stream: list[str]
+    coordinate_ops: NonNegativeInt
+    delegate_boundaries: NonNegativeInt
+    violations: list[str]
+
+
+class ExecuTorchArtifact(_Record):
+    """A .pte program. `inputs`: the method's inputs in order (the runtime feeds them by position). Stateful: the
+    state lives in the program's float32 mutable buffers (`state_buffers`: state input -> buffer), the `reset` input
+    selects the embedded initial state; the program still outputs the new state. `delegates`: XNNPACK partitions,
+    `delegated_ops` the ops inside them, `portable_ops` the ops left to ExecuTorch's own kernels (name -> count)."""
+
+    target: Literal["executorch"]
+    stateful: bool
+    executorch: str
+    backend: Literal["xnnpack"] = "xnnpack"
+    inputs: list[str]
+    state_buffers: dict[str, str]
+    delegates: NonNegativeInt
+    delegated_ops: NonNegativeInt
+    portable_ops: dict[str, int]
+    op_counts: dict[str, int]
+    program_audit: ProgramAudit
+
+
+ArtifactRecord = Annotated[OnnxArtifact | OpenVinoArtifact | TensorRtArtifact | CoreMLArtifact | ExecuTorchArtifact,
                            Field(discriminator="target")]
 
 
