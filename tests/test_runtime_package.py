@@ -58,6 +58,7 @@ def test_wheel_holds_the_runtime_and_its_schema_only(wheel: Path) -> None:
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "canvit_runtime/manifest.schema.json" in names and "canvit_runtime/manifest.py" in names
+    assert "canvit_runtime/manifest.contract.json" in names  # the rules beyond the schema, read by the C++ demo too
     assert not [n for n in names if n.startswith(("canvit_export", "tests", "cpp_demo"))], names
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("METADATA"))
     assert "Requires-Python: >=3.10" in metadata
