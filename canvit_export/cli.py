@@ -15,7 +15,14 @@ import click
 from canvit_export.errors import ExportError
 from canvit_runtime.cli import OneLineGroup, one_line_errors, precision_options
 from canvit_runtime.cli import info as runtime_info
-from canvit_runtime.manifest import CoreMLArtifact, Manifest, OnnxArtifact, OpenVinoArtifact, TensorRtArtifact
+from canvit_runtime.manifest import (
+    CoreMLArtifact,
+    ExecuTorchArtifact,
+    Manifest,
+    OnnxArtifact,
+    OpenVinoArtifact,
+    TensorRtArtifact,
+)
 from canvit_runtime.paths import check_out, check_output_file, write_output
 
 EXIT_PARITY_FAILED = 1
@@ -227,9 +234,45 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
 
 
 @main.command(epilog=WEIGHTS_EPILOG)
+@weight_options
+@geometry_options
+@precision_options("executorch", default="fp32",
+                   help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32.")
+@click.option("--stateful/--no-stateful", default=True, show_default=True,
+              help="Canvas and recurrent CLS as float32 mutable buffers of the program (with a reset input), or as "
+                   "inputs and outputs.")
+@readout_options
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>-executorch].")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+@one_line_errors
+def executorch(model, revision, random_weights, backbone, weight_seed, geometry, precision, stateful, readout, probe,
+               out, force) -> None:
+    """Export the glimpse step as an ExecuTorch program (DIR/step.pte + manifest), lowered with XNNPACK, for phones."""
+    from canvit_export.export.artifact import default_out_dir
+    from canvit_export.export.executorch import export_executorch
+    from canvit_export.progress import console
+
+    refuse_existing(out, force)
+    loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
+    heads = load_readouts(loaded, readout, probe, weight_seed)
+    out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision,
+                                 "executorch" if stateful else "executorch-stateless")
+    start = time.perf_counter()
+    manifest = export_executorch(loaded, geometry, out, precision=precision, stateful=stateful, heads=heads,
+                                 force=force)
+    facts = manifest.artifact
+    assert isinstance(facts, ExecuTorchArtifact)
+    portable = ", ".join(f"{name} x{n}" for name, n in sorted(facts.portable_ops.items(), key=lambda kv: -kv[1]))
+    console.print(f"wrote {out}: step.pte {manifest.files['program'].bytes / 1e6:.1f} MB, {precision}, "
+                  f"{'stateful' if stateful else 'stateless'}, {time.perf_counter() - start:.1f} s; XNNPACK took "
+                  f"{facts.delegated_ops} ops in {facts.delegates} delegates; on portable kernels: {portable or 'none'}")
+
+
+@main.command(epilog=WEIGHTS_EPILOG)
 @click.option("--artifact", type=click.Path(path_type=Path), required=True, help="Artifact folder (with manifest.json).")
 @click.option("--runtime", default="onnxruntime", show_default=True,
-              help="Runtime to check: onnxruntime, openvino, tensorrt, coreml (macOS).")
+              help="Runtime to check: onnxruntime, openvino, tensorrt, coreml (macOS), executorch.")
 @weight_options
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="Photograph to roll out on [default: skimage.data.astronaut()].")

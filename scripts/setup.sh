@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with Python 3.12 and installs both distributions of this repository, editable (idempotent):
-# canvit-runtime (runtimes/, the torch-free side a device installs) and canvit-export with its dev, OpenVINO and
-# Core ML extras.
+# canvit-runtime (runtimes/, the torch-free side a device installs) and canvit-export with its dev, OpenVINO,
+# Core ML, Triton and ExecuTorch extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +41,8 @@ fi
 # setuptools' BuildBackendWarning "Editable installation ... folders with the same name as your package" is printed
 # once per distribution and says nothing about this layout: the warnings filter reaches pip's build subprocesses.
 export PYTHONWARNINGS="ignore:Editable installation"
-.venv/bin/python -m pip install --quiet -e "./runtimes[onnxruntime,openvino,signing]" -e ".[dev,openvino,coreml,triton]"
+.venv/bin/python -m pip install --quiet -e "./runtimes[onnxruntime,openvino,signing,executorch]" \
+    -e ".[dev,openvino,coreml,triton,executorch]"
 
 # The Triton server for `canvit-export triton`'s tests and scripts/serve_bench.py: nvidia-pytriton's tritonserver
 # (2.51, with its Python backend) in its own venv inside .venv (ignored by git), because that Python backend needs

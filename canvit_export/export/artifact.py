@@ -7,6 +7,7 @@ canvit_runtime.artifact, which canvit-runtime's on-device TensorRT engine build 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from canvit_pytorch import CanViT
@@ -37,9 +38,26 @@ from canvit_runtime.manifest import (
     TensorSpec,
 )
 
-__all__ = ["INITIAL_STATE_FILE", "Geometry", "architecture_record", "check_geometry", "copy_initial_state", "default_out_dir",
-           "derived_fields", "finish_manifest", "load_source_artifact", "preprocessing_record", "source_record",
-           "staged_artifact", "state_pairs", "step_tensors", "tool_versions", "write_initial_state"]
+__all__ = [
+    "INITIAL_STATE_FILE",
+    "Geometry",
+    "PyTorchStep",
+    "architecture_record",
+    "check_geometry",
+    "copy_initial_state",
+    "default_out_dir",
+    "derived_fields",
+    "finish_manifest",
+    "load_source_artifact",
+    "preprocessing_record",
+    "pytorch_step",
+    "source_record",
+    "staged_artifact",
+    "state_pairs",
+    "step_tensors",
+    "tool_versions",
+    "write_initial_state",
+]
 
 
 def check_geometry(geometry: Geometry, patch_px: int) -> None:
@@ -118,3 +136,30 @@ def state_pairs(inputs: list[TensorSpec]) -> list[StatePair]:
 
 def preprocessing_record(geometry: Geometry) -> Preprocessing:
     return Preprocessing(scene_px=geometry.scene_px)
+
+
+class PyTorchStep(NamedTuple):
+    """What the targets converted from PyTorch (Core ML, ExecuTorch) start from: the step module, its example inputs
+    (step.StepInputs), the manifest's inputs, outputs and state pairs, and the readout records."""
+
+    step: Any
+    example: Any
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    state: list[StatePair]
+    readouts: list[Any]
+
+
+def pytorch_step(canvit: CanViT, geometry: Geometry, precision: Any, heads: Any) -> PyTorchStep:
+    """step.GlimpseStep at `precision` (canvit_export.precision.Precision) with readout `heads` (readouts.Heads or
+    None), in eval mode, and its records at `geometry` (no glimpse output)."""
+    from canvit_export.readouts import Heads, readout_tensors
+    from canvit_export.step import GlimpseStep
+
+    step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid, precision=precision,
+                       heads=heads).eval()
+    readout_specs, readout_records = readout_tensors(heads or Heads(), batch=geometry.batch,
+                                                     canvas_grid=geometry.canvas_grid)
+    inputs, outputs = step_tensors(canvit, geometry, glimpse_output=False, readouts=readout_specs)
+    return PyTorchStep(step, step.example_inputs(batch=geometry.batch, scene_px=geometry.scene_px), inputs, outputs,
+                       state_pairs(inputs), readout_records)

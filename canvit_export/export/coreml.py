@@ -32,14 +32,13 @@ from canvit_export.export.artifact import (
     check_geometry,
     finish_manifest,
     preprocessing_record,
+    pytorch_step,
     staged_artifact,
-    state_pairs,
-    step_tensors,
     write_initial_state,
 )
 from canvit_export.precision import step_precision
 from canvit_export.progress import Stages
-from canvit_export.readouts import Heads, readout_tensors
+from canvit_export.readouts import Heads
 from canvit_export.source import LoadedModel
 from canvit_export.step import INPUT_NAMES, GlimpseStep
 from canvit_runtime.manifest import ROLE_RESET, CoreMLArtifact, Manifest, MilAudit, PrecisionRecord, TensorSpec
@@ -252,13 +251,7 @@ def export_coreml(loaded: LoadedModel, geometry: Geometry, out: Path, *, precisi
     check_geometry(geometry, canvit.patch_size)
     stages = Stages(3, quiet=quiet)
     with staged_artifact(out, force=force) as staging:
-        step = GlimpseStep(canvit, glimpse_px=geometry.glimpse_px, canvas_grid=geometry.canvas_grid,
-                           precision=step_dtypes, heads=heads).eval()
-        example = step.example_inputs(batch=geometry.batch, scene_px=geometry.scene_px)
-        readout_specs, readout_records = readout_tensors(heads or Heads(), batch=geometry.batch,
-                                                         canvas_grid=geometry.canvas_grid)
-        inputs, outputs = step_tensors(canvit, geometry, glimpse_output=False, readouts=readout_specs)
-        state = state_pairs(inputs)
+        step, example, inputs, outputs, state, readout_records = pytorch_step(canvit, geometry, step_dtypes, heads)
         if stateful:
             module: nn.Module = StatefulStep(step, geometry.batch).eval()
             names = ["scene", "recurrent_cls", "centers", "scales", "reset"]

@@ -23,6 +23,8 @@ RUNNERS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("canvit_runtime.onnxruntime", "OnnxRuntimeRunner", "pip install 'canvit-runtime[onnxruntime]'"),
     "openvino": ("canvit_runtime.openvino", "make_runner", "pip install 'canvit-runtime[openvino]'"),
     "coreml": ("canvit_runtime.coreml", "CoreMLRunner", "pip install 'canvit-runtime[coreml]', on macOS"),
+    "executorch": ("canvit_runtime.executorch", "ExecuTorchRunner",
+                   "pip install 'canvit-runtime[executorch]' (executorch-numpy-runtime, Python >= 3.12)"),
     "tensorrt": ("canvit_runtime.tensorrt", "TensorRtRunner",
                  "pip install 'canvit-runtime[tensorrt]' on a machine with an NVIDIA GPU (on JetPack: its "
                  "python3-libnvinfer and 'cuda-python<13')"),

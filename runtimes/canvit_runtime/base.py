@@ -32,6 +32,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "openvino": ("openvino", "onnx"),
     "tensorrt": ("tensorrt",),
     "coreml": ("coreml",),
+    "executorch": ("executorch",),
 }
 """The one runtime-per-target table: the artifact targets (manifest `artifact.target`) each runtime's runner runs, the
 runtime's own format first. Each runner refuses the others (check_target); canvit-export's bench and triton derive

@@ -17,10 +17,13 @@ from canvit_runtime.base import Runner, check_target
 from canvit_runtime.manifest import Manifest
 
 IMPORT_NOTICES = re.compile(r"scikit-learn version .* is not supported|Torch version .* has not been tested with "
-                            r"coremltools|Failed to load _ML\w+: No module named 'coremltools\.libcoremlpython'")
+                            r"coremltools|Failed to load _ML\w+: No module named 'coremltools\.libcoremlpython'|"
+                            r"<enum 'KernelPreference'> is an Enum subclass")
 """What coremltools logs when it is imported, none of it the user's business: its optional scikit-learn converter is
 off; it has not been tested with this torch (our own check is the MIL audit of every export and, on macOS, parity);
-its predictor (libcoremlpython) exists on macOS only, which the runner says itself."""
+its predictor (libcoremlpython) exists on macOS only, which the runner says itself; and torch's pytree deprecation
+notice about torchao's KernelPreference, which coremltools imports when torchao is installed (canvit-export[executorch]
+brings it), logged by torch.utils._pytree."""
 
 
 def import_coremltools() -> Any:
@@ -29,13 +32,13 @@ def import_coremltools() -> Any:
     Raises:
         ImportError: coremltools is not installed.
     """
-    logger = logging.getLogger("coremltools")
-    if not any(getattr(f, "canvit_notices", False) for f in logger.filters):
-        def drop_notices(record: logging.LogRecord) -> bool:
-            return not IMPORT_NOTICES.search(record.getMessage())
+    for logger in (logging.getLogger("coremltools"), logging.getLogger("torch.utils._pytree")):
+        if not any(getattr(f, "canvit_notices", False) for f in logger.filters):
+            def drop_notices(record: logging.LogRecord) -> bool:
+                return not IMPORT_NOTICES.search(record.getMessage())
 
-        drop_notices.canvit_notices = True  # type: ignore[attr-defined]
-        logger.addFilter(drop_notices)
+            drop_notices.canvit_notices = True  # type: ignore[attr-defined]
+            logger.addFilter(drop_notices)
     import coremltools
 
     return coremltools

@@ -1,0 +1,178 @@
+"""The ExecuTorch target: one stateful ViT-S .pte (canvas 8, segmentation readout) exported once per session, run on
+canvit-runtime's torch-free runner (executorch-numpy-runtime) against canvit-pytorch; the state carries and starts at
+the learned initial state (and a program that does not carry its state fails the same check); the audit reports a
+narrowed canvas; the command refuses what it cannot export in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("executorch.exir", reason="canvit-export[executorch] is not installed (executorch)")
+pytest.importorskip("executorch_numpy_runtime", reason="canvit-runtime[executorch] is not installed")
+
+import canvit_runtime
+from canvit_export.export.artifact import Geometry
+from canvit_export.export.executorch import (
+    PROGRAM,
+    StatefulStep,
+    audit_program,
+    export_executorch,
+    export_program,
+    lower,
+    serialize,
+)
+from canvit_export.parity import parity_command
+from canvit_export.precision import step_precision
+from canvit_export.step import GlimpseStep
+from canvit_runtime.executorch import load_method
+from canvit_runtime.manifest import ExecuTorchArtifact, load_manifest
+from canvit_runtime.preprocess import scene_batch
+from conftest import GLIMPSE_PX, SCENE_PX, invoke, manifest_round_trip
+
+CANVAS = 8
+VIEWPOINTS = [((0.0, 0.0), 1.0), ((0.5, -0.5), 0.5), ((-0.25, 0.25), 0.25), ((0.6, 0.6), 0.3)]
+"""A short rollout: the full scene, then three glimpses inside it (|row|, |col| <= 1 - s)."""
+
+
+@pytest.fixture(scope="session")
+def pte(vits16, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stateful fp32 ViT-S program, canvas 8, with the segmentation readout (EG-C2F reads its entropy)."""
+    from canvit_export.readouts import load_heads
+
+    out = tmp_path_factory.mktemp("executorch") / "vits16-c8-pte"
+    heads = load_heads(vits16, ["segmentation"], probe=None, seed=0)
+    export_executorch(vits16, Geometry(batch=1, scene_px=SCENE_PX, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS), out,
+                      heads=heads, quiet=True)
+    return out
+
+
+def reference_rollout(vits16, scene: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """canvit-pytorch's state (canvas, recurrent CLS) after each glimpse of VIEWPOINTS, from CanViT.init_state."""
+    step = GlimpseStep(vits16.canvit, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS).eval()
+    state = vits16.canvit.init_state(batch_size=1, canvas_grid_size=CANVAS)
+    canvas, cls = state.canvas.detach().float(), state.recurrent_cls.detach().float()
+    states = []
+    with torch.no_grad():
+        for (row, col), scale in VIEWPOINTS:
+            canvas, cls = step(torch.from_numpy(scene), canvas, cls, torch.tensor([[row, col]]), torch.tensor([scale]))[:2]
+            states.append((canvas.numpy().copy(), cls.numpy().copy()))
+    return states
+
+
+def program_rollout(method, scene: np.ndarray, *, resets: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A stateful program's (canvas_next, recurrent_cls_next) after each glimpse of VIEWPOINTS, fed `resets`."""
+    states = []
+    for ((row, col), scale), reset in zip(VIEWPOINTS, resets, strict=True):
+        outputs = method([scene, np.array([[row, col]], np.float32), np.array([scale], np.float32),
+                          np.array([reset], np.float32)])
+        states.append((outputs[0], outputs[1]))
+    return states
+
+
+def worst_rel(states, reference) -> float:
+    return max(float(np.linalg.norm(a - r) / np.linalg.norm(r))
+               for got, want in zip(states, reference, strict=True) for a, r in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("policy", ["c2f", "eg-c2f"])
+def test_parity_fp32(pte: Path, vits16, policy: str, photo, tmp_path: Path, report_figure) -> None:
+    """fp32 within 1e-4 of canvit-pytorch (canvas, CLS, segmentation readout) over 21 glimpses; under EG-C2F the
+    runtime picks, from its own seg_entropy, exactly the viewpoints canvit-pytorch's EntropyGuidedC2F picks."""
+    report = parity_command(artifact=pte, runtime="executorch", loaded=vits16, image=photo, policy=policy, glimpses=21,
+                            seed=0, threads=None, report_path=tmp_path / "r.json")
+    assert report.passed, report.failures[:3]
+    assert report.runtime == "executorch" and report.glimpses == 21
+    assert report.worst["canvas_rel_l2"] < 1e-4 and report.worst["cls_rel_l2"] < 1e-4
+    if policy == "eg-c2f":
+        assert report.eg_c2f.identical and report.eg_c2f.agreement == 1.0, report.eg_c2f
+    report_figure(f"executorch ViT-S c{CANVAS} {policy}: canvas rel-L2 {report.worst['canvas_rel_l2']:.1e}, "
+                  f"{report.median_ms['runtime']:.0f} ms a glimpse")
+
+
+def test_manifest_records_the_program(pte: Path) -> None:
+    manifest = manifest_round_trip(pte)
+    facts = manifest.artifact
+    assert isinstance(facts, ExecuTorchArtifact) and manifest.target == "executorch" and manifest.stateful
+    assert facts.inputs == ["scene", "centers", "scales", "reset"]
+    assert [t.name for t in manifest.inputs] == ["scene", "centers", "scales", "reset"]
+    assert [t.name for t in manifest.outputs] == ["canvas_next", "recurrent_cls_next", "seg_logits", "seg_entropy"]
+    assert facts.delegates >= 1 and facts.delegated_ops > 100, "XNNPACK took the matmuls"
+    assert "aten.grid_sampler_2d" in facts.portable_ops, "the glimpse sampler stays on portable kernels"
+    assert not facts.program_audit.violations and len(facts.program_audit.canvas_stream) >= 2
+    assert facts.program_audit.delegate_boundaries > 0
+    assert manifest.files["program"].bytes == (pte / PROGRAM).stat().st_size
+
+
+def test_state_carries_and_starts_at_the_learned_initial_state(pte: Path, vits16, photo) -> None:
+    """The program's buffers carry the state between glimpses and `reset` starts it at CanViT.init_state: the
+    rollout matches canvit-pytorch's carried one. Buffers start at zeros: without reset the first glimpse differs."""
+    scene = scene_batch(photo, scene_px=SCENE_PX, batch=1)
+    reference = reference_rollout(vits16, scene)
+    method = load_method(load_manifest(pte))
+    assert worst_rel(program_rollout(method, scene, resets=[1, 0, 0, 0]), reference) < 1e-5
+    again = program_rollout(method, scene, resets=[1, 0, 0, 0])  # reset mid-life: the same rollout again
+    assert worst_rel(again, reference) < 1e-5
+    fresh = load_method(load_manifest(pte))
+    assert worst_rel(program_rollout(fresh, scene, resets=[0, 0, 0, 0])[:1], reference[:1]) > 1e-2
+    runner = canvit_runtime.open(pte, runtime="executorch")  # the runner feeds reset itself
+    for ((row, col), scale), (canvas, cls) in zip(VIEWPOINTS, reference, strict=True):
+        result = runner.step(scene, np.array([[row, col]], np.float32), np.array([scale], np.float32))
+        assert np.linalg.norm(result.canvas - canvas) / np.linalg.norm(canvas) < 1e-5
+        assert np.linalg.norm(result.recurrent_cls - cls) / np.linalg.norm(cls) < 1e-5
+
+
+def test_a_program_whose_state_does_not_carry_fails_the_check(vits16, photo, tmp_path: Path) -> None:
+    """The same step with the in-place copies removed (StatefulStep(carry=False)), lowered the same way: its first
+    glimpse is right (reset reads the initial state), the rest are not, and the state check sees it."""
+    from executorch_numpy_runtime import Runtime
+
+    scene = scene_batch(photo, scene_px=SCENE_PX, batch=1)
+    step = GlimpseStep(vits16.canvit, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS).eval()
+    example = step.example_inputs(batch=1, scene_px=SCENE_PX)
+    broken = StatefulStep(step, 1, carry=False).eval()
+    lowered = lower(export_program(broken, (example.scene, example.centers, example.scales, torch.ones(1))))
+    method = Runtime.get().load_program(serialize(lowered)).load_method("forward")
+    reference = reference_rollout(vits16, scene)
+    states = program_rollout(method, scene, resets=[1, 0, 0, 0])
+    assert worst_rel(states[:1], reference[:1]) < 1e-5
+    assert worst_rel(states, reference) > 1e-2
+
+
+def test_the_audit_reports_a_narrowed_canvas(vits16) -> None:
+    """fp16-all (the canvas residual stream in float16) fails the audit on the canvas stream; fp32 passes it."""
+    readouts: list[str] = []
+
+    def audit(precision: str) -> dict:
+        step = GlimpseStep(vits16.canvit, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS,
+                           precision=step_precision(precision)).eval()
+        return audit_program(export_program(step, tuple(step.example_inputs(batch=1, scene_px=SCENE_PX))),
+                             readouts=readouts)
+
+    assert audit("fp32")["violations"] == []
+    narrow = audit("fp16-all")
+    assert any("canvas stream tensor" in v and "float16" in v for v in narrow["violations"]), narrow["violations"][:3]
+    assert len(narrow["canvas_stream"]) >= 3, "the walk followed the cast and the Canvas Write adds"
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--precision", "int8"], "error: Invalid value for '--precision'"),
+    (["--int8"], "error: No such option '--int8'"),
+])
+def test_the_command_refuses_in_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    from canvit_export.cli import main
+
+    code, output = invoke(main, "executorch", "--random-weights", "--backbone", "vits16", "--out", tmp_path / "o", *args)
+    assert code == 2 and needle in output and "Traceback" not in output, output
+    assert len(output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_the_runner_refuses_other_targets(export_artifact) -> None:
+    onnx_artifact = export_artifact("vits16")  # canvas 16: the artifact other test files share
+    with pytest.raises(canvit_runtime.ManifestError, match=r"ExecuTorch runs \.pte programs"):
+        canvit_runtime.open(onnx_artifact, runtime="executorch")
+    assert json.loads((onnx_artifact / "manifest.json").read_text())["artifact"]["target"] == "onnx"
