@@ -303,8 +303,8 @@ def parity(artifact, runtime, model, revision, random_weights, backbone, weight_
     report = parity_command(artifact=artifact, runtime=runtime, loaded=loaded, image=image, policy=policy,
                             glimpses=glimpses, seed=seed, threads=threads, report_path=report_path, pictures=pictures)
     print_report(report)
-    console.print(f"report: {report['report_path']}")
-    if not report["passed"]:
+    console.print(f"report: {report.report_path}")
+    if not report.passed:
         sys.exit(EXIT_PARITY_FAILED)
 
 
@@ -503,7 +503,7 @@ def _build_or_print(source: Path, engine_out: Path | None, workspace_gib: float,
 def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, baselines, streams, image,
           out) -> None:
     """Latency, throughput, memory, size and error of every artifact x runtime vs PyTorch eager, in one run."""
-    from canvit_export.bench import bench_command
+    from canvit_export.bench.command import bench_command
     from canvit_export.progress import console
 
     if quick:
@@ -512,7 +512,7 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
                            threads=threads, iters=iters, warmup=warmup, out=out, peer=not no_peer, image=image,
                            baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()), streams=streams)
     console.print((out / "bench.md").read_text(), markup=False, soft_wrap=True)
-    console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report['rows'])} rows)")
+    console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report.rows)} rows)")
 
 
 # `info` is canvit-runtime's own command: the same summary (or --json) on a workstation and on a device.

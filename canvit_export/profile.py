@@ -89,6 +89,23 @@ def _onnxruntime(artifact: Path, glimpses: int, warmup: int, threads: int | None
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start]
 
 
+def summarize(executed: list[Executed], glimpses: int) -> tuple[float, dict[str, float], list[NodeType]]:
+    """The nodes executed over `glimpses` glimpses, per glimpse: (summed ms, {matmul, glue, fused, other}: the share of
+    that time each kind of node took, node types slowest first with their mean ms, node count and kernels)."""
+    ms: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    kernels: dict[str, set[str]] = defaultdict(set)
+    for node_type, time_ms, kernel in executed:
+        ms[node_type] += time_ms
+        nodes[node_type] += 1
+        kernels[node_type].add(kernel)
+    total = sum(ms.values()) / glimpses
+    types = sorted((NodeType(name, kind_of(name), value / glimpses, nodes[name] // glimpses, sorted(kernels[name]))
+                    for name, value in ms.items()), key=lambda r: -r.ms)
+    shares = {kind: sum(r.ms for r in types if r.kind == kind) / total for kind in ("matmul", "glue", "fused", "other")}
+    return total, shares, types
+
+
 def profile_step(artifact: Path, runtime: str, *, glimpses: int = 21, warmup: int = 3, threads: int | None = None,
                  image: Any = None) -> dict[str, Any]:
     """Profile `glimpses` glimpses of a C2F rollout of `image` (a photo's path or an RGB array, as
@@ -111,16 +128,6 @@ def profile_step(artifact: Path, runtime: str, *, glimpses: int = 21, warmup: in
         executed = measure(artifact, glimpses, warmup, threads, scene)
     except canvit_runtime.RuntimeUnavailable as error:
         raise ExportError(str(error)) from error
-    ms: dict[str, float] = defaultdict(float)
-    nodes: dict[str, int] = defaultdict(int)
-    kernels: dict[str, set[str]] = defaultdict(set)
-    for node_type, time_ms, kernel in executed:
-        ms[node_type] += time_ms
-        nodes[node_type] += 1
-        kernels[node_type].add(kernel)
-    total = sum(ms.values()) / glimpses
-    types = sorted((NodeType(name, kind_of(name), value / glimpses, nodes[name] // glimpses, sorted(kernels[name]))
-                    for name, value in ms.items()), key=lambda r: -r.ms)
-    shares = {kind: sum(r.ms for r in types if r.kind == kind) / total for kind in ("matmul", "glue", "fused", "other")}
+    total, shares, types = summarize(executed, glimpses)
     return {"runtime": runtime, "artifact": str(artifact), "precision": manifest.precision.name, "glimpses": glimpses,
             "ms_per_glimpse": total, "shares": shares, "types": [r.__dict__ for r in types]}

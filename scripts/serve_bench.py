@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from local_triton import LocalTriton, default_python_env, glimpse_inputs  # scripts/local_triton.py, beside this script
 
-from canvit_export.triton import glimpse_inputs, random_viewpoints
+from canvit_runtime.policies import full_then_random
 
 
 def run_streams(url: str, model: str, streams: int, glimpses: int, scene_shape: list[int], first_id: int,
@@ -40,14 +41,15 @@ def run_streams(url: str, model: str, streams: int, glimpses: int, scene_shape: 
     def one(stream: int) -> None:
         client = grpcclient.InferenceServerClient(url)
         scene = np.random.default_rng(stream).standard_normal(scene_shape).astype(np.float32)
-        for g, (center, scale) in enumerate(random_viewpoints(stream, glimpses)):
+        for g, view in enumerate(full_then_random(batch=1, glimpses=glimpses, seed=stream)):
             if time.monotonic() > deadline:
                 with lock:
                     errors.append("time budget spent")
                 return
             start = time.perf_counter()
             try:
-                client.infer(model, glimpse_inputs(scene if g == 0 else None, center, scale), sequence_id=first_id + stream,
+                client.infer(model, glimpse_inputs(scene if g == 0 else None, view.centers, view.scales),
+                             sequence_id=first_id + stream,
                              sequence_start=g == 0, sequence_end=g == glimpses - 1, outputs=[
                                  grpcclient.InferRequestedOutput("recurrent_cls_next")])
             except Exception as error:  # counted, reported
@@ -78,15 +80,16 @@ def restart_test(triton, model: str, artifact: Path, scene_shape: list[int], gli
     import canvit_runtime
 
     scene = np.random.default_rng(99).standard_normal(scene_shape).astype(np.float32)
-    plan = random_viewpoints(99, glimpses)
+    plan = full_then_random(batch=1, glimpses=glimpses, seed=99)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     sid = 9000
     for g in range(3):
-        client.infer(model, glimpse_inputs(scene if g == 0 else None, *plan[g]), sequence_id=sid, sequence_start=g == 0)
+        client.infer(model, glimpse_inputs(scene if g == 0 else None, plan[g].centers, plan[g].scales), sequence_id=sid,
+                     sequence_start=g == 0)
     triton.kill()
     record: dict = {"killed_after_glimpses": 3}
     try:
-        client.infer(model, glimpse_inputs(None, *plan[3]), sequence_id=sid)
+        client.infer(model, glimpse_inputs(None, plan[3].centers, plan[3].scales), sequence_id=sid)
         record["while_down"] = "no error (unexpected)"
     except Exception as error:
         record["while_down"] = str(error).splitlines()[0]
@@ -95,16 +98,16 @@ def restart_test(triton, model: str, artifact: Path, scene_shape: list[int], gli
     record["restart_s"] = round(time.perf_counter() - start, 2)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     try:
-        client.infer(model, glimpse_inputs(None, *plan[3]), sequence_id=sid)
+        client.infer(model, glimpse_inputs(None, plan[3].centers, plan[3].scales), sequence_id=sid)
         record["continue_after_restart"] = "accepted (unexpected: the state was lost)"
     except Exception as error:
         record["continue_after_restart"] = str(error).splitlines()[0]
-    for g, (center, scale) in enumerate(plan):
-        response = client.infer(model, glimpse_inputs(scene if g == 0 else None, center, scale), sequence_id=sid,
+    for g, view in enumerate(plan):
+        response = client.infer(model, glimpse_inputs(scene if g == 0 else None, view.centers, view.scales), sequence_id=sid,
                                 sequence_start=g == 0, sequence_end=g == glimpses - 1)
     reference = canvit_runtime.open(artifact)
-    for center, scale in plan:
-        result = reference.step(scene, np.array([center], np.float32), np.array([scale], np.float32))
+    for view in plan:
+        result = reference.step(scene, view.centers, view.scales)
     served = response.as_numpy("canvas_next")
     record["restarted_sequence_glimpses"] = glimpses
     record["restarted_canvas_max_abs_vs_single_stream"] = float(np.abs(served - result.canvas).max())
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/serve-bench"))
     args = parser.parse_args(argv)
 
-    from canvit_export.triton import LocalTriton, ServeOptions, default_python_env, write_repository
+    from canvit_export.triton import ServeOptions, write_repository
     from canvit_runtime.manifest import load_manifest
 
     deadline = time.monotonic() + args.max_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -177,6 +178,65 @@ def mutate_manifest(data: dict, how: str) -> dict:
     else:
         raise ValueError(how)
     return data
+
+
+BAD_MANIFESTS = Path(__file__).parent / "data" / "bad_manifests"
+
+
+def bad_manifest_cases(kind: str = "cases") -> list[dict]:
+    """The bad-manifest corpus (tests/data/bad_manifests/cases.json): `cases` (the contract's rules, one message for
+    both languages) or `schema_cases` (caps and names the JSON Schema enforces, worded by each validator)."""
+    return json.loads((BAD_MANIFESTS / "cases.json").read_text(encoding="utf-8"))[kind]
+
+
+def _pointer(document: object, pointer: str) -> tuple[object, str]:
+    """(the parent container, the last token) of an RFC 6901 pointer."""
+    *parents, last = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
+    for token in parents:
+        document = document[int(token) if isinstance(document, list) else token]  # type: ignore[index]
+    return document, last
+
+
+def json_patch(document: object, patch: list[dict]) -> object:
+    """`document` (a deep copy) with the RFC 6902 operations add, remove, replace, move and copy applied."""
+    import copy
+
+    document = copy.deepcopy(document)
+    for op in patch:
+        if op["op"] in ("move", "copy"):
+            source, key = _pointer(document, op["from"])
+            index = int(key) if isinstance(source, list) else key
+            value = copy.deepcopy(source[index]) if op["op"] == "copy" else source.pop(index)  # type: ignore[index,union-attr]
+            op = {"op": "add", "path": op["path"], "value": value}
+        parent, key = _pointer(document, op["path"])
+        if isinstance(parent, list):
+            index = len(parent) if key == "-" else int(key)
+            if op["op"] == "add":
+                parent.insert(index, op["value"])
+            elif op["op"] == "remove":
+                del parent[index]
+            else:
+                parent[index] = op["value"]
+        elif op["op"] == "remove":
+            del parent[key]  # type: ignore[attr-defined]
+        else:
+            parent[key] = op["value"]  # type: ignore[index]
+    return document
+
+
+def write_bad_manifest(case: dict, folder: Path) -> Path:
+    """folder/manifest.json holding the corpus case (base.json patched, or its `text`, or padded); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = (BAD_MANIFESTS / "base.json").read_text(encoding="utf-8")
+    if "text" in case:
+        text = case["text"]
+    elif "pad_to_bytes" in case:
+        text = base + " " * (case["pad_to_bytes"] - len(base.encode()))
+    else:
+        text = json.dumps(json_patch(json.loads(base), case["patch"]), indent=1)
+    path = folder / "manifest.json"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def trtexec_log(command: str, *, gpu: str = "Orin", compute_capability: str = "8.7", version: str = "10.3.0",

@@ -136,7 +136,7 @@ def test_coreml_parity(packages, photo, tmp_path, kind) -> None:
 
     report = parity_command(artifact=packages[kind], runtime="coreml", loaded=None, image=photo, policy="c2f",
                             glimpses=10, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"]
+    assert report.passed, report.failures
 
 
 def test_coreml_runtime_refused_off_macos(packages) -> None:

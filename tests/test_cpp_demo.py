@@ -17,7 +17,7 @@ import canvit_runtime
 from canvit_runtime.manifest import ManifestError, load_manifest
 from canvit_runtime.policies import make_policy, to_json
 from canvit_runtime.preprocess import scene_batch
-from conftest import mutate_manifest
+from conftest import bad_manifest_cases, mutate_manifest, write_bad_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENCV_HEADER = Path("/usr/include/opencv4/opencv2/videoio.hpp")
@@ -602,42 +602,28 @@ def test_cpp_readout_refusals(demo, ir, readout_artifacts, scene_npy, tmp_path, 
     assert "glimpses on" not in result.stdout
 
 
-@pytest.mark.parametrize(("case", "needle"), [
-    ("class names", "readout segmentation has 149 class names for 150 classes"),
-    ("palette", "readout segmentation has 3 palette for 150 classes"),
-    ("undeclared", "outputs ['class_logits'] have role readout but no readout declares them"),
-    ("outputs", "readout segmentation outputs ['seg_logits', 'seg_entropy'], not ['seg_entropy', 'seg_logits']"),
-    ("repeat", "readouts repeat a name"),
-    ("shape", "readout output 'seg_entropy' has shape [1, 8, 8], the geometry says [1, 16, 16]"),
-    ("role", "readout classification's output 'class_logits' is not an output with role readout"),
-])
-def test_cpp_checks_readouts_as_python(demo, readout_artifacts, tmp_path, case, needle) -> None:
-    """A manifest whose readouts disagree with themselves or the geometry is refused by the C++ demo and by
-    canvit_runtime with the same one-line message (Manifest._check_readouts)."""
-    artifact = tmp_path / "a"
-    shutil.copytree(readout_artifacts["stateful-ir"], artifact)
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    segmentation = next(r for r in manifest["readouts"] if r["name"] == "segmentation")
-    outputs = {t["name"]: t for t in manifest["outputs"]}
-    if case == "class names":
-        segmentation["class_names"] = segmentation["class_names"][:-1]
-    elif case == "palette":
-        segmentation["palette"] = segmentation["palette"][:3]
-    elif case == "undeclared":
-        manifest["readouts"] = [segmentation]
-    elif case == "outputs":
-        segmentation["outputs"] = ["seg_entropy", "seg_logits"]
-    elif case == "repeat":
-        manifest["readouts"].append(segmentation)
-    elif case == "shape":
-        outputs["seg_entropy"]["shape"] = [1, 8, 8]
-    elif case == "role":
-        outputs["class_logits"]["role"] = "extra"
-    (artifact / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    one_error_line(run(demo, "--artifact", str(artifact), "--check"), needle + "; re-export the artifact")
-    with pytest.raises(ManifestError) as refused:
-        load_manifest(artifact)
-    assert needle in str(refused.value) and "\n" not in str(refused.value)
+@pytest.mark.parametrize("case", bad_manifest_cases(), ids=lambda case: case["case"])
+def test_cpp_refuses_the_bad_manifest_corpus(demo, tmp_path, case) -> None:
+    """Every case of tests/data/bad_manifests (the contract's rules: readouts, precisions, roles, state pairs, target
+    files, caps, file names) is refused by canvit_demo --check with exactly the hand-written line that
+    tests/test_contract.py expects from canvit_runtime: one contract, one corpus, the same words."""
+    path = write_bad_manifest(case, tmp_path / "artifact")
+    result = run(demo, "--artifact", str(path.parent), "--check")
+    assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+    assert result.stderr == "error: " + case["message"].replace("{manifest}", str(path)) + "\n"
+
+
+@pytest.mark.parametrize("case", bad_manifest_cases("schema_cases"), ids=lambda case: case["case"])
+def test_cpp_refuses_the_schema_corpus(demo, tmp_path, case) -> None:
+    """The corpus's caps and names that the JSON Schema enforces, in valijson's words (each validator words its own
+    schema errors); the base manifest passes every check but the files it does not have."""
+    path = write_bad_manifest(case, tmp_path / "artifact")
+    result = run(demo, "--artifact", str(path.parent), "--check")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == "error: " + case["cpp"].replace("{manifest}", str(path)) + "\n"
+    base = write_bad_manifest({"patch": []}, tmp_path / "base")
+    result = run(demo, "--artifact", str(base.parent), "--check")
+    assert result.stderr == f"error: {base.parent / 'step.onnx'}: missing from the artifact (graph); re-export or re-copy it\n"
 
 
 # --- untrusted artifacts and paths (issue 25): the C++ side of tests/test_untrusted.py --------------------------

@@ -101,13 +101,13 @@ def test_parity_fp32(pte: Path, vits16, policy: str, photo, tmp_path: Path, repo
     runtime picks, from its own seg_entropy, exactly the viewpoints canvit-pytorch's EntropyGuidedC2F picks."""
     report = parity_command(artifact=pte, runtime="executorch", loaded=vits16, image=photo, policy=policy, glimpses=21,
                             seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"][:3]
-    assert report["runtime"] == "executorch" and report["glimpses"] == 21
-    assert report["worst"]["canvas_rel_l2"] < 1e-4 and report["worst"]["cls_rel_l2"] < 1e-4
+    assert report.passed, report.failures[:3]
+    assert report.runtime == "executorch" and report.glimpses == 21
+    assert report.worst["canvas_rel_l2"] < 1e-4 and report.worst["cls_rel_l2"] < 1e-4
     if policy == "eg-c2f":
-        assert report["eg_c2f"]["identical"] and report["eg_c2f"]["agreement"] == 1.0, report["eg_c2f"]
-    report_figure(f"executorch ViT-S c{CANVAS} {policy}: canvas rel-L2 {report['worst']['canvas_rel_l2']:.1e}, "
-                  f"{report['median_ms']['runtime']:.0f} ms a glimpse")
+        assert report.eg_c2f.identical and report.eg_c2f.agreement == 1.0, report.eg_c2f
+    report_figure(f"executorch ViT-S c{CANVAS} {policy}: canvas rel-L2 {report.worst['canvas_rel_l2']:.1e}, "
+                  f"{report.median_ms['runtime']:.0f} ms a glimpse")
 
 
 def test_fp16_with_the_state_as_inputs_and_outputs(pte_fp16_stateless: Path, vits16, photo, tmp_path: Path,

@@ -77,9 +77,9 @@ def test_int8_parity_gates(int8, kind: str, runtime: str, policy: str, glimpses:
     finite at every glimpse (a NaN fails every comparison)."""
     report = parity_command(artifact=int8(kind), runtime=runtime, loaded=None, image=photo, policy=policy,
                             glimpses=glimpses, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"][:3]
-    assert report["precision"] == "int8"
-    assert report["worst"]["canvas_rel_l2"] > 1e-3, "the step really was quantized"
+    assert report.passed, report.failures[:3]
+    assert report.precision == "int8"
+    assert report.worst["canvas_rel_l2"] > 1e-3, "the step really was quantized"
 
 
 def test_int8_artifacts_record_their_calibration_and_keep_the_canvas_float32(int8, readout_fp32: Path) -> None:
@@ -240,7 +240,7 @@ def test_onnxruntime_runs_the_qdq_graph_unsigned(int8, photo, tmp_path: Path) ->
     assert np.linalg.norm(got - canvas) / np.linalg.norm(canvas) < 5e-3
     report = parity_command(artifact=int8("onnx"), runtime="onnxruntime", loaded=None, image=photo, policy="c2f",
                             glimpses=2, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["activations"] == "uint8"
+    assert report.activations == "uint8"
     assert runner.manifest.precision.calibration is not None
     assert "attention matmuls float" in runner.manifest.precision.calibration.quantizer
 

@@ -76,7 +76,7 @@ def test_1000_glimpses_within_tolerance(long_artifact, readout_fp32, vits16, pho
     if kind == "fp32":
         report = parity_command(artifact=long_artifact(kind), runtime=runtime, loaded=None, image=photo,
                                 policy="f-iid", glimpses=GLIMPSES, seed=0, threads=None, report_path=tmp_path / "r.json")
-        assert report["worst"]["canvas_rel_l2"] < 1e-4
+        assert report.worst["canvas_rel_l2"] < 1e-4
     else:
         runner = canvit_runtime.open(long_artifact(kind), runtime=runtime)
         fp32 = readout_fp32 if runner.manifest.readouts else long_artifact("fp32")
@@ -84,10 +84,10 @@ def test_1000_glimpses_within_tolerance(long_artifact, readout_fp32, vits16, pho
         report = run_parity(runner.manifest, runner, vits16, scene_batch(photo, scene_px=512, batch=1), "f-iid",
                             glimpses=GLIMPSES, tolerances=tolerances_for(runner.manifest.precision.name),
                             reference=reference)
-        assert report["reference"].endswith("on onnxruntime (fp32)")
-        assert report["worst"]["canvas_rel_l2"] > 1e-5, "a narrower precision than fp32 really ran"
-    assert report["passed"], report["failures"][:3]
-    assert report["glimpses"] == GLIMPSES
+        assert report.reference.endswith("on onnxruntime (fp32)")
+        assert report.worst["canvas_rel_l2"] > 1e-5, "a narrower precision than fp32 really ran"
+    assert report.passed, report.failures[:3]
+    assert report.glimpses == GLIMPSES
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from Linux's /proc")
@@ -130,4 +130,4 @@ def test_an_injected_reference_is_checked(long_artifact, export_artifact, readou
                    reference=other_canvas)
     report = run_parity(plain.manifest, plain, vits16, scene, "c2f", glimpses=3, tolerances=tolerances,
                         reference=canvit_runtime.open(long_artifact("fp32")))
-    assert report["passed"] and report["worst"]["canvas_rel_l2"] == 0.0, "the same artifact on the same runtime"
+    assert report.passed and report.worst["canvas_rel_l2"] == 0.0, "the same artifact on the same runtime"

@@ -101,43 +101,6 @@ def test_bad_manifests_are_one_line_errors(export_artifact, tmp_path: Path, how:
         assert needle in lines[0], lines[0]
 
 
-@pytest.mark.parametrize(("how", "needle"), [
-    ("canvas grid", "tensor 'canvas' has shape [1, 272, 1024], but the geometry (batch 1, scene 512 px, canvas 8x8) "
-                    "says [1, 80, 1024]"),
-    ("float16 state", "tensor 'canvas' is float16, but every step input and output is float32"),
-    ("no scene", "inputs must have exactly one tensor with role 'scene'"),
-    ("state pairs", "state must be the pairs canvas -> canvas_next, recurrent_cls -> recurrent_cls_next"),
-    ("initial state", "initial_state part canvas_patch has shape [768], the architecture says [1024]"),
-    ("missing graph file", "files lacks ['graph'] for a onnx artifact"),
-    ("precision dtypes", "precision bf16 means matmuls in bfloat16"),
-    ("short readout shape", "readout output 'seg_logits' has shape [1], the geometry says [1, 0, 16, 16]"),
-])
-def test_inconsistent_manifests_are_refused(export_artifact, how: str, needle: str) -> None:
-    """What a JSON Schema cannot say, the models check (and the C++ demo checks the same)."""
-    readout = "segmentation" if how == "short readout shape" else None
-    data = json.loads((export_artifact("vits16", canvas=16, readout=readout) / "manifest.json").read_text())
-    if how == "canvas grid":
-        data["geometry"]["canvas_grid"] = 8
-    elif how == "float16 state":
-        data["inputs"][1]["dtype"] = "float16"
-    elif how == "no scene":
-        data["inputs"][0]["role"] = "extra"
-    elif how == "state pairs":
-        data["state"].reverse()
-    elif how == "initial state":
-        data["initial_state"]["parts"][1]["shape"] = [768]
-    elif how == "missing graph file":
-        del data["files"]["graph"]
-    elif how == "precision dtypes":
-        data["precision"]["name"] = "bf16"
-    elif how == "short readout shape":  # found by test_fuzz: shape[1] raised IndexError, not ManifestError
-        next(t for t in data["outputs"] if t["name"] == "seg_logits")["shape"] = [1]
-    assert not list(schema_validator().iter_errors(data)), "schema-valid: only the consistency checks can catch this"
-    with pytest.raises(ManifestError, match="not a valid version-1 manifest") as refused:
-        parse_manifest(json.dumps(data))
-    assert needle in str(refused.value)
-
-
 def test_an_older_layout_is_refused_with_the_reexport(tmp_path: Path) -> None:
     """Artifacts written before the typed manifest (same version number, untyped layout) name the re-export."""
     (tmp_path / "manifest.json").write_text(json.dumps({

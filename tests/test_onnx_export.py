@@ -23,12 +23,12 @@ from canvit_runtime.verdict import TOLERANCES
 def check_parity(artifact: Path, photo: np.ndarray, glimpses: int, policy: str = "c2f") -> dict:
     report = parity_command(artifact=artifact, runtime="onnxruntime", loaded=None, image=photo, policy=policy,
                             glimpses=glimpses, seed=0, threads=None, report_path=artifact.parent / f"{artifact.name}.json")
-    assert report["passed"], report["failures"]
-    assert report["glimpses"] == glimpses
-    worst = report["worst"]
+    assert report.passed, report.failures
+    assert report.glimpses == glimpses
+    worst = report.worst
     assert worst["canvas_rel_l2"] <= 1e-4 and worst["cls_rel_l2"] <= 1e-4, worst
     # The rollout really moved the canvas: a step that ignored its input would not pass this.
-    norms = [row["reference_canvas_norm"] for row in report["per_glimpse"]]
+    norms = [row.reference_canvas_norm for row in report.per_glimpse]
     assert norms[-1] > 2 * norms[0], norms
     return report
 
@@ -37,7 +37,7 @@ def check_parity(artifact: Path, photo: np.ndarray, glimpses: int, policy: str =
 def test_vits16_parity_on_a_photo(export_artifact, photo, canvas: int, batch: int) -> None:
     artifact = export_artifact("vits16", canvas=canvas, batch=batch)
     report = check_parity(artifact, photo, glimpses=10)
-    assert report["geometry"] == {"batch": batch, "scene_px": 512, "glimpse_px": 128, "canvas_grid": canvas}
+    assert report.geometry == {"batch": batch, "scene_px": 512, "glimpse_px": 128, "canvas_grid": canvas}
 
 
 @pytest.mark.slow
@@ -169,5 +169,5 @@ def test_parity_fails_past_tolerance(export_artifact, photo, tmp_path) -> None:
         other.canvit.canvas_writes[0].k_map.weight.mul_(1.01)
     report = parity_command(artifact=artifact, runtime="onnxruntime", loaded=other, image=photo, policy="c2f",
                             glimpses=2, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert not report["passed"] and report["worst"]["canvas_rel_l2"] > TOLERANCES["fp32"]["canvas_rel_l2"]
+    assert not report.passed and report.worst["canvas_rel_l2"] > TOLERANCES["fp32"]["canvas_rel_l2"]
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False

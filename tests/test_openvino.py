@@ -76,8 +76,8 @@ def test_ir_manifests_round_trip(ir, precision: str, stateful: bool, int8: bool)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_openvino_parity_on_a_photo(ir, photo, tmp_path, precision: str) -> None:
     report = parity(ir(precision), photo, tmp_path)
-    assert report["passed"], report["failures"]
-    worst = report["worst"]
+    assert report.passed, report.failures
+    worst = report.worst
     if precision == "fp32":
         assert worst["canvas_rel_l2"] <= 1e-4, worst
     else:
@@ -87,15 +87,15 @@ def test_openvino_parity_on_a_photo(ir, photo, tmp_path, precision: str) -> None
 def test_int8_weights_parity_and_size(ir, photo, tmp_path) -> None:
     artifact = ir("fp32", int8=True)
     report = parity(artifact, photo, tmp_path)
-    assert report["passed"], report["failures"]
-    assert report["worst"]["canvas_rel_l2"] > 1e-4, "the weights really were compressed"
+    assert report.passed, report.failures
+    assert report.worst["canvas_rel_l2"] > 1e-4, "the weights really were compressed"
     size = (artifact / "step.bin").stat().st_size
     assert size < 0.35 * (ir("fp32") / "step.bin").stat().st_size
 
 
 def test_batch_2(ir, photo, tmp_path) -> None:
     report = parity(ir("fp32", batch=2, canvas=32), photo, tmp_path, glimpses=3)
-    assert report["passed"] and report["geometry"]["batch"] == 2, report["failures"]
+    assert report.passed and report.geometry["batch"] == 2, report.failures
 
 
 def test_stateful_equals_stateless_and_reset(ir, photo) -> None:

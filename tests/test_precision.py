@@ -63,12 +63,12 @@ def test_mixed_parity_on_a_photo(export_artifact, photo, tmp_path, precision: st
     artifact = export_artifact("vits16", canvas=16, precision=precision)
     report = parity_command(artifact=artifact, runtime="onnxruntime", loaded=None, image=photo, policy="c2f",
                             glimpses=21, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"]
-    worst = report["worst"]
+    assert report.passed, report.failures
+    worst = report.worst
     assert worst["canvas_cosine"] >= 0.999 and worst["canvas_rel_l2"] <= 2e-2, worst
     # The narrow types really ran (emulated or not): errors well above fp32 rounding.
     assert worst["canvas_rel_l2"] > 1e-5, worst
-    assert report["emulated"] == ("bfloat16" if precision == "bf16" else None)
+    assert report.emulated == ("bfloat16" if precision == "bf16" else None)
 
 
 def test_fp16_survives_a_200_glimpse_rollout(export_artifact, photo) -> None:

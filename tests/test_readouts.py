@@ -16,7 +16,7 @@ from PIL import Image
 
 import canvit_runtime
 from canvit_export.cli import main
-from canvit_export.parity import parity_command
+from canvit_export.parity import EgC2F, parity_command
 from canvit_export.precision import audit_onnx
 from canvit_runtime.manifest import load_manifest
 from canvit_runtime.pictures import draw_rollout, top_classes, viewpoint_box
@@ -98,21 +98,27 @@ def test_fp32_parity_with_eg_c2f_on_a_photo(export_artifact, photo, tmp_path: Pa
     report = parity_command(artifact=export_artifact("vits16", canvas=16, readout=ALL), runtime=runtime, loaded=None,
                             image=photo, policy="eg-c2f", glimpses=21, seed=0, threads=None,
                             report_path=tmp_path / "r.json", pictures=tmp_path / "pictures")
-    assert report["passed"], report["failures"]
-    assert report["eg_c2f"] == {"identical": True, "first_divergence": None, "agreement": 1.0}
-    worst = report["worst"]
+    assert report.passed, report.failures
+    assert report.eg_c2f == EgC2F(identical=True, first_divergence=None, agreement=1.0)
+    worst = report.worst
     for name in ("seg_logits", "class_logits", "teacher_patches"):
         assert 0 < worst[f"{name}_rel_l2"] <= 1e-4, worst
     assert worst["seg_agreement"] == 1.0 and worst["top1_agreement"] == 1.0
-    scales = [r["scale"] for r in report["per_glimpse"]]
+    scales = [r.scale for r in report.per_glimpse]
     assert scales == [1.0] + [0.5] * 4 + [0.25] * 16, "C2F's levels, in order"
-    assert len(report["top5"]) == 5 and all(0 < p < 1 for _, p in report["top5"])
-    assert [Path(p).name for p in report["pictures"]] == ["viewpoints.png", "segmentation.png", "entropy.png",
+    assert len(report.top5) == 5 and all(0 < p < 1 for _, p in report.top5)
+    assert [Path(p).name for p in report.pictures] == ["viewpoints.png", "segmentation.png", "entropy.png",
                                                           "drift.png"]
     from PIL import Image
 
     with Image.open(tmp_path / "pictures" / "drift.png") as drift:
         assert drift.size == (1200, 480)
+    written = json.loads((tmp_path / "r.json").read_text())  # the file is the typed report, field by field
+    assert written["eg_c2f"] == {"identical": True, "first_divergence": None, "agreement": 1.0}
+    assert [g["scale"] for g in written["per_glimpse"]] == scales and written["worst"] == worst
+    assert written["top5"] == [list(pair) for pair in report.top5] and written["pictures"] == report.pictures
+    assert (written["policy"], written["seed"], written["glimpses"]) == ("eg-c2f", 0, 21)
+    assert "report_path" not in written and report.report_path == str(tmp_path / "r.json")
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -123,13 +129,13 @@ def test_mixed_precision_readouts(export_artifact, photo, tmp_path: Path, precis
     assert audit_onnx(onnx.load(str(artifact / "step.onnx"))).ok
     report = parity_command(artifact=artifact, runtime="onnxruntime", loaded=None, image=photo, policy="c2f",
                             glimpses=21, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"]
-    worst = report["worst"]
+    assert report.passed, report.failures
+    worst = report.worst
     assert 1e-6 < worst["seg_logits_rel_l2"] <= TOLERANCES[precision]["readout_rel_l2"], worst
     eg = parity_command(artifact=artifact, runtime="onnxruntime", loaded=None, image=photo, policy="eg-c2f",
                         glimpses=21, seed=0, threads=None, report_path=tmp_path / "eg.json")
-    assert eg["eg_c2f"]["first_divergence"] is None or eg["eg_c2f"]["first_divergence"] >= 1
-    assert eg["passed"], eg["failures"]  # a divergence fails fp32 only; errors before it stay within tolerance
+    assert eg.eg_c2f.first_divergence is None or eg.eg_c2f.first_divergence >= 1
+    assert eg.passed, eg.failures  # a divergence fails fp32 only; errors before it stay within tolerance
 
 
 def test_eg_c2f_equals_canvit_pytorch_on_random_entropy_maps() -> None:
@@ -263,7 +269,7 @@ def test_vitb16_readouts_parity_with_eg_c2f(export_artifact, photo, tmp_path: Pa
     artifact = export_artifact("vitb16", canvas=32, readout=ALL)
     report = parity_command(artifact=artifact, runtime="onnxruntime", loaded=None, image=photo, policy="eg-c2f",
                             glimpses=21, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"]
-    assert report["eg_c2f"]["identical"] and report["worst"]["teacher_patches_rel_l2"] <= 1e-4
+    assert report.passed, report.failures
+    assert report.eg_c2f.identical and report.worst["teacher_patches_rel_l2"] <= 1e-4
     assert load_manifest(artifact).readout("features") is not None
     shutil.rmtree(artifact)  # 390 MB

@@ -126,6 +126,31 @@ def test_unknown_runtime_is_refused(export_artifact) -> None:
         canvit_runtime.open(export_artifact("vits16", canvas=16), runtime="tflite")
 
 
+def test_each_runner_runs_the_targets_of_the_one_table(export_artifact, tmp_path: Path) -> None:
+    """base.TARGETS names every runtime of canvit_runtime.open; a runner refuses a target outside its row before
+    loading anything (the ONNX artifact on TensorRT and Core ML, an IR on ONNX Runtime) and runs those inside it."""
+    import importlib
+
+    from canvit_runtime.base import TARGETS
+    from canvit_runtime.manifest import ManifestError
+
+    assert set(TARGETS) == set(canvit_runtime.RUNNERS)
+    assert TARGETS["openvino"] == ("openvino", "onnx") and TARGETS["onnxruntime"] == ("onnx",)
+    onnx_artifact = export_artifact("vits16", canvas=8)
+    for runtime in ("tensorrt", "coreml"):
+        assert "onnx" not in TARGETS[runtime]
+        with pytest.raises(ManifestError, match=r"is an ONNX artifact; (TensorRT runs engine|Core ML runs mlpackages)"):
+            module, name, _ = canvit_runtime.RUNNERS[runtime]
+            getattr(importlib.import_module(module), name)(canvit_runtime.load_manifest(onnx_artifact))
+    from canvit_export.export.openvino import export_openvino
+
+    ir = export_openvino(onnx_artifact, tmp_path / "ir", precision="fp32", quiet=True).directory
+    with pytest.raises(ManifestError, match="is an OpenVINO IR artifact; ONNX Runtime runs ONNX artifacts"):
+        canvit_runtime.open(ir, runtime="onnxruntime")
+    for target_dir in (onnx_artifact, ir):
+        canvit_runtime.open(target_dir, runtime="openvino").close()
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_runner_close_and_context_manager(export_artifact, runtime: str) -> None:
     """close() drops the backend's session or compiled model (the attributes the runner names), idempotently; a step

@@ -183,7 +183,7 @@ def test_engine_parity_with_device_state(export_artifact, photo, tmp_path: Path)
     assert code == 0 and "I/O checked by TensorRT" in output, output
     report = parity_command(artifact=engine_dir, runtime="tensorrt", loaded=None, image=photo, policy="c2f",
                             glimpses=21, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"]
+    assert report.passed, report.failures
     plain = canvit_runtime.open(engine_dir, runtime="tensorrt", cuda_graph=False)
     graph = canvit_runtime.open(engine_dir, runtime="tensorrt", cuda_graph=True)
     scene = scene_batch(photo, scene_px=512, batch=1)

@@ -20,9 +20,22 @@ import pytest
 from click.testing import CliRunner
 
 from canvit_export.cli import main
-from canvit_export.triton import glimpse_inputs, random_viewpoints
 from canvit_runtime.manifest import load_manifest
 from canvit_runtime.paths import MARKER
+from canvit_runtime.policies import full_then_random
+
+
+def _local_triton():  # -> the module scripts/local_triton.py: the tritonserver harness, outside canvit-export
+    spec = importlib.util.spec_from_file_location("local_triton", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "local_triton.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+local_triton = _local_triton()
+glimpse_inputs = local_triton.glimpse_inputs
 
 HAS_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
 needs_client = pytest.mark.skipif(not HAS_TRITONCLIENT, reason="tritonclient is not installed (pip install -e '.[triton]')")
@@ -42,6 +55,20 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 
 # --- names ------------------------------------------------------------------------------------------------------
+def test_backends_per_target_come_from_the_runtime_table(monkeypatch) -> None:
+    """Each target is served by the C++ backend of the runtime whose own format it is and, when a runtime the Python
+    model runs can run it, by the Python model; Core ML by none. The rule reads canvit_runtime.base.TARGETS: a runtime
+    that stopped running ONNX would take the Python model away from ONNX artifacts."""
+    from canvit_export.triton import backends_of
+    from canvit_runtime import base
+
+    assert {t: backends_of(t) for t in ("onnx", "openvino", "tensorrt", "coreml")} == {
+        "onnx": ("onnxruntime", "python"), "openvino": ("openvino", "python"), "tensorrt": ("tensorrt",), "coreml": ()}
+    monkeypatch.setitem(base.TARGETS, "onnxruntime", ("tensorrt",))
+    monkeypatch.setitem(base.TARGETS, "openvino", ("openvino",))
+    assert backends_of("onnx") == () and backends_of("tensorrt") == ("onnxruntime", "tensorrt", "python")
+
+
 def triton_pairs(inputs: list[str], outputs: list[str]) -> list[tuple[str, str]]:
     """How Triton (server#8586) pairs implicit states: the i-th input by name with the i-th output by name."""
     return list(zip(sorted(inputs), sorted(outputs), strict=True))
@@ -212,13 +239,13 @@ def test_scene_state_model_sends_the_scene_once_per_frame(export_artifact, tmp_p
     rng = np.random.default_rng(3)
     frames = [rng.standard_normal(scene_shape).astype(np.float32) for _ in range(2)]
     plan = [(frames[0], True), (frames[0], False), (frames[0], False), (frames[1], True), (frames[1], False)]
-    views = random_viewpoints(3, len(plan))
+    views = full_then_random(batch=1, glimpses=len(plan), seed=3)
     state = {**manifest.initial_state_arrays(1), "scene_state": np.zeros(scene_shape, np.float32)}
     runner = canvit_runtime.open(artifact)
     controls = {"START": np.zeros(1, np.int32), "END": np.zeros(1, np.int32), "READY": np.ones(1, np.int32),
                 "CORRID": np.ones(1, np.uint64)}
-    for (scene, send), (center, scale) in zip(plan, views, strict=True):
-        centers, scales = np.array([center], np.float32), np.array([scale], np.float32)
+    for (scene, send), view in zip(plan, views, strict=True):
+        centers, scales = view.centers, view.scales
         feeds = {"centers": centers, "scales": scales, **controls, **state}
         if send:
             feeds["scene"] = scene
@@ -320,12 +347,10 @@ def test_sequence_store_sessions(export_artifact) -> None:
 
 # --- a live server ----------------------------------------------------------------------------------------------
 def server_skip_reason() -> str | None:
-    from canvit_export.triton import default_python_env, find_tritonserver
-
     if not HAS_TRITONCLIENT:
         return "tritonclient is not installed (pip install -e '.[triton]')"
     try:
-        find_tritonserver(default_python_env())
+        local_triton.find_tritonserver(local_triton.default_python_env())
     except FileNotFoundError as error:
         return str(error)
     return None
@@ -340,7 +365,7 @@ def server(export_artifact, tmp_path_factory):
     state in OpenVINO variables, swapped per sequence), served by one local tritonserver: (server, {runtime: (model
     name, artifact)})."""
     from canvit_export.export.openvino import export_openvino
-    from canvit_export.triton import LocalTriton, ServeOptions, default_python_env, write_repository
+    from canvit_export.triton import ServeOptions, write_repository
 
     if reason := server_skip_reason():
         pytest.skip(reason)
@@ -353,7 +378,7 @@ def server(export_artifact, tmp_path_factory):
     models = write_repository(list(served.values()), root / "repo", backends=["python"],
                               options=ServeOptions(idle_us=int(IDLE_S * 1e6), threads=1))
     names = {m.artifact.resolve(): m.name for m in models}
-    triton = LocalTriton(root / "repo", default_python_env(), workdir=root / "server")
+    triton = local_triton.LocalTriton(root / "repo", local_triton.default_python_env(), workdir=root / "server")
     try:
         triton.start()
     except RuntimeError as error:
@@ -379,17 +404,18 @@ def test_concurrent_sequences_match_single_stream_runs(server, runtime: str) -> 
     model, artifact = models[runtime]
     streams, glimpses = 4, 8
     scenes = [np.random.default_rng(10 + s).standard_normal((1, 3, 512, 512)).astype(np.float32) for s in range(streams)]
-    plans = [random_viewpoints(20 + s, glimpses) for s in range(streams)]
+    plans = [full_then_random(batch=1, glimpses=glimpses, seed=20 + s) for s in range(streams)]
     results: dict[int, dict[str, np.ndarray]] = {}
     errors: list[BaseException] = []
 
     def run(stream: int) -> None:
         try:
             client = grpcclient.InferenceServerClient(triton.grpc_url)
-            for g, (center, scale) in enumerate(plans[stream]):
+            for g, view in enumerate(plans[stream]):
                 scene = scenes[stream] if g == 0 or stream % 2 else None
-                response = client.infer(model, glimpse_inputs(scene, center, scale), sequence_id=100 + stream,
-                                        sequence_start=g == 0, sequence_end=g == glimpses - 1)
+                response = client.infer(model, glimpse_inputs(scene, view.centers, view.scales),
+                                        sequence_id=100 + stream, sequence_start=g == 0,
+                                        sequence_end=g == glimpses - 1)
             results[stream] = {n: response.as_numpy(n) for n in ("canvas_next", "recurrent_cls_next", "seg_logits")}
         except BaseException as error:
             errors.append(error)
@@ -404,8 +430,8 @@ def test_concurrent_sequences_match_single_stream_runs(server, runtime: str) -> 
     canvases = []
     for stream in range(streams):
         reference.reset()
-        for center, scale in plans[stream]:
-            result = reference.step(scenes[stream], np.array([center], np.float32), np.array([scale], np.float32))
+        for view in plans[stream]:
+            result = reference.step(scenes[stream], view.centers, view.scales)
         np.testing.assert_allclose(results[stream]["canvas_next"], result.canvas, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(results[stream]["recurrent_cls_next"], result.recurrent_cls, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(results[stream]["seg_logits"], result.extras["seg_logits"], rtol=1e-4, atol=1e-4)
@@ -422,14 +448,14 @@ def test_end_frees_the_sequence(server) -> None:
     model, _ = models["onnxruntime"]
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     scene = np.zeros((1, 3, 512, 512), np.float32)
-    first = client.infer(model, glimpse_inputs(scene, (0, 0), 1.0), sequence_id=201, sequence_start=True)
+    first = client.infer(model, glimpse_inputs(scene, [[0, 0]], [1.0]), sequence_id=201, sequence_start=True)
     opened = int(first.as_numpy("open_sequences")[0])
-    client.infer(model, glimpse_inputs(scene, (0, 0), 1.0), sequence_id=202, sequence_start=True)
-    ended = client.infer(model, glimpse_inputs(None, (0.5, 0.5), 0.5), sequence_id=201, sequence_end=True)
+    client.infer(model, glimpse_inputs(scene, [[0, 0]], [1.0]), sequence_id=202, sequence_start=True)
+    ended = client.infer(model, glimpse_inputs(None, [[0.5, 0.5]], [0.5]), sequence_id=201, sequence_end=True)
     assert int(ended.as_numpy("open_sequences")[0]) == opened, "END freed sequence 201's session (202 opened)"
     with pytest.raises(InferenceServerException, match="must specify the START flag"):
-        client.infer(model, glimpse_inputs(None, (0, 0), 1.0), sequence_id=201)
-    client.infer(model, glimpse_inputs(None, (0, 0), 1.0), sequence_id=202, sequence_end=True)
+        client.infer(model, glimpse_inputs(None, [[0, 0]], [1.0]), sequence_id=201)
+    client.infer(model, glimpse_inputs(None, [[0, 0]], [1.0]), sequence_id=202, sequence_end=True)
 
 
 def test_idle_sequence_times_out(server) -> None:
@@ -440,11 +466,11 @@ def test_idle_sequence_times_out(server) -> None:
     model, _ = models["onnxruntime"]
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     scene = np.zeros((1, 3, 512, 512), np.float32)
-    client.infer(model, glimpse_inputs(scene, (0, 0), 1.0), sequence_id=301, sequence_start=True)
+    client.infer(model, glimpse_inputs(scene, [[0, 0]], [1.0]), sequence_id=301, sequence_start=True)
     time.sleep(IDLE_S + 1.5)
     with pytest.raises(InferenceServerException, match="must specify the START flag"):
-        client.infer(model, glimpse_inputs(None, (0, 0), 1.0), sequence_id=301)
-    fresh = client.infer(model, glimpse_inputs(scene, (0, 0), 1.0), sequence_id=302, sequence_start=True,
+        client.infer(model, glimpse_inputs(None, [[0, 0]], [1.0]), sequence_id=301)
+    fresh = client.infer(model, glimpse_inputs(scene, [[0, 0]], [1.0]), sequence_id=302, sequence_start=True,
                          sequence_end=True)
     assert int(fresh.as_numpy("open_sequences")[0]) == 0, "the idle sequence's session was freed"
 
@@ -457,11 +483,11 @@ def test_unknown_sequence_and_bad_requests_are_refused(server) -> None:
     model, _ = models["onnxruntime"]
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     with pytest.raises(InferenceServerException, match=r"sequence 999 .* must specify the START flag"):
-        client.infer(model, glimpse_inputs(np.zeros((1, 3, 512, 512), np.float32), (0, 0), 1.0), sequence_id=999)
+        client.infer(model, glimpse_inputs(np.zeros((1, 3, 512, 512), np.float32), [[0, 0]], [1.0]), sequence_id=999)
     with pytest.raises(InferenceServerException, match="must carry the scene"):
-        client.infer(model, glimpse_inputs(None, (0, 0), 1.0), sequence_id=401, sequence_start=True, sequence_end=True)
+        client.infer(model, glimpse_inputs(None, [[0, 0]], [1.0]), sequence_id=401, sequence_start=True, sequence_end=True)
     with pytest.raises(InferenceServerException, match=r"scale 2\.0 is outside"):
-        client.infer(model, glimpse_inputs(np.zeros((1, 3, 512, 512), np.float32), (0, 0), 2.0), sequence_id=402,
+        client.infer(model, glimpse_inputs(np.zeros((1, 3, 512, 512), np.float32), [[0, 0]], [2.0]), sequence_id=402,
                      sequence_start=True, sequence_end=True)
 
 
@@ -477,20 +503,21 @@ def test_server_restart_mid_sequence(server) -> None:
     model, artifact = models["onnxruntime"]
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     scene = np.random.default_rng(5).standard_normal((1, 3, 512, 512)).astype(np.float32)
-    plan = random_viewpoints(5, 4)
+    plan = full_then_random(batch=1, glimpses=4, seed=5)
     for g in range(2):
-        client.infer(model, glimpse_inputs(scene if g == 0 else None, *plan[g]), sequence_id=501, sequence_start=g == 0)
+        client.infer(model, glimpse_inputs(scene if g == 0 else None, plan[g].centers, plan[g].scales), sequence_id=501,
+                     sequence_start=g == 0)
     triton.kill()
     with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
-        client.infer(model, glimpse_inputs(None, *plan[2]), sequence_id=501)
+        client.infer(model, glimpse_inputs(None, plan[2].centers, plan[2].scales), sequence_id=501)
     triton.start()
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     with pytest.raises(InferenceServerException, match="must specify the START flag"):
-        client.infer(model, glimpse_inputs(None, *plan[2]), sequence_id=501)
-    for g, (center, scale) in enumerate(plan):
-        response = client.infer(model, glimpse_inputs(scene if g == 0 else None, center, scale), sequence_id=501,
+        client.infer(model, glimpse_inputs(None, plan[2].centers, plan[2].scales), sequence_id=501)
+    for g, view in enumerate(plan):
+        response = client.infer(model, glimpse_inputs(scene if g == 0 else None, view.centers, view.scales), sequence_id=501,
                                 sequence_start=g == 0, sequence_end=g == len(plan) - 1)
     reference = canvit_runtime.open(artifact, threads=1)
-    for center, scale in plan:
-        result = reference.step(scene, np.array([center], np.float32), np.array([scale], np.float32))
+    for view in plan:
+        result = reference.step(scene, view.centers, view.scales)
     np.testing.assert_allclose(response.as_numpy("canvas_next"), result.canvas, rtol=1e-5, atol=1e-5)

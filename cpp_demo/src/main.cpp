@@ -213,160 +213,257 @@ void print_top_classes(const std::vector<float>& logits, const Manifest& m, cons
     std::printf("%s\n", line.c_str());
 }
 
-}  // namespace
+using Args = std::map<std::string, std::string>;
 
-int main(int argc, char** argv) {
-    std::map<std::string, std::string> args{{"--backend", "openvino"}, {"--device", ""}, {"--policy", "c2f"},
-                                            {"--glimpses", "21"}, {"--seed", "0"}, {"--threads", "0"},
-                                            {"--glimpses-per-frame", "1"}};
+// --- options ----------------------------------------------------------------------------------------------------
+
+// The command line as {option: value} (a flag: "1"), the defaults filled in. --help and --version print and set
+// `exit` to 0 (nothing else runs); an unknown option or a missing value throws Error.
+Args parse_options(int argc, char** argv, bool& exit) {
+    Args args{{"--backend", "openvino"}, {"--device", ""}, {"--policy", "c2f"}, {"--glimpses", "21"}, {"--seed", "0"},
+              {"--threads", "0"}, {"--glimpses-per-frame", "1"}};
     const std::vector<std::string> flags{"--no-cuda-graph", "--check"};
     const std::vector<std::string> known{"--artifact", "--image", "--video", "--glimpses-per-frame", "--backend", "--device",
                                          "--threads", "--engine", "--policy", "--glimpses", "--seed", "--canvas-out",
                                          "--scene-out", "--pca-png", "--log", "--readouts-out", "--pictures",
                                          "--overlay-video", "--manifest-sha256"};
+    exit = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string key = argv[i];
+        if (key == "--help" || key == "-h") {
+            std::cout << kUsage;
+            exit = true;
+            return args;
+        }
+        if (key == "--version") {
+            std::cout << "canvit_demo, manifest format 1 (JSON Schema embedded); backends:";
+            for (const auto& name : compiled_backends()) std::cout << " " << name;
+            std::cout << "\n";
+            exit = true;
+            return args;
+        }
+        if (std::find(flags.begin(), flags.end(), key) != flags.end()) {
+            args[key] = "1";
+            continue;
+        }
+        if (std::find(known.begin(), known.end(), key) == known.end()) throw Error("unknown option '" + key + "': see --help");
+        if (i + 1 >= argc) throw Error(key + " needs a value: see --help");
+        args[key] = argv[++i];
+    }
+    if (!args.count("--artifact")) throw Error("missing --artifact DIR: see --help");
+    return args;
+}
+
+// The run's numbers, checked before the artifact is read.
+struct RunOptions {
+    int glimpses = 0, per_frame = 1, threads = 0, seed = 0;
+};
+
+RunOptions run_options(Args& args) {
+    if (args.count("--image") == args.count("--video")) throw Error("pass one of --image PATH or --video SOURCE: see --help");
+    RunOptions o;
+    o.glimpses = parse_int(args, "--glimpses", 1);
+    o.per_frame = parse_int(args, "--glimpses-per-frame", 1);
+    if (o.glimpses > kMaxGlimpses)  // the viewpoints are built before the first glimpse
+        throw Error("--glimpses " + std::to_string(o.glimpses) + ": at most " + std::to_string(kMaxGlimpses) +
+                    " in one run (as canvit_runtime.policies.MAX_GLIMPSES)");
+    o.threads = parse_int(args, "--threads", 0);
+    o.seed = parse_int(args, "--seed", 0);
+    return o;
+}
+
+// --- the loop ---------------------------------------------------------------------------------------------------
+
+// What the glimpse loop leaves: timings, the viewpoints run, the last scene, the video frames read.
+struct Rollout {
+    std::vector<double> step_ms, frame_ms, policy_ms, rss_mb;  // rss_mb: resident memory after each glimpse
+    std::vector<Viewpoints> used;                             // the viewpoints of every glimpse run
+    std::vector<float> scene;                                 // the scene of the last glimpse
+    int frames = 0;
+    bool ended = false;  // the video ended before the glimpses asked for
+};
+
+// The inputs of the loop: the artifact, its backend, the policy and where the scenes come from.
+struct Loop {
+    const Manifest& m;
+    Backend& backend;
+    Policy& policy;
+    FrameSource* video;       // nullptr: one scene (--image)
+    FrameSink* overlay;       // nullptr: no --overlay-video
+    const Args& args;
+    const RunOptions& options;
+    Progress& progress;
+};
+
+// The next video frame as the scene, when glimpse t starts a frame; false when the video has ended.
+bool next_frame(const Loop& loop, int t, Rollout& r) {
+    if (!loop.video || t % loop.options.per_frame != 0) return true;
+    const auto start = std::chrono::steady_clock::now();
+    RgbImage frame;
+    if (!loop.video->next(frame)) {
+        if (r.frames == 0) throw Error(loop.video->description() + ": no frame could be read");
+        return false;
+    }
+    r.scene = preprocess_rgb(frame, loop.m);
+    r.frame_ms.push_back(ms_since(start));
+    ++r.frames;
+    return true;
+}
+
+// The glimpses: each chooses its viewpoints (EG-C2F from the last step's seg_entropy), runs one step, and records
+// its time, memory and viewpoints; with --overlay-video, writes a frame of scene 0 with its viewpoints since its
+// scene last changed.
+Rollout glimpse_loop(const Loop& loop, std::vector<float> scene) {
+    Rollout r;
+    r.scene = std::move(scene);
+    std::vector<float> entropy;               // EG-C2F: the last step's seg_entropy [B, G, G]
+    std::vector<std::array<float, 3>> boxes;  // the overlay: scene 0's viewpoints since its scene last changed
+    const Manifest& m = loop.m;
+    loop.backend.reset();
+    for (int t = 0; t < loop.options.glimpses; ++t) {
+        if (!next_frame(loop, t, r)) {
+            r.ended = true;
+            break;
+        }
+        if (t == 0 || (loop.video && t % loop.options.per_frame == 0)) loop.backend.set_scene(r.scene), boxes.clear();
+        if (t == 0 && loop.args.count("--scene-out"))
+            write_npy(loop.args.at("--scene-out"), r.scene, {m.batch, 3, m.scene_px, m.scene_px});
+        const auto choose = std::chrono::steady_clock::now();
+        const Viewpoints v = loop.policy.at(t, entropy);
+        const double choose_ms = ms_since(choose);
+        const auto start = std::chrono::steady_clock::now();
+        loop.backend.step(v);
+        r.step_ms.push_back(ms_since(start));
+        loop.progress.glimpse(t + 1, r.step_ms.back());
+        if (loop.policy.adaptive()) {  // the entropy the next glimpse is chosen from: B * G * G floats to the host
+            const auto read = std::chrono::steady_clock::now();
+            entropy = loop.backend.read_output("seg_entropy");
+            r.policy_ms.push_back(choose_ms + ms_since(read));
+        }
+        r.used.push_back(v);
+        r.rss_mb.push_back(resident_mb());
+        if (loop.overlay) {
+            boxes.push_back({v.centers[0], v.centers[1], v.scales[0]});
+            const bool segmented = m.readout("segmentation") != nullptr;
+            loop.overlay->write(overlay_frame(m, r.scene, segmented ? loop.backend.read_output("seg_logits") : std::vector<float>{}, boxes));
+        }
+    }
+    return r;
+}
+
+// --- outputs ----------------------------------------------------------------------------------------------------
+
+// The latency table: step, and the frame decoding and EG-C2F choice where they ran.
+void print_latency(const Loop& loop, const Rollout& r) {
+    const Manifest& m = loop.m;
+    const Latency step = summarize(r.step_ms), frame = summarize(r.frame_ms), choice = summarize(r.policy_ms);
+    std::printf("canvit_demo: %d glimpses on %s, precision %s, batch %d, canvas %dx%d, policy %s%s\n", int(r.step_ms.size()),
+                loop.backend.description().c_str(), m.precision.c_str(), m.batch, m.canvas_grid, m.canvas_grid,
+                loop.args.at("--policy").c_str(),
+                loop.video ? (", " + std::to_string(r.frames) + " frames of " + loop.video->description()).c_str() : "");
+    if (r.ended)
+        std::printf("note: the video ended after %d frames, before the %d glimpses asked for\n", r.frames, loop.options.glimpses);
+    std::printf("%-24s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
+    std::printf("%-24s %10.2f %10.2f %10.2f %12.2f\n", "step", step.min, step.median, step.p90, 1000.0 * m.batch / step.median);
+    if (loop.video) std::printf("%-24s %10.2f %10.2f %10.2f\n", "frame decode+preprocess", frame.min, frame.median, frame.p90);
+    if (loop.policy.adaptive())
+        std::printf("%-24s %10.3f %10.3f %10.3f\n", "eg-c2f entropy+choice", choice.min, choice.median, choice.p90);
+}
+
+// The final step's readouts (top classes, --readouts-out, --pictures) and canvas (--canvas-out, --pca-png).
+void write_outputs(const Loop& loop, const Rollout& r) {
+    const Manifest& m = loop.m;
+    const Args& args = loop.args;
+    std::map<std::string, std::vector<float>> readouts;  // the final step's, read once
+    if (args.count("--readouts-out") || args.count("--pictures") || m.readout("classification"))
+        for (const auto& name : m.readout_outputs) readouts[name] = loop.backend.read_output(name);
+    if (const Readout* classification = m.readout("classification"))
+        print_top_classes(readouts.at("class_logits"), m, *classification);
+    if (args.count("--readouts-out")) write_readouts(args.at("--readouts-out"), readouts, m);
+    if (args.count("--pictures")) {
+        const auto written = write_pictures(args.at("--pictures"), m, r.scene, r.used, readouts);
+        std::printf("pictures:");
+        for (const auto& path : written) std::printf(" %s", path.string().c_str());
+        std::printf("\n");
+    }
+    if (args.count("--canvas-out") || args.count("--pca-png")) {
+        const std::vector<float> canvas = loop.backend.read_state("canvas");
+        if (args.count("--canvas-out")) write_tensor(args.at("--canvas-out"), canvas, m.tensor("canvas").shape, "canvas");
+        if (args.count("--pca-png")) write_canvas_pca_png(args.at("--pca-png"), canvas, m);
+    }
+}
+
+// --log: the run as JSON (the viewpoints [glimpse][b] = [row, col, scale], every step's time, memory, video).
+void write_log(const Loop& loop, const Rollout& r) {
+    const Manifest& m = loop.m;
+    const Latency step = summarize(r.step_ms);
+    nlohmann::json vps = nlohmann::json::array();
+    for (const auto& v : r.used) {
+        nlohmann::json triples = nlohmann::json::array();
+        for (int b = 0; b < m.batch; ++b) triples.push_back({v.centers[2 * b], v.centers[2 * b + 1], v.scales[b]});
+        vps.push_back(triples);
+    }
+    nlohmann::json readout_names = nlohmann::json::array();
+    for (const auto& readout : m.readouts) readout_names.push_back(readout.name);
+    nlohmann::json log{{"artifact", loop.args.at("--artifact")}, {"target", m.target}, {"precision", m.precision},
+                       {"backend", loop.backend.description()}, {"policy", loop.args.at("--policy")},
+                       {"seed", loop.options.seed}, {"glimpses", int(r.step_ms.size())}, {"batch", m.batch},
+                       {"canvas_grid", m.canvas_grid}, {"readouts", readout_names}, {"viewpoints", vps},
+                       {"step_ms", r.step_ms}, {"min_ms", step.min}, {"median_ms", step.median}, {"p90_ms", step.p90},
+                       {"glimpses_per_s", 1000.0 * m.batch / step.median}};
+    if (loop.policy.adaptive()) log["policy_ms"] = r.policy_ms;
+    if (!r.rss_mb.empty() && r.rss_mb.front() >= 0) log["resident_mb"] = r.rss_mb;
+    if (loop.video)
+        log["video"] = {{"source", loop.video->description()}, {"frames", r.frames}, {"glimpses_per_frame", loop.options.per_frame},
+                        {"frame_ms", r.frame_ms}, {"ended_early", r.ended}};
+    std::ofstream out(loop.args.at("--log"));
+    out << log.dump(1) << "\n";
+    if (!out) throw Error(loop.args.at("--log") + ": cannot write the log");
+}
+
+// --check: the artifact validated (manifest, files), and what it holds.
+int check_artifact(Args& args) {
+    const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);
+    std::printf("%s: a valid canvit-export artifact (manifest format 1, files verified): %s\n", args["--artifact"].c_str(),
+                summary(m).c_str());
+    return 0;
+}
+
+// A run: the artifact, the policy and the outputs checked, the scene (or video) and the backend opened, before the
+// first glimpse; then the loop and the outputs.
+int run(Args& args) {
+    const RunOptions options = run_options(args);
+    const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);
+    Policy policy(args["--policy"], m, options.glimpses, uint32_t(options.seed));
+    check_output_options(args, m);
+    std::unique_ptr<FrameSource> video;
+    std::vector<float> scene;
+    if (args.count("--video")) video = open_video(args["--video"]);
+    else scene = load_scene(args["--image"], m);
+    BackendOptions backend_options{args["--device"], options.threads, !args.count("--no-cuda-graph"),
+                                   args.count("--engine") ? args["--engine"] : ""};
+    const auto loading = std::chrono::steady_clock::now();
+    auto backend = make_backend(args["--backend"], m, backend_options);
+    Progress progress(options.glimpses);
+    progress.loaded(backend->description(), ms_since(loading));
+    std::unique_ptr<FrameSink> overlay;  // opened before the run: a bad path fails before any glimpse
+    if (args.count("--overlay-video")) overlay = open_video_writer(args["--overlay-video"], m.scene_px, m.scene_px, 10.0);
+    const Loop loop{m, *backend, policy, video.get(), overlay.get(), args, options, progress};
+    const Rollout rollout = glimpse_loop(loop, std::move(scene));
+    print_latency(loop, rollout);
+    write_outputs(loop, rollout);
+    if (args.count("--log")) write_log(loop, rollout);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
     try {
-        for (int i = 1; i < argc; ++i) {
-            const std::string key = argv[i];
-            if (key == "--help" || key == "-h") {
-                std::cout << kUsage;
-                return 0;
-            }
-            if (key == "--version") {
-                std::cout << "canvit_demo, manifest format 1 (JSON Schema embedded); backends:";
-                for (const auto& name : compiled_backends()) std::cout << " " << name;
-                std::cout << "\n";
-                return 0;
-            }
-            if (std::find(flags.begin(), flags.end(), key) != flags.end()) {
-                args[key] = "1";
-                continue;
-            }
-            if (std::find(known.begin(), known.end(), key) == known.end()) throw Error("unknown option '" + key + "': see --help");
-            if (i + 1 >= argc) throw Error(key + " needs a value: see --help");
-            args[key] = argv[++i];
-        }
-        if (!args.count("--artifact")) throw Error("missing --artifact DIR: see --help");
-        if (args.count("--check")) {
-            const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);
-            std::printf("%s: a valid canvit-export artifact (manifest format 1, files verified): %s\n", args["--artifact"].c_str(),
-                        summary(m).c_str());
-            return 0;
-        }
-        if (args.count("--image") == args.count("--video")) throw Error("pass one of --image PATH or --video SOURCE: see --help");
-        const int glimpses = parse_int(args, "--glimpses", 1), per_frame = parse_int(args, "--glimpses-per-frame", 1);
-        if (glimpses > kMaxGlimpses)  // the viewpoints are built before the first glimpse
-            throw Error("--glimpses " + std::to_string(glimpses) + ": at most " + std::to_string(kMaxGlimpses) +
-                        " in one run (as canvit_runtime.policies.MAX_GLIMPSES)");
-        const int threads = parse_int(args, "--threads", 0), seed = parse_int(args, "--seed", 0);
-
-        const Manifest m = load_manifest(args["--artifact"], true, args["--manifest-sha256"]);
-        Policy policy(args["--policy"], m, glimpses, uint32_t(seed));
-        check_output_options(args, m);
-        std::unique_ptr<FrameSource> video;
-        std::vector<float> scene;
-        if (args.count("--video")) video = open_video(args["--video"]);
-        else scene = load_scene(args["--image"], m);
-        BackendOptions options{args["--device"], threads, !args.count("--no-cuda-graph"), args.count("--engine") ? args["--engine"] : ""};
-        const auto loading = std::chrono::steady_clock::now();
-        auto backend = make_backend(args["--backend"], m, options);
-        Progress progress(glimpses);
-        progress.loaded(backend->description(), ms_since(loading));
-        std::unique_ptr<FrameSink> overlay;  // opened before the run: a bad path fails before any glimpse
-        if (args.count("--overlay-video")) overlay = open_video_writer(args["--overlay-video"], m.scene_px, m.scene_px, 10.0);
-
-        std::vector<double> step_ms, frame_ms, policy_ms, rss_mb;  // rss_mb: resident memory after each glimpse
-        std::vector<Viewpoints> used;           // the viewpoints of every glimpse run
-        std::vector<float> entropy;              // EG-C2F: the last step's seg_entropy [B, G, G]
-        std::vector<std::array<float, 3>> boxes;  // the overlay: scene 0's viewpoints since its scene last changed
-        int frames = 0;
-        bool ended = false;
-        backend->reset();
-        for (int t = 0; t < glimpses; ++t) {
-            if (video && t % per_frame == 0) {  // the next frame is the scene of the next per_frame glimpses
-                const auto start = std::chrono::steady_clock::now();
-                RgbImage frame;
-                if (!video->next(frame)) {
-                    if (frames == 0) throw Error(video->description() + ": no frame could be read");
-                    ended = true;
-                    break;
-                }
-                scene = preprocess_rgb(frame, m);
-                frame_ms.push_back(ms_since(start));
-                ++frames;
-            }
-            if (t == 0 || (video && t % per_frame == 0)) backend->set_scene(scene), boxes.clear();
-            if (t == 0 && args.count("--scene-out")) write_npy(args["--scene-out"], scene, {m.batch, 3, m.scene_px, m.scene_px});
-            const auto choose = std::chrono::steady_clock::now();
-            const Viewpoints v = policy.at(t, entropy);
-            const double choose_ms = ms_since(choose);
-            const auto start = std::chrono::steady_clock::now();
-            backend->step(v);
-            step_ms.push_back(ms_since(start));
-            progress.glimpse(t + 1, step_ms.back());
-            if (policy.adaptive()) {  // the entropy the next glimpse is chosen from: B * G * G floats to the host
-                const auto read = std::chrono::steady_clock::now();
-                entropy = backend->read_output("seg_entropy");
-                policy_ms.push_back(choose_ms + ms_since(read));
-            }
-            used.push_back(v);
-            rss_mb.push_back(resident_mb());
-            if (overlay) {
-                boxes.push_back({v.centers[0], v.centers[1], v.scales[0]});
-                const bool segmented = m.readout("segmentation") != nullptr;
-                overlay->write(overlay_frame(m, scene, segmented ? backend->read_output("seg_logits") : std::vector<float>{}, boxes));
-            }
-        }
-        const int ran = int(step_ms.size());
-        const Latency step = summarize(step_ms), frame = summarize(frame_ms), choice = summarize(policy_ms);
-        std::printf("canvit_demo: %d glimpses on %s, precision %s, batch %d, canvas %dx%d, policy %s%s\n", ran,
-                    backend->description().c_str(), m.precision.c_str(), m.batch, m.canvas_grid, m.canvas_grid, args["--policy"].c_str(),
-                    video ? (", " + std::to_string(frames) + " frames of " + video->description()).c_str() : "");
-        if (ended) std::printf("note: the video ended after %d frames, before the %d glimpses asked for\n", frames, glimpses);
-        std::printf("%-24s %10s %10s %10s %12s\n", "", "min ms", "median ms", "p90 ms", "glimpses/s");
-        std::printf("%-24s %10.2f %10.2f %10.2f %12.2f\n", "step", step.min, step.median, step.p90, 1000.0 * m.batch / step.median);
-        if (video) std::printf("%-24s %10.2f %10.2f %10.2f\n", "frame decode+preprocess", frame.min, frame.median, frame.p90);
-        if (policy.adaptive()) std::printf("%-24s %10.3f %10.3f %10.3f\n", "eg-c2f entropy+choice", choice.min, choice.median, choice.p90);
-        std::map<std::string, std::vector<float>> readouts;  // the final step's, read once
-        if (args.count("--readouts-out") || args.count("--pictures") || m.readout("classification"))
-            for (const auto& name : m.readout_outputs) readouts[name] = backend->read_output(name);
-        if (const Readout* classification = m.readout("classification"))
-            print_top_classes(readouts.at("class_logits"), m, *classification);
-        if (args.count("--readouts-out")) write_readouts(args["--readouts-out"], readouts, m);
-        if (args.count("--pictures")) {
-            const auto written = write_pictures(args["--pictures"], m, scene, used, readouts);
-            std::printf("pictures:");
-            for (const auto& path : written) std::printf(" %s", path.string().c_str());
-            std::printf("\n");
-        }
-        if (args.count("--canvas-out") || args.count("--pca-png")) {
-            const std::vector<float> canvas = backend->read_state("canvas");
-            if (args.count("--canvas-out")) write_tensor(args["--canvas-out"], canvas, m.tensor("canvas").shape, "canvas");
-            if (args.count("--pca-png")) write_canvas_pca_png(args["--pca-png"], canvas, m);
-        }
-        if (args.count("--log")) {
-            nlohmann::json vps = nlohmann::json::array();
-            for (const auto& v : used) {
-                nlohmann::json triples = nlohmann::json::array();
-                for (int b = 0; b < m.batch; ++b) triples.push_back({v.centers[2 * b], v.centers[2 * b + 1], v.scales[b]});
-                vps.push_back(triples);
-            }
-            nlohmann::json readout_names = nlohmann::json::array();
-            for (const auto& r : m.readouts) readout_names.push_back(r.name);
-            nlohmann::json log{{"artifact", args["--artifact"]}, {"target", m.target}, {"precision", m.precision},
-                               {"backend", backend->description()}, {"policy", args["--policy"]},
-                               {"seed", seed}, {"glimpses", ran}, {"batch", m.batch}, {"canvas_grid", m.canvas_grid},
-                               {"readouts", readout_names}, {"viewpoints", vps}, {"step_ms", step_ms}, {"min_ms", step.min},
-                               {"median_ms", step.median}, {"p90_ms", step.p90}, {"glimpses_per_s", 1000.0 * m.batch / step.median}};
-            if (policy.adaptive()) log["policy_ms"] = policy_ms;
-            if (!rss_mb.empty() && rss_mb.front() >= 0) log["resident_mb"] = rss_mb;
-            if (video)
-                log["video"] = {{"source", video->description()}, {"frames", frames}, {"glimpses_per_frame", per_frame},
-                                {"frame_ms", frame_ms}, {"ended_early", ended}};
-            std::ofstream out(args["--log"]);
-            out << log.dump(1) << "\n";
-            if (!out) throw Error(args["--log"] + ": cannot write the log");
-        }
-        return 0;
+        bool exit = false;
+        Args args = parse_options(argc, argv, exit);
+        if (exit) return 0;
+        return args.count("--check") ? check_artifact(args) : run(args);
     } catch (const Error& e) {
         std::cerr << "error: " << one_line(e.what()) << "\n";
         return 2;

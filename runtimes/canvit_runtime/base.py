@@ -15,9 +15,34 @@ from typing import Any
 
 import numpy as np
 
-from canvit_runtime.manifest import ROLE_CENTERS, ROLE_SCALES, ROLE_SCENE, ROLE_STATE, Manifest, ManifestError
+from canvit_runtime.manifest import (
+    ROLE_CENTERS,
+    ROLE_SCALES,
+    ROLE_SCENE,
+    ROLE_STATE,
+    Manifest,
+    ManifestError,
+    a_target,
+)
 from canvit_runtime.paths import printable
 from canvit_runtime.policies import check_viewpoints
+
+TARGETS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("onnx",),
+    "openvino": ("openvino", "onnx"),
+    "tensorrt": ("tensorrt",),
+    "coreml": ("coreml",),
+    "executorch": ("executorch",),
+}
+"""The one runtime-per-target table: the artifact targets (manifest `artifact.target`) each runtime's runner runs, the
+runtime's own format first. Each runner refuses the others (check_target); canvit-export's bench and triton derive
+which configurations and Triton backends exist from it."""
+
+
+def check_target(manifest: Manifest, runtime: str, fix: str) -> None:
+    """Raise ManifestError "<dir> is an X artifact; <fix>" unless `runtime` runs the manifest's target (TARGETS)."""
+    if manifest.target not in TARGETS[runtime]:
+        raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; {fix}")
 
 
 def check_graph_io(manifest: Manifest, inputs: dict[str, list], outputs: dict[str, list], *,

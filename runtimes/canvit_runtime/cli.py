@@ -4,7 +4,7 @@
     canvit-runtime info DIR [--json]
     canvit-runtime trt --artifact DIR [--print-trtexec | --adopt-engine FILE [--trtexec-log LOG]]
     canvit-runtime check-bundle DIR [--runtime tensorrt|onnxruntime]
-    canvit-runtime schema [--out PATH | --check]
+    canvit-runtime schema [--contract] [--out PATH | --check]
 """
 
 from __future__ import annotations
@@ -378,20 +378,27 @@ def check_bundle(bundle, runtime, rebuild, workspace_gib, latency_steps, threads
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write the manifest's JSON Schema here [default: print it].")
-@click.option("--check", is_flag=True, help="Exit 1 unless the packaged manifest.schema.json is the generated one.")
-def schema(out, check) -> None:
-    """The JSON Schema of manifest.json (version 1), generated from canvit_runtime.manifest.Manifest."""
-    from canvit_runtime.manifest import SCHEMA_PATH, json_schema
+              help="Write the manifest's JSON Schema (with --contract: its contract) here [default: print it].")
+@click.option("--contract", is_flag=True,
+              help="The contract beyond the schema (manifest.contract.json: rule tables, caps, messages) instead.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 unless the packaged manifest.schema.json and manifest.contract.json are the generated ones.")
+def schema(out, contract, check) -> None:
+    """The JSON Schema of manifest.json (version 1), generated from canvit_runtime.manifest.Manifest; with
+    --contract, manifest.contract.json, generated from canvit_runtime.contract (what the C++ demo also reads)."""
+    from canvit_runtime.contract import CONTRACT_PATH
+    from canvit_runtime.manifest import SCHEMA_PATH, contract_text, json_schema
 
-    text = json.dumps(json_schema(), indent=1, sort_keys=True) + "\n"
+    schema_text = json.dumps(json_schema(), indent=1, sort_keys=True) + "\n"
     if check:
-        if SCHEMA_PATH.read_text() != text:
-            click.echo(f"error: {SCHEMA_PATH} is stale: regenerate it with `canvit-runtime schema --out {SCHEMA_PATH}`",
-                       err=True)
-            sys.exit(1)
-        click.echo(f"{SCHEMA_PATH} is up to date")
+        for path, text, flag in ((SCHEMA_PATH, schema_text, ""), (CONTRACT_PATH, contract_text(), " --contract")):
+            if path.read_text() != text:
+                click.echo(f"error: {path} is stale: regenerate it with `canvit-runtime schema{flag} --out {path}`",
+                           err=True)
+                sys.exit(1)
+            click.echo(f"{path} is up to date")
         return
+    text = contract_text() if contract else schema_text
     if out is None:
         click.echo(text, nl=False)
     else:

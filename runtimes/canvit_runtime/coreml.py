@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from canvit_runtime.base import Runner
-from canvit_runtime.manifest import Manifest, ManifestError, a_target
+from canvit_runtime.base import Runner, check_target
+from canvit_runtime.manifest import Manifest
 
 IMPORT_NOTICES = re.compile(r"scikit-learn version .* is not supported|Torch version .* has not been tested with "
                             r"coremltools|Failed to load _ML\w+: No module named 'coremltools\.libcoremlpython'|"
@@ -52,9 +52,7 @@ class CoreMLRunner(Runner):
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None, compute_units: str = "ALL") -> None:
         super().__init__(manifest)
-        if manifest.target != "coreml":
-            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; Core ML runs "
-                                f"mlpackages (canvit-export coreml)")
+        check_target(manifest, self.name, "Core ML runs mlpackages (canvit-export coreml)")
         if sys.platform != "darwin":
             raise ImportError(f"Core ML predicts on macOS only (this is {sys.platform}); convert here, run on a Mac")
         ct = import_coremltools()

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from canvit_runtime.base import Runner
-from canvit_runtime.manifest import ROLE_RESET, ExecuTorchArtifact, Manifest, ManifestError, a_target
+from canvit_runtime.base import Runner, check_target
+from canvit_runtime.manifest import ROLE_RESET, ExecuTorchArtifact, Manifest, ManifestError
 
 SCALAR_TYPES = {6: "float32"}
 """ExecuTorch ScalarType codes (c10 numbering) of the dtypes a step's inputs and outputs may have."""
@@ -44,9 +44,7 @@ class ExecuTorchRunner(Runner):
 
     def __init__(self, manifest: Manifest, *, threads: int | None = None) -> None:
         super().__init__(manifest)
-        if manifest.target != "executorch":
-            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; ExecuTorch runs "
-                                f".pte programs (canvit-export executorch)")
+        check_target(manifest, self.name, "ExecuTorch runs .pte programs (canvit-export executorch)")
         facts = manifest.artifact
         assert isinstance(facts, ExecuTorchArtifact)
         self.method: Any = load_method(manifest)

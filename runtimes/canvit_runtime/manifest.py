@@ -33,6 +33,23 @@ from pydantic import (
     model_validator,
 )
 
+from canvit_runtime.contract import (
+    ALWAYS_FILES,
+    FILE_NAMES,
+    GENERATOR,
+    INITIAL_STATE_PARTS,
+    INPUT_ROLES,
+    IO_DTYPE,
+    MESSAGES,
+    READOUT_SHAPES,
+    ROLE_SHAPES,
+    STATE_PAIRS,
+    STATE_SHAPES,
+    SYMBOLS,
+    py_list,
+    say,
+    shape_of,
+)
 from canvit_runtime.paths import (
     MAX_JSON_DEPTH,
     MAX_MANIFEST_BYTES,
@@ -43,7 +60,7 @@ from canvit_runtime.paths import (
     read_regular,
     regular_file,
 )
-from canvit_runtime.precision import PRECISIONS, FloatDType, MatmulDType, PrecisionName
+from canvit_runtime.precision import PRECISIONS, TARGET_PRECISIONS, FloatDType, MatmulDType, PrecisionName
 
 FORMAT = "canvit-export-manifest"
 FORMAT_VERSION = 1
@@ -84,6 +101,11 @@ def a_precision(word: str) -> str:
 
 class ManifestError(ValueError):
     """The artifact folder or its manifest is missing, malformed, of another version, inconsistent, or altered."""
+
+
+class Inconsistent(ValueError):
+    """A manifest that breaks a rule of manifest.contract.json (raised inside validation; parse_manifest turns it into
+    a ManifestError line worded as the C++ demo words it)."""
 
 
 class _Record(BaseModel):
@@ -463,102 +485,102 @@ class Manifest(_Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        """The checks a JSON Schema cannot state (the C++ demo makes the same ones): one input per role scene /
-        viewpoint_centers / viewpoint_scales, unique names, float32 I/O, the state pairs, every shape against the
-        geometry and the initial state, the target's files listed, and a precision word matching its dtypes."""
+        """The checks a JSON Schema cannot state, in the order the C++ demo makes them, with the rules and messages
+        of manifest.contract.json (canvit_runtime.contract): plain file names, unique names, one input per role
+        scene / viewpoint_centers / viewpoint_scales, float32 I/O, the state pairs, every shape against the geometry
+        and the initial state, the readouts, the target's files listed, and a precision word matching its dtypes.
+        Raises Inconsistent (a ValueError) with the rule's one-line message."""
+        for key, record in sorted(self.files.items()):  # in key order, as the C++ demo reads them
+            if not plain_member(record.path):
+                raise Inconsistent(say("file_not_plain", key=key, name=printable(record.path)))
         names = [t.name for t in (*self.inputs, *self.outputs)]
-        if len(set(names)) != len(names):
-            raise ValueError(f"tensor names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
-        for role in (ROLE_SCENE, ROLE_CENTERS, ROLE_SCALES):
+        if repeated := next((n for i, n in enumerate(names) if n in names[:i]), None):
+            raise Inconsistent(say("name_repeats", name=repeated))
+        for role in INPUT_ROLES:
             if sum(t.role == role for t in self.inputs) != 1:
-                raise ValueError(f"inputs must have exactly one tensor with role {role!r}")
+                raise Inconsistent(say("role_count", role=role))
         for t in (*self.inputs, *self.outputs):
-            if t.dtype != "float32":
-                raise ValueError(f"tensor {t.name!r} is {t.dtype}, but every step input and output is float32")
-        pairs = [(p.input, p.output) for p in self.state]
-        if pairs != [("canvas", "canvas_next"), ("recurrent_cls", "recurrent_cls_next")]:
-            raise ValueError("state must be the pairs canvas -> canvas_next, recurrent_cls -> recurrent_cls_next")
-        g, a = self.geometry, self.architecture
-        registers, patch, cls = (self.initial_state.part(n) if any(p.name == n for p in self.initial_state.parts)
-                                 else None for n in ("canvas_registers", "canvas_patch", "recurrent_cls"))
-        if registers is None or patch is None or cls is None:
-            raise ValueError("initial_state must have the parts canvas_registers, canvas_patch and recurrent_cls")
-        expected = {
-            "canvas_registers": [a.num_canvas_registers, a.canvas_dim], "canvas_patch": [a.canvas_dim],
-            "recurrent_cls": [a.backbone_dim]}
-        for part in (registers, patch, cls):
-            if part.shape != expected[part.name]:
-                raise ValueError(f"initial_state part {part.name} has shape {part.shape}, the architecture says "
-                                 f"{expected[part.name]}")
-        canvas = [g.batch, a.num_canvas_registers + g.canvas_grid**2, a.canvas_dim]
-        shapes = {ROLE_SCENE: [g.batch, 3, g.scene_px, g.scene_px], ROLE_CENTERS: [g.batch, 2], ROLE_SCALES: [g.batch],
-                  ROLE_RESET: [g.batch]}
-        by_state = {"canvas": canvas, "canvas_next": canvas, "recurrent_cls": [g.batch, 1, a.backbone_dim],
-                    "recurrent_cls_next": [g.batch, 1, a.backbone_dim]}
+            if t.dtype != IO_DTYPE:
+                raise Inconsistent(say("io_dtype", name=t.name, dtype=t.dtype, io_dtype=IO_DTYPE))
+        if tuple((p.input, p.output) for p in self.state) != STATE_PAIRS:
+            raise Inconsistent(say("state_pairs", pairs=", ".join(f"{i} -> {o}" for i, o in STATE_PAIRS)))
+        symbols = {name: int(getattr(getattr(self, section), key)) for name, (section, key) in SYMBOLS.items()}
+        self._check_initial_state(symbols)
+        self._check_shapes(symbols)
+        self._check_readouts({t.name: t for t in (*self.inputs, *self.outputs)}, symbols)
+        missing = [k for k in (*ALWAYS_FILES, *TARGET_FILES[self.artifact.target]) if k not in self.files]
+        if missing:
+            raise Inconsistent(say("files_lacking", keys=py_list(missing), a_target=a_target(self.artifact.target)))
+        info, stated = PRECISIONS[self.precision.name], self.precision
+        if (info.matmul_dtype, info.stream_dtype) != (stated.matmul_dtype, stated.stream_dtype):
+            raise Inconsistent(say("precision_dtypes", name=info.name, matmul=info.matmul_dtype,
+                                   stream=info.stream_dtype, record_matmul=stated.matmul_dtype,
+                                   record_stream=stated.stream_dtype))
+        return self
+
+    def _check_initial_state(self, symbols: dict[str, int]) -> None:
+        """initial_state has the contract's parts, each of the shape the architecture gives it."""
+        parts: dict[str, InitialStatePart] = {p.name: p for p in self.initial_state.parts}
+        if any(name not in parts for name in INITIAL_STATE_PARTS):
+            raise Inconsistent(say("initial_parts", parts=", ".join(sorted(INITIAL_STATE_PARTS))))
+        for name in sorted(INITIAL_STATE_PARTS):  # in the contract file's order, as the C++ demo reads it
+            if parts[name].shape != (want := shape_of(INITIAL_STATE_PARTS[name], symbols)):
+                raise Inconsistent(say("initial_part_shape", part=name, shape=parts[name].shape, expected=want))
+
+    def _check_shapes(self, symbols: dict[str, int]) -> None:
+        """Every tensor under the element cap and of its role's shape (a state tensor: its name's), the state pairs'
+        shapes, their tensors' roles, and a stateless graph taking and returning every state tensor."""
+        by_state = {name: shape_of(e, symbols) for name, e in STATE_SHAPES.items()}
+        geometry = {name: symbols[name] for name in ("B", "S", "G")}
         for t in (*self.inputs, *self.outputs):
             if int(np.prod(t.shape, dtype=np.float64)) > LIMITS["tensor_elements"]:
-                raise ValueError(f"tensor {t.name!r} of shape {t.shape} has more than {LIMITS['tensor_elements']} "
-                                 f"elements, the most a runtime allocates")
-            want = by_state.get(t.name) if t.role == ROLE_STATE else shapes.get(t.role)
-            if t.role == ROLE_STATE and want is None:
-                raise ValueError(f"tensor {t.name!r} has role state but is not one of {sorted(by_state)}")
+                raise Inconsistent(say("tensor_elements", name=t.name, shape=t.shape, limit=LIMITS["tensor_elements"]))
+            if t.role == ROLE_STATE and t.name not in by_state:
+                raise Inconsistent(say("state_name", name=t.name, names=py_list(sorted(by_state))))
+            want = by_state[t.name] if t.role == ROLE_STATE else (
+                shape_of(ROLE_SHAPES[t.role], symbols) if t.role in ROLE_SHAPES else None)
             if want is not None and t.shape != want:
-                raise ValueError(f"tensor {t.name!r} has shape {t.shape}, but the geometry (batch {g.batch}, scene "
-                                 f"{g.scene_px} px, canvas {g.canvas_grid}x{g.canvas_grid}) says {want}")
+                raise Inconsistent(say("tensor_shape", name=t.name, shape=t.shape, expected=want, **geometry))
         io = {t.name: t for t in (*self.inputs, *self.outputs)}
         for p in self.state:
             if p.shape != by_state[p.input]:
-                raise ValueError(f"state {p.input!r} has shape {p.shape}, the geometry says {by_state[p.input]}")
+                raise Inconsistent(say("state_shape", name=p.input, shape=p.shape, expected=by_state[p.input]))
             for name in (p.input, p.output):
                 if name in io and io[name].role != ROLE_STATE:
-                    raise ValueError(f"tensor {name!r} is a state pair's but has role {io[name].role!r}")
+                    raise Inconsistent(say("state_role", name=name, role=io[name].role))
         stateful = getattr(self.artifact, "stateful", False)
         if not stateful and not all(n in io for p in self.state for n in (p.input, p.output)):
-            raise ValueError("a stateless artifact's graph must take and return every state tensor")
-        self._check_readouts(io)
-        missing = [k for k in ("initial_state", *TARGET_FILES[self.artifact.target]) if k not in self.files]
-        if missing:
-            raise ValueError(f"files lacks {missing} for a {self.artifact.target} artifact")
-        info = PRECISIONS[self.precision.name]
-        if (info.matmul_dtype, info.stream_dtype) != (self.precision.matmul_dtype, self.precision.stream_dtype):
-            raise ValueError(f"precision {info.name} means matmuls in {info.matmul_dtype} and streams in "
-                             f"{info.stream_dtype}, the record says {self.precision.matmul_dtype} and "
-                             f"{self.precision.stream_dtype}")
-        return self
+            raise Inconsistent(say("stateless_state"))
 
-    def _check_readouts(self, io: dict[str, TensorSpec]) -> None:
-        """Each readout's outputs exist with role readout and the shapes of the geometry; class names and palette
-        match the class count; no readout output is left undeclared."""
-        g = self.geometry
+    def _check_readouts(self, io: dict[str, TensorSpec], symbols: dict[str, int]) -> None:
+        """Each readout's outputs exist with role readout and the shapes of the geometry (the contract's
+        READOUT_SHAPES); class names and palette match the class count; no readout output is left undeclared."""
         declared = [name for r in self.readouts for name in r.outputs]
         if len(set(r.name for r in self.readouts)) != len(self.readouts):
-            raise ValueError("readouts repeat a name")
+            raise Inconsistent(say("readouts_repeat"))
         undeclared = sorted(t.name for t in self.outputs if t.role == "readout" and t.name not in declared)
         if undeclared:
-            raise ValueError(f"outputs {undeclared} have role readout but no readout declares them")
+            raise Inconsistent(say("readout_undeclared", names=py_list(undeclared)))
         for r in self.readouts:
             if tuple(r.outputs) != READOUT_OUTPUTS[r.name]:
-                raise ValueError(f"readout {r.name} outputs {list(READOUT_OUTPUTS[r.name])}, not {r.outputs}")
+                raise Inconsistent(say("readout_outputs", readout=r.name, expected=py_list(READOUT_OUTPUTS[r.name]),
+                                       outputs=py_list(r.outputs)))
             for name in r.outputs:
                 if name not in io or io[name].role != "readout":
-                    raise ValueError(f"readout {r.name}'s output {name!r} is not an output with role readout")
-            shape = io[r.outputs[0]].shape
-            last = shape[-1] if shape else 0  # a shape too short for its readout is refused below, as the C++ does
-            if r.name == "segmentation":
-                classes = shape[1] if len(shape) > 1 else 0
-                want = [[g.batch, classes, g.canvas_grid, g.canvas_grid], [g.batch, g.canvas_grid, g.canvas_grid]]
-            elif r.name == "classification":
-                want, classes = [[g.batch, last]], last
-            else:
-                want, classes = [[g.batch, g.canvas_grid**2, last]], None
-            for name, expected in zip(r.outputs, want, strict=True):
-                if io[name].shape != expected:
-                    raise ValueError(f"readout output {name!r} has shape {io[name].shape}, the geometry says {expected}")
+                    raise Inconsistent(say("readout_role", readout=r.name, name=name))
+            rule, first = READOUT_SHAPES[r.name], io[r.outputs[0]].shape
+            bound = dict(symbols)
+            for symbol, axis in rule["free"].items():  # a shape too short reads 0, refused below as the C++ does
+                bound[symbol] = first[axis] if -len(first) <= axis < len(first) else 0
+            for name, expressions in zip(r.outputs, rule["shapes"], strict=True):
+                if io[name].shape != (want := shape_of(expressions, bound)):
+                    raise Inconsistent(say("readout_shape", name=name, shape=io[name].shape, expected=want))
+            classes = bound[rule["classes"]] if rule["classes"] else "no"
             for field in ("class_names", "palette"):
                 values = getattr(r, field)
-                if values is not None and len(values) != classes:
-                    raise ValueError(f"readout {r.name} has {len(values)} {field.replace('_', ' ')} for {classes} "
-                                     f"classes")
+                if values is not None and (rule["classes"] is None or len(values) != classes):
+                    raise Inconsistent(say("readout_classes", readout=r.name, count=len(values),
+                                           field=field.replace("_", " "), classes=classes))
 
     # --- convenience ------------------------------------------------------------------------------------------
     def readout(self, name: str) -> ReadoutRecord | None:
@@ -767,7 +789,7 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME) -> Manifest:
     """Parse and validate manifest.json text. Raises ManifestError with one line: not JSON, not a canvit-export
     manifest, a newer version (upgrade), an older or invalid layout (re-export), or an inconsistency."""
     if not json_depth_ok(text):
-        raise ManifestError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels, not a canvit-export manifest")
+        raise ManifestError(say("json_depth", source=source, limit=MAX_JSON_DEPTH))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -787,6 +809,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME) -> Manifest:
     try:
         return Manifest.model_validate_json(text, strict=True)
     except ValidationError as error:
+        if isinstance(rule := error.errors()[0].get("ctx", {}).get("error"), Inconsistent):
+            raise ManifestError(say("inconsistent", source=source, message=printable(rule, 4096))) from error
         command = our_command(data.get("command"))
         fix = f"re-export it: {command}" if command else "re-export it with this canvit-export"
         raise ManifestError(f"{source}: not a valid version-{FORMAT_VERSION} manifest, {printable(_first_error(error))}; "
@@ -822,6 +846,8 @@ def load_manifest(artifact_dir: str | Path, *, verify: bool = True) -> Manifest:
     path = directory / MANIFEST_NAME
     if not os.path.lexists(path):
         raise ManifestError(f"{directory}: no {MANIFEST_NAME}; this is not a canvit-export artifact (re-export it)")
+    if (info := regular_file(path)) is not None and info.st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(say("manifest_bytes", source=printable(path), size=info.st_size, limit=MAX_MANIFEST_BYTES))
     try:
         text = read_regular(path, MAX_MANIFEST_BYTES).decode("utf-8")
     except (OSError, ValueError) as error:
@@ -838,3 +864,40 @@ def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema(by_alias=True, mode="serialization")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": "https://github.com/canvit-export/manifest.schema.json", **schema}
+
+
+def contract_document() -> dict[str, Any]:
+    """The content of manifest.contract.json: canvit_runtime.contract's tables with the manifest's own (target files
+    and names, readout outputs, caps, the tensor-name pattern) and the precision vocabulary's dtypes."""
+    assert set(READOUT_SHAPES) == set(READOUT_OUTPUTS), "a readout without its shapes"
+    return {
+        "$comment": f"Generated by `{GENERATOR}` from canvit_runtime.contract; do not edit. What canvit_runtime and "
+                    f"cpp_demo both check beyond manifest.schema.json.",
+        "generator": GENERATOR,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "symbols": {name: ".".join(field) for name, field in SYMBOLS.items()},
+        "io_dtype": IO_DTYPE,
+        "input_roles": list(INPUT_ROLES),
+        "role_shapes": ROLE_SHAPES,
+        "state_pairs": [list(pair) for pair in STATE_PAIRS],
+        "state_shapes": STATE_SHAPES,
+        "initial_state_parts": INITIAL_STATE_PARTS,
+        "readouts": {name: {"outputs": list(outputs), **READOUT_SHAPES[name]}
+                     for name, outputs in READOUT_OUTPUTS.items()},
+        "always_files": list(ALWAYS_FILES),
+        "target_files": {target: list(keys) for target, keys in TARGET_FILES.items()},
+        "target_names": dict(TARGET_NAMES),
+        "precisions": {word: {"base": info.base, "matmul_dtype": info.matmul_dtype, "stream_dtype": info.stream_dtype,
+                              "int8_weights": info.int8_weights, "int8_static": info.int8_static,
+                              "follows_float32_rule": info.follows_rule} for word, info in PRECISIONS.items()},
+        "target_precisions": {target: list(words) for target, words in TARGET_PRECISIONS.items()},
+        "limits": {**LIMITS, "manifest_bytes": MAX_MANIFEST_BYTES, "json_depth": MAX_JSON_DEPTH},
+        "names": {"tensor": TENSOR_NAME, "file": FILE_NAMES},
+        "messages": MESSAGES,
+    }
+
+
+def contract_text() -> str:
+    """manifest.contract.json's text, as written (sorted keys: the same file for the same contract)."""
+    return json.dumps(contract_document(), indent=1, sort_keys=True) + "\n"

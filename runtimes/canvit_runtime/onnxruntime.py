@@ -22,8 +22,8 @@ import platform
 
 import numpy as np
 
-from canvit_runtime.base import HostStateRunner
-from canvit_runtime.manifest import Manifest, ManifestError, a_target, verified_onnx
+from canvit_runtime.base import HostStateRunner, check_target
+from canvit_runtime.manifest import Manifest, verified_onnx
 
 
 def emulate_bfloat16(model):  # onnx.ModelProto -> onnx.ModelProto
@@ -172,9 +172,7 @@ class OnnxRuntimeRunner(HostStateRunner):
         import onnxruntime as ort
 
         super().__init__(manifest)
-        if manifest.target != "onnx":
-            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; ONNX Runtime "
-                                f"runs ONNX artifacts (canvit-export onnx)")
+        check_target(manifest, self.name, "ONNX Runtime runs ONNX artifacts (canvit-export onnx)")
         providers = providers or ["CPUExecutionProvider"]
         options = session_options(threads, spinning=spinning)
         if profile is not None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from canvit_runtime.base import HostStateRunner, Runner, StepResult
-from canvit_runtime.manifest import Manifest, ManifestError, a_target, verified_onnx
+from canvit_runtime.base import HostStateRunner, Runner, StepResult, check_target
+from canvit_runtime.manifest import Manifest, ManifestError, verified_onnx
 
 
 def compile_step(manifest: Manifest, *, device: str, threads: int | None, inference_precision: str | None,
@@ -24,12 +24,11 @@ def compile_step(manifest: Manifest, *, device: str, threads: int | None, infere
 
     # Read from the checksummed bytes, the IR's weights passed explicitly: OpenVINO would otherwise read the .bin
     # named after the .xml (or an ONNX graph's external data), which the manifest may not list.
+    check_target(manifest, "openvino", "OpenVINO runs IR or ONNX artifacts")
     if manifest.target == "openvino":
         model = ov.Core().read_model(manifest.read_verified("ir"), manifest.read_verified("weights"))
-    elif manifest.target == "onnx":
-        model = ov.Core().read_model(verified_onnx(manifest))
     else:
-        raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact; OpenVINO runs IR or ONNX artifacts")
+        model = ov.Core().read_model(verified_onnx(manifest))
     # f32: OpenVINO then executes the graph's own types (see the module docstring).
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision or "f32"}
     if requests is not None:

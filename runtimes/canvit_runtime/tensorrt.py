@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from canvit_runtime.base import Runner
-from canvit_runtime.manifest import Manifest, ManifestError, TensorRtArtifact, a_target
+from canvit_runtime.base import Runner, check_target
+from canvit_runtime.manifest import Manifest, ManifestError, TensorRtArtifact
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 # Manifest dtypes -> TensorRT DataType member names (tensorrt.DataType.<name>).
@@ -60,9 +60,9 @@ class TensorRtRunner(Runner):
     def __init__(self, manifest: Manifest, *, threads: int | None = None, device: int = 0,
                  cuda_graph: bool = False) -> None:
         super().__init__(manifest)
-        if not isinstance(manifest.artifact, TensorRtArtifact):
-            raise ManifestError(f"{manifest.directory} is {a_target(manifest.target)} artifact, not a TensorRT "
-                                f"engine: build one with `canvit-export trt --artifact {manifest.directory}`")
+        check_target(manifest, self.name, f"TensorRT runs engine artifacts: build one with `canvit-export trt "
+                                          f"--artifact {manifest.directory}`")
+        assert isinstance(manifest.artifact, TensorRtArtifact)  # the manifest's target names its artifact's type
         import tensorrt as trt
 
         self.cudart = cudart = import_cudart()

@@ -37,7 +37,7 @@ struct Readout {
 };
 
 std::string shape_str(const std::vector<int64_t>& shape);  // "[1, 272, 1024]"
-// "an ONNX", "an OpenVINO IR", "a TensorRT engine", "a Core ML" (canvit_runtime.manifest.a_target's words), for
+// "an ONNX", "an OpenVINO IR", "a TensorRT engine", "a Core ML" (manifest.contract.json's target_names), for
 // messages: "DIR is an ONNX artifact".
 std::string a_target(const std::string& target);
 
@@ -81,8 +81,6 @@ struct Manifest {
 // pinned_sha256 (hex, from --manifest-sha256): manifest.json's own SHA-256 must equal it, checked before parsing; the
 // manifest lists every file's SHA-256, so the pin covers the whole artifact (a checksum beside the files cannot).
 Manifest load_manifest(const std::filesystem::path& dir, bool verify = true, const std::string& pinned_sha256 = "");
-// An artifact's manifest.json is a few kB; a bigger one is refused unread.
-inline constexpr uintmax_t kMaxManifestBytes = uintmax_t(16) << 20;
 // Glimpses in one run: their viewpoints are built before the first (canvit_runtime.policies.MAX_GLIMPSES).
 inline constexpr int kMaxGlimpses = 100000;
 // The widest image preprocessing accepts (long side / short side), as canvit_runtime.preprocess.MAX_ASPECT.

@@ -1,6 +1,6 @@
 """The child process of `canvit-export bench` that measures one configuration's peak resident memory.
 
-    python -m canvit_export.bench_child runtime|eager|peer ARTIFACT RUNTIME THREADS|- [PEER_ONNX | EAGER_MODE]
+    python -m canvit_export.bench.child runtime|eager|peer ARTIFACT RUNTIME THREADS|- [PEER_ONNX | EAGER_MODE]
 
 Loads the configuration, runs 3 glimpses of a zero scene and prints {"peak_rss_mb": ...}. Runtime and peer
 children import no torch, so their figure is what a device running that runtime pays.
