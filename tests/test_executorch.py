@@ -123,10 +123,10 @@ def test_fp16_with_the_state_as_inputs_and_outputs(pte_fp16_stateless: Path, vit
     assert not facts.program_audit.violations
     report = parity_command(artifact=pte_fp16_stateless, runtime="executorch", loaded=vits16, image=photo,
                             policy="eg-c2f", glimpses=8, seed=0, threads=None, report_path=tmp_path / "r.json")
-    assert report["passed"], report["failures"][:3]
-    assert report["worst"]["canvas_rel_l2"] < 2e-2 and report["worst"]["canvas_rel_l2"] > 1e-5, report["worst"]
+    assert report.passed, report.failures[:3]
+    assert report.worst["canvas_rel_l2"] < 2e-2 and report.worst["canvas_rel_l2"] > 1e-5, report.worst
     report_figure(f"executorch ViT-S c{CANVAS} fp16 stateless eg-c2f: canvas rel-L2 "
-                  f"{report['worst']['canvas_rel_l2']:.1e}, {report['median_ms']['runtime']:.0f} ms a glimpse")
+                  f"{report.worst['canvas_rel_l2']:.1e}, {report.median_ms['runtime']:.0f} ms a glimpse")
 
 
 def test_manifest_records_the_program(pte: Path) -> None:
