@@ -1,4 +1,5 @@
-"""The ExecuTorch target: one stateful ViT-S .pte (canvas 8, segmentation readout) exported once per session, run on
+"""The ExecuTorch target: one stateful ViT-S .pte (canvas 8, segmentation readout) exported once per session (and one
+fp16 program with the state as inputs and outputs), run on
 canvit-runtime's torch-free runner (executorch-numpy-runtime) against canvit-pytorch; the state carries and starts at
 the learned initial state (and a program that does not carry its state fails the same check); the audit reports a
 narrowed canvas; the command refuses what it cannot export in one line."""
@@ -20,6 +21,9 @@ from canvit_export.export.artifact import Geometry
 from canvit_export.export.executorch import (
     PROGRAM,
     StatefulStep,
+    _attention,
+    _layer_norm,
+    _unbind,
     audit_program,
     export_executorch,
     export_program,
@@ -48,6 +52,18 @@ def pte(vits16, tmp_path_factory: pytest.TempPathFactory) -> Path:
     heads = load_heads(vits16, ["segmentation"], probe=None, seed=0)
     export_executorch(vits16, Geometry(batch=1, scene_px=SCENE_PX, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS), out,
                       heads=heads, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pte_fp16_stateless(vits16, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`--precision fp16 --no-stateful`, canvas 8, segmentation readout: one export covers both (CI time)."""
+    from canvit_export.readouts import load_heads
+
+    out = tmp_path_factory.mktemp("executorch") / "vits16-c8-fp16-stateless-pte"
+    heads = load_heads(vits16, ["segmentation"], probe=None, seed=0)
+    export_executorch(vits16, Geometry(batch=1, scene_px=SCENE_PX, glimpse_px=GLIMPSE_PX, canvas_grid=CANVAS), out,
+                      precision="fp16", stateful=False, heads=heads, quiet=True)
     return out
 
 
@@ -94,6 +110,25 @@ def test_parity_fp32(pte: Path, vits16, policy: str, photo, tmp_path: Path, repo
                   f"{report.median_ms['runtime']:.0f} ms a glimpse")
 
 
+def test_fp16_with_the_state_as_inputs_and_outputs(pte_fp16_stateless: Path, vits16, photo, tmp_path: Path,
+                                                   report_figure) -> None:
+    """`--no-stateful` takes and returns the state (the runner feeds it back) and fp16 passes the fp16 gate over
+    EG-C2F glimpses (8: XNNPACK takes no cast, so fp16 runs in about a hundred delegates), its canvas
+    float32 (audit clean, delegate boundaries included); it is narrower than fp32 (error above fp32 rounding)."""
+    manifest = manifest_round_trip(pte_fp16_stateless)
+    facts = manifest.artifact
+    assert isinstance(facts, ExecuTorchArtifact) and not manifest.stateful and facts.state_buffers == {}
+    assert facts.inputs == ["scene", "canvas", "recurrent_cls", "centers", "scales"]
+    assert manifest.outputs[0].name == "canvas_next" and manifest.precision.name == "fp16"
+    assert not facts.program_audit.violations
+    report = parity_command(artifact=pte_fp16_stateless, runtime="executorch", loaded=vits16, image=photo,
+                            policy="eg-c2f", glimpses=8, seed=0, threads=None, report_path=tmp_path / "r.json")
+    assert report.passed, report.failures[:3]
+    assert report.worst["canvas_rel_l2"] < 2e-2 and report.worst["canvas_rel_l2"] > 1e-5, report.worst
+    report_figure(f"executorch ViT-S c{CANVAS} fp16 stateless eg-c2f: canvas rel-L2 "
+                  f"{report.worst['canvas_rel_l2']:.1e}, {report.median_ms['runtime']:.0f} ms a glimpse")
+
+
 def test_manifest_records_the_program(pte: Path) -> None:
     manifest = manifest_round_trip(pte)
     facts = manifest.artifact
@@ -103,6 +138,11 @@ def test_manifest_records_the_program(pte: Path) -> None:
     assert [t.name for t in manifest.outputs] == ["canvas_next", "recurrent_cls_next", "seg_logits", "seg_entropy"]
     assert facts.delegates >= 1 and facts.delegated_ops > 100, "XNNPACK took the matmuls"
     assert "aten.grid_sampler_2d" in facts.portable_ops, "the glimpse sampler stays on portable kernels"
+    # XNNPACK_FORMS: LayerNorm, attention (no safe-softmax masking) and the QKV linears (bias folded) all delegated
+    refused = {"aten.native_layer_norm", "aten.any.dim", "aten.logical_not", "aten.full_like", "aten.addmm",
+               "aten.squeeze_copy.dims", "aten._softmax", "aten.bmm"}
+    assert not refused & set(facts.portable_ops), sorted(refused & set(facts.portable_ops))
+    assert facts.delegates <= 15, f"{facts.delegates} delegates: an op left out splits the graph"
     assert not facts.program_audit.violations and len(facts.program_audit.canvas_stream) >= 2
     assert facts.program_audit.delegate_boundaries > 0
     assert manifest.files["program"].bytes == (pte / PROGRAM).stat().st_size
@@ -141,6 +181,25 @@ def test_a_program_whose_state_does_not_carry_fails_the_check(vits16, photo, tmp
     states = program_rollout(method, scene, resets=[1, 0, 0, 0])
     assert worst_rel(states[:1], reference[:1]) < 1e-5
     assert worst_rel(states, reference) > 1e-2
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 7, 64), (1, 8, 70, 32)])
+def test_the_xnnpack_forms_compute_the_ops_they_replace(shape: tuple[int, ...]) -> None:
+    """Attention as bmm/softmax/bmm against F.scaled_dot_product_attention (self and cross attention), LayerNorm as
+    two inner means against F.layer_norm, unbind as narrow + reshape against torch.unbind, all float32."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(shape, generator=gen)
+    k, v = torch.randn(*shape[:2], 11, shape[3], generator=gen), torch.randn(*shape[:2], 11, 5, generator=gen)
+    for keys, values in ((q, q), (k, v)):
+        want = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
+        torch.testing.assert_close(_attention(q, keys, values), want, rtol=1e-5, atol=1e-6)
+    x = torch.randn(*shape[1:], generator=gen) * 3 + 1
+    weight, bias = torch.randn(shape[-1], generator=gen), torch.randn(shape[-1], generator=gen)
+    want = torch.nn.functional.layer_norm(x, (shape[-1],), weight, bias, eps=1e-6)
+    torch.testing.assert_close(_layer_norm(x, [shape[-1]], weight, bias, eps=1e-6), want, rtol=1e-5, atol=1e-5)
+    for dim in (0, 2, -1):
+        for got, expected in zip(_unbind(q, dim), torch.unbind(q, dim), strict=True):
+            assert torch.equal(got, expected)
 
 
 def test_the_audit_reports_a_narrowed_canvas(vits16) -> None:

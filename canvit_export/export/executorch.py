@@ -12,6 +12,14 @@ buffers, per batch row. A separate reset method would not do: ExecuTorch does no
 methods. The program also outputs `canvas_next` and `recurrent_cls_next` (what the buffers were set to), so a caller
 reads the state without feeding it back. `--no-stateful` keeps the state as inputs and outputs, as the ONNX graph.
 
+For XNNPACK, three ops of the step are written in forms it takes, at export time only (`XNNPACK_FORMS`, applied
+by `export_program` with torch.export's `run_decompositions`; step.GlimpseStep and canvit-pytorch's parameters are
+used as they are): attention as bmm, softmax, bmm (the SDPA's own decomposition brings masking ops XNNPACK refuses),
+LayerNorm as two 4-D means (XNNPACK has no LayerNorm; its mean takes 4-D tensors over the two inner dims), and
+`unbind` as narrow + reshape (its squeeze is refused). The QKV key-bias mask product of parameters (and its cast
+under fp16) is folded into a constant, so those linears keep a static bias. Each op XNNPACK refuses splits the graph
+into more delegates (the census before and after: docs/executorch.md).
+
 Precision: the step carries its own casts (step.GlimpseStep); `audit_program` walks the exported program before
 partitioning and `audit_delegates` the dtypes at every delegate boundary after it, and the export fails when a
 canvas, RoPE, coordinate, VPE or readout tensor is narrower than float32.
@@ -23,6 +31,7 @@ import collections
 import contextlib
 import io
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,6 +66,7 @@ STATE_BUFFERS = {"canvas": "canvas", "recurrent_cls": "recurrent_cls"}
 """State input name -> the program's mutable buffer that holds it."""
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 NARROW = (torch.float16, torch.bfloat16)
+CASTS = ("_to_copy", "_to_dim_order_copy", "to")
 TRIG_OPS = ("sin", "cos", "log", "grid_sampler_2d", "grid_sampler")
 
 
@@ -159,7 +169,7 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
         current = stream[-1]
         users = list(current.users)
         adds = [u for u in users if _base_op(u) == "add"]
-        casts = [u for u in users if _base_op(u) in ("_to_copy", "_to_dim_order_copy", "to")]
+        casts = [u for u in users if _base_op(u) in CASTS]
         if len(adds) == 1:
             add = adds[0]
             update = next((a for a in _tensor_args(add) if a is not current), None)
@@ -212,22 +222,38 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
             "violations": violations}
 
 
+def _is_cast(node: Any, *, to: torch.dtype | None = None, source: torch.dtype | None = None) -> bool:
+    """node is a dtype cast (to `to`, from `source`, where given)."""
+    if getattr(node, "op", None) != "call_function" or _base_op(node) not in CASTS:
+        return False
+    args = _tensor_args(node)
+    return (to is None or _dtype(node) == to) and (source is None or (bool(args) and _dtype(args[0]) == source))
+
+
 def audit_delegates(program: Any, *, state_shapes: list[list[int]]) -> tuple[int, list[str]]:
     """The dtypes at every delegate boundary of a lowered program: each tensor entering or leaving a delegate with a
-    state's shape (the canvas [B, R+G*G, Dc], the CLS [B, 1, Db]) must be float32. Returns (boundary tensors seen,
-    violations)."""
+    state's shape (the canvas [B, R+G*G, Dc], the CLS [B, 1, Db]) must be float32, unless it is a compute-dtype copy
+    the precision rule allows: made by a cast from float32 (a matmul input) or only ever cast back to float32 (an
+    update widened before it joins the stream; audit_program checks the stream itself). Returns (boundary tensors
+    seen, violations)."""
     seen, violations = 0, []
     shapes = [tuple(s) for s in state_shapes]
     for node in program.graph.nodes:
         if node.op != "call_function" or "executorch_call_delegate" not in str(node.target):
             continue
+        inner = getattr(program.graph_module, node.args[0].target).original_module.graph
+        inner_outputs = list(next(n for n in inner.nodes if n.op == "output").args[0])
         crossing = [*_tensor_args(node), *[u for u in node.users if _op_name(u).endswith("getitem")]]
         for tensor in crossing:
             value = tensor.meta.get("val")
             if not isinstance(value, torch.Tensor):
                 continue
             seen += 1
-            if tuple(value.shape) in shapes and value.dtype != torch.float32:
+            if tuple(value.shape) not in shapes or value.dtype == torch.float32:
+                continue
+            maker = inner_outputs[tensor.args[1]] if tensor in node.users else tensor
+            widened = bool(tensor.users) and all(_is_cast(u, to=torch.float32) for u in tensor.users)
+            if not (widened or _is_cast(maker, source=torch.float32)):
                 violations.append(f"delegate boundary {node.name}: {tensor.name} {list(value.shape)} is {value.dtype}, "
                                   f"must be float32")
     return seen, violations
@@ -268,11 +294,73 @@ def _quiet() -> Any:
             lg.setLevel(level)
 
 
+def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+               is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    """F.scaled_dot_product_attention without mask, dropout or causality as softmax(q k^T * scale) v (Vaswani et
+    al. 2017, eq. 1; scale defaults to head_dim ** -0.5 as SDPA's) in bmm, softmax over the last dim, bmm, which
+    XNNPACK takes. q [..., Nq, d], k [..., Nk, d], v [..., Nk, dv] -> [..., Nq, dv], q's dtype.
+
+    Raises:
+        AssertionError: a mask, dropout, causality or grouped-query attention (the step uses none).
+    """
+    assert attn_mask is None and dropout_p == 0.0 and not is_causal and not enable_gqa, "plain attention only"
+    *batch, n, d = query.shape
+    q = query.reshape(-1, n, d) * (scale if scale is not None else 1.0 / math.sqrt(d))
+    k = key.reshape(-1, key.shape[-2], d)
+    v = value.reshape(-1, value.shape[-2], value.shape[-1])
+    weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
+    return torch.bmm(weights, v).reshape(*batch, n, value.shape[-1])
+
+
+def _inner_mean(x: Tensor) -> Tensor:
+    """x [..., D] -> its mean over D, [..., 1], as a 4-D mean over the two inner dims (XNNPACK's only mean)."""
+    return x.reshape(-1, x.shape[-2], x.shape[-1], 1).mean(dim=(2, 3), keepdim=True).reshape(*x.shape[:-1], 1)
+
+
+def _layer_norm(x: Tensor, normalized_shape: list[int], weight: Tensor | None = None, bias: Tensor | None = None,
+                eps: float = 1e-5, cudnn_enable: bool = True) -> Tensor:
+    """F.layer_norm over the last dim, (x - mean) / sqrt(var + eps) * weight + bias with the biased variance
+    (torch.nn.LayerNorm's definition; Ba et al. 2016), in x's dtype. x [..., D] (rank >= 2) -> x's shape.
+
+    Raises:
+        AssertionError: normalization over more than the last dim.
+    """
+    assert len(normalized_shape) == 1 and x.ndim >= 2, (normalized_shape, x.shape)
+    centered = x - _inner_mean(x)
+    y = centered * torch.rsqrt(_inner_mean(centered * centered) + eps)
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias
+
+
+def _unbind(x: Tensor, dim: int = 0) -> list[Tensor]:
+    """torch.unbind as narrow + reshape (the select it becomes lowers to a squeeze XNNPACK refuses)."""
+    rest = [size for i, size in enumerate(x.shape) if i != dim % x.ndim]
+    return [x.narrow(dim, i, 1).reshape(rest) for i in range(x.shape[dim])]
+
+
+XNNPACK_FORMS = {torch.ops.aten.scaled_dot_product_attention.default: _attention,
+                 torch.ops.aten.layer_norm.default: _layer_norm,
+                 torch.ops.aten.unbind.int: _unbind}
+"""The step's ops rewritten, at export, in forms the XNNPACK partitioner takes (module docstring)."""
+
+
+FOLDED = {torch.ops.aten.mul.Tensor, torch.ops.aten._to_copy.default}
+"""Ops folded when every input is a constant: the QKV key-bias mask product, and its cast to float16 under fp16
+(an unfolded bias leaves the linear to a portable addmm)."""
+
+
 def export_program(module: nn.Module, args: tuple[Tensor, ...]) -> Any:
-    """torch.export.export(module, args) (non-strict), under no_grad: ExecuTorch's buffer write-back refuses tensors
-    that require grad."""
+    """torch.export.export(module, args) (non-strict), under no_grad (ExecuTorch's buffer write-back refuses tensors
+    that require grad), with XNNPACK_FORMS decomposed and FOLDED ops of constants folded."""
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
     with torch.no_grad(), _quiet():
-        return torch.export.export(module, args, strict=False)
+        exported = torch.export.export(module, args, strict=False).run_decompositions(XNNPACK_FORMS)
+        # Only products and casts: folding everything (the RoPE tables, the registers' expand) makes a program
+        # XNNPACK's runtime refuses to run (shape propagation fails, executorch 1.5.1).
+        keep = {n.target for n in exported.graph.nodes if n.op == "call_function"} - FOLDED
+        return constant_prop_pass(exported, custom_skip_targets=keep)
 
 
 def lower(exported: Any) -> Any:
