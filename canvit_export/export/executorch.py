@@ -155,14 +155,27 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
     user_inputs = list(program.graph_signature.user_inputs)
     by_input = {name: placeholders[name] for name in user_inputs if name in placeholders}
 
+    stream = _program_canvas_stream(program, placeholders, by_input, violations)
+    if stream is None:
+        return {"canvas_stream": [], "coordinate_ops": 0, "op_counts": dict(counts),
+                "violations": ["no canvas input and no single select of the canvas buffer found"]}
+    coordinate_ops = _program_coordinates(nodes, by_input, violations)
+    _program_readouts(program, nodes, stream, readouts, violations)
+    return {"canvas_stream": [n.name for n in stream], "coordinate_ops": coordinate_ops, "op_counts": dict(counts),
+            "violations": violations}
+
+
+def _program_canvas_stream(program: Any, placeholders: dict[str, Any], by_input: dict[str, Any],
+                           violations: list[str]) -> list[Any] | None:
+    """audit_program's canvas stream: its nodes from the canvas input (or the stateful select) through each Canvas
+    Write `add`, each checked float32; None when no start is found."""
     start = by_input.get("canvas")
     if start is None:  # stateful: the where() that reads the initial canvas or the buffer
         buffer = {v: k for k, v in program.graph_signature.inputs_to_buffers.items()}.get(STATE_BUFFERS["canvas"])
         selects = [u for u in (placeholders[buffer].users if buffer in placeholders else ())
                    if _base_op(u) == "where"]
         if len(selects) != 1:
-            return {"canvas_stream": [], "coordinate_ops": 0, "op_counts": dict(counts),
-                    "violations": ["no canvas input and no single select of the canvas buffer found"]}
+            return None
         start = selects[0]
     stream = [start]
     while True:
@@ -186,6 +199,11 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
     if len(stream) < 2:
         violations.append("the canvas stream has no Canvas Write add")
 
+    return stream
+
+
+def _program_coordinates(nodes: list[Any], by_input: dict[str, Any], violations: list[str]) -> int:
+    """audit_program's coordinate region (computed from centers/scales alone) and trig ops, float32; its op count."""
     region = {by_input[name] for name in ("centers", "scales") if name in by_input}
     coordinate_ops = 0
     for node in nodes:
@@ -202,6 +220,12 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
         if _base_op(node) in TRIG_OPS and _dtype(node) in NARROW:
             violations.append(f"{_base_op(node)} {node.name} outputs {_dtype(node)}, must be float32")
 
+    return coordinate_ops
+
+
+def _program_readouts(program: Any, nodes: list[Any], stream: list[Any], readouts: list[str],
+                      violations: list[str]) -> None:
+    """audit_program's readouts: every op a readout output depends on past the state, float32."""
     output = next(n for n in nodes if n.op == "output")
     returned = list(output.args[0])
     specs = program.graph_signature.output_specs
@@ -218,8 +242,6 @@ def audit_program(program: Any, *, readouts: list[str]) -> dict[str, Any]:
                 violations.append(f"readout {name} depends on {_op_name(current)} {current.name}, which outputs "
                                   f"{_dtype(current)}: must be float32")
             pending.extend(_tensor_args(current))
-    return {"canvas_stream": [n.name for n in stream], "coordinate_ops": coordinate_ops, "op_counts": dict(counts),
-            "violations": violations}
 
 
 def _is_cast(node: Any, *, to: torch.dtype | None = None, source: torch.dtype | None = None) -> bool:
