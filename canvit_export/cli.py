@@ -85,8 +85,8 @@ def readout_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Comma-separated readouts computed on the new state: segmentation (seg_logits, "
                           "seg_entropy), classification (class_logits), features (teacher_patches)."),
         click.option("--probe", default=None, metavar="ID|DIR",
-                     help="Segmentation probe: Hub id or SegmentationProbe save_pretrained folder [random with "
-                          "--random-weights]."),
+                     help="Segmentation probe: Hub id or SegmentationProbe save_pretrained folder (a seeded "
+                          "random probe when the weights are random)."),
     ]):
         command = option(command)
     return command
