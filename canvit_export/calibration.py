@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import canvit_runtime
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import load_source_artifact, staged_artifact
 from canvit_export.progress import console
-from canvit_runtime.manifest import Manifest, a_precision
+from canvit_runtime.manifest import Manifest, TensorSpec, a_precision
 from canvit_runtime.preprocess import scene_batch
 from canvit_runtime.rollout import rollout
 
@@ -90,9 +90,16 @@ def calibration_images(folder: Path | None) -> list[tuple[str, Any]]:
     return [(p.name, p) for p in files]
 
 
-def load_calibration(folder: Path, manifest: Manifest | None = None) -> CalibrationSet:
+def refuse_unused_calibration(calibration: Path | None, static_int8: bool) -> None:
+    """ExportError when --calibration is given to an export that is not static INT8 (every target's one refusal)."""
+    if calibration is not None and not static_int8:
+        raise ExportError("--calibration calibrates static INT8: pass it with --precision int8")
+
+
+def load_calibration(folder: Path, manifest: Manifest | None = None, *,
+                     inputs: Sequence[TensorSpec] | None = None) -> CalibrationSet:
     """A recorded set; ExportError when it is not one, is of another version, or was recorded for another step
-    (graph geometry and tensor shapes must match `manifest`'s)."""
+    (tensor shapes must match the inputs of `manifest`, or `inputs`, the step's: a target exported from weights)."""
     path = folder / INDEX
     try:
         index = json.loads(path.read_text())
@@ -101,8 +108,8 @@ def load_calibration(folder: Path, manifest: Manifest | None = None) -> Calibrat
                           f"`canvit-export calibrate`") from error
     if index.get("format") != FORMAT or index.get("version") != VERSION:
         raise ExportError(f"{path}: not a {FORMAT} version {VERSION} index; re-record it with `canvit-export calibrate`")
-    if manifest is not None:
-        shapes = {t.name: t.shape for t in manifest.inputs}
+    if manifest is not None or inputs is not None:
+        shapes = {t.name: t.shape for t in (manifest.inputs if manifest is not None else inputs or [])}
         if index["shapes"] != {k: shapes.get(k) for k in index["shapes"]}:
             raise ExportError(f"{folder} was recorded for inputs {index['shapes']}, this step takes "
                               f"{ {k: shapes.get(k) for k in index['shapes']} }: record one for this artifact")

@@ -237,7 +237,12 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
 @weight_options
 @geometry_options
 @precision_options("executorch", default="fp32",
-                   help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32.")
+                   help="Matmul/conv/attention precision; the canvas path, RoPE, coordinates and VPE stay float32 "
+                        "(int8: the glimpse backbone's matmuls static INT8 with XNNPACK's quantizer, calibrated on "
+                        "--calibration).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="With --precision int8 (required): a calibration set recorded by `canvit-export calibrate` from the "
+                   "fp32 ONNX artifact of the same geometry.")
 @click.option("--stateful/--no-stateful", default=True, show_default=True,
               help="Canvas and recurrent CLS as float32 mutable buffers of the program (with a reset input), or as "
                    "inputs and outputs.")
@@ -246,21 +251,22 @@ def coreml(model, revision, random_weights, backbone, weight_seed, geometry, pre
               help="Artifact folder [default: models/canvit-<backbone>-c<G>-g<g>-s<S>-b<B>-<precision>-executorch].")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @one_line_errors
-def executorch(model, revision, random_weights, backbone, weight_seed, geometry, precision, stateful, readout, probe,
-               out, force) -> None:
+def executorch(model, revision, random_weights, backbone, weight_seed, geometry, precision, calibration, stateful,
+               readout, probe, out, force) -> None:
     """Export the glimpse step as an ExecuTorch program (DIR/step.pte + manifest), lowered with XNNPACK, for phones."""
     from canvit_export.export.artifact import default_out_dir
-    from canvit_export.export.executorch import export_executorch
+    from canvit_export.export.executorch import check_precision, export_executorch
     from canvit_export.progress import console
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, (calibration,))
+    check_precision(precision, calibration)  # before loading weights
     loaded = load_weights(model, revision, random_weights, backbone, weight_seed)
     heads = load_readouts(loaded, readout, probe, weight_seed)
     out = out or default_out_dir(loaded.canvit.config.backbone_name, geometry, precision,
                                  "executorch" if stateful else "executorch-stateless")
     start = time.perf_counter()
     manifest = export_executorch(loaded, geometry, out, precision=precision, stateful=stateful, heads=heads,
-                                 force=force)
+                                 calibration=calibration, force=force)
     facts = manifest.artifact
     assert isinstance(facts, ExecuTorchArtifact)
     portable = ", ".join(f"{name} x{n}" for name, n in sorted(facts.portable_ops.items(), key=lambda kv: -kv[1]))
@@ -496,12 +502,15 @@ def _build_or_print(source: Path, engine_out: Path | None, workspace_gib: float,
 @click.option("--streams", type=int, default=1, show_default=True,
               help="With N > 1, also N concurrent C2F streams of each stateful OpenVINO IR under OpenVINO's throughput "
                    "hint (one infer request and state per stream), as glimpses/s.")
+@click.option("--groups-in-turn", is_flag=True,
+              help="Time one group (weights + geometry, e.g. one canvas size) at a time, its configurations "
+                   "interleaved, and release it before the next: a canvas series of CanViT-B fits in memory.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="Photograph [default: skimage astronaut].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 @one_line_errors
-def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, baselines, streams, image,
-          out) -> None:
+def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no_peer, baselines, streams,
+          groups_in_turn, image, out) -> None:
     """Latency, throughput, memory, size and error of every artifact x runtime vs PyTorch eager, in one run."""
     from canvit_export.bench.command import bench_command
     from canvit_export.progress import console
@@ -510,7 +519,8 @@ def bench(artifacts, more_artifacts, runtimes, threads, iters, warmup, quick, no
         iters, warmup = 2, 1
     report = bench_command(artifacts=[*artifacts, *more_artifacts], runtimes=[r for r in runtimes.split(",") if r],
                            threads=threads, iters=iters, warmup=warmup, out=out, peer=not no_peer, image=image,
-                           baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()), streams=streams)
+                           baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()), streams=streams,
+                           groups_in_turn=groups_in_turn)
     console.print((out / "bench.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} ({len(report.rows)} rows)")
 
@@ -558,8 +568,8 @@ def calibrate(artifact, images, policies, glimpses, seed, threads, out, force) -
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="Photograph [default: skimage astronaut].")
 @one_line_errors
 def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) -> None:
-    """Where a glimpse's time goes: time per node type, and the shares of matmuls, of data movement (slices, concats,
-    gathers, transposes, casts, reorders, Q/DQ) and of the rest."""
+    """Where a glimpse's time goes: time per node type, the shares of matmuls, of data movement (slices, concats,
+    gathers, transposes, casts, reorders, Q/DQ) and of the rest, and the canvas side against the glimpse side."""
     import json
 
     from rich.table import Table
@@ -585,6 +595,9 @@ def profile(artifact, runtime, glimpses, warmup, threads, top, json_out, image) 
                       str(row["nodes"]), ", ".join(row["kernels"])[:60])
     console.print(table)
     console.print("shares: " + ", ".join(f"{kind} {share:.1%}" for kind, share in report["shares"].items()))
+    console.print("sides: " + ", ".join(f"{side} {split['ms']:.2f} ms ({split['share']:.1%})"
+                                        for side, split in report["sides"].items())
+                  + " (canvas: nodes whose output is canvas-sized; glimpse: the rest)")
     if json_out is not None:
         write_output(json_out, json.dumps(report, indent=1) + "\n", inputs=[artifact], option="--json")
         console.print(f"wrote {json_out}")

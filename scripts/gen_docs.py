@@ -3,7 +3,7 @@
 (a dated page and the README's short table) from a bench.json that `canvit-export bench` wrote.
 
     .venv/bin/python scripts/gen_docs.py manifest [--check]
-    .venv/bin/python scripts/gen_docs.py bench docs/measurements/DATE-bench.json [--check]
+    .venv/bin/python scripts/gen_docs.py bench docs/measurements/DATE[-NAME]-bench.json [--check]
 
 `--check` writes nothing and exits 1 naming each stale file (tests/test_docs.py runs it), so a page can no more drift
 from its source than the schema from the models. Nothing else writes these pages: edit this script, not them.
@@ -101,29 +101,56 @@ def _ratio(value: Any) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def bench_table(bench: dict[str, Any]) -> list[str]:
-    """The short table: one row per configuration (bench.json's rows and columns), its median latency, glimpses/s,
-    speed-up over eager, x floor, peak memory and worst canvas error against PyTorch."""
-    lines = ["| configuration | precision | median ms | glimpses/s | vs eager | x floor | peak RSS MB | worst rel-L2 |",
-             "|---|---|---|---|---|---|---|---|"]
+def _floors(bench: dict[str, Any], row: dict[str, Any]) -> tuple[Any, Any]:
+    """(x floor, x matmul floor) of a row. bench.json written before the canvas-traffic floor (issue 29: no "x matmul
+    floor" column) held rows to the matmuls alone under "x floor": that figure goes to the matmul column, and the
+    honest "x floor" stays blank rather than pass a matmul-only ratio for it."""
+    if "x matmul floor" in bench.get("columns", []):
+        return row.get("x floor"), row.get("x matmul floor")
+    return None, row.get("x floor")
+
+
+def bench_table(bench: dict[str, Any], canvas: int | None = None) -> list[str]:
+    """The short table (the rows at canvas grid `canvas` when given): one row per configuration (bench.json's rows
+    and columns), its median latency, glimpses/s,
+    speed-up over eager, x floor (the matmuls plus the canvas traffic at the measured bandwidth), x matmul floor
+    (the matmuls alone), peak memory and worst canvas error against PyTorch."""
+    lines = ["| configuration | precision | median ms | glimpses/s | vs eager | x floor | x matmul floor | peak RSS MB | "
+             "worst rel-L2 |", "|---|---|---|---|---|---|---|---|---|"]
     for row in bench["rows"]:
+        if canvas is not None and row.get("canvas") != canvas:
+            continue
         error, rss = row.get("worst rel-L2"), row.get("peak RSS MB")
+        honest, matmuls = _floors(bench, row)
         lines.append(f"| {row['config']} | {row['precision']} | {_ms(row.get('median ms'))} | "
-                     f"{_ms(row.get('glimpses/s'))} | {_ratio(row.get('vs eager'))} | {_ratio(row.get('x floor'))} | "
-                     f"{'' if rss is None else round(rss)} | {'' if error is None else f'{error:.1e}'} |")
+                     f"{_ms(row.get('glimpses/s'))} | {_ratio(row.get('vs eager'))} | {_ratio(honest)} | "
+                     f"{_ratio(matmuls)} | {'' if rss is None else round(rss)} | "
+                     f"{'' if error is None else f'{error:.1e}'} |")
     return lines
 
 
 def _machine(bench: dict[str, Any]) -> str:
+    """The machine in a phrase: CPU, cores, threads, its matmul features and triad bandwidth when recorded, and the
+    timed glimpses; a run before the canvas-traffic floor says its x floor is the matmuls' alone."""
     machine = bench.get("machine", {})
-    return (f"{machine.get('cpu', 'CPU not recorded')}, {machine.get('cores', '?')} cores, "
-            f"{machine.get('threads') or 'default'} threads, {bench.get('iters', '?')} timed glimpses each")
+    facts = [machine.get("cpu", "CPU not recorded"), f"{machine.get('cores', '?')} cores",
+             f"{machine.get('threads') or 'default'} threads"]
+    if features := machine.get("features"):
+        facts.append("features " + " ".join(features))
+    if bandwidth := machine.get("bandwidth"):
+        facts.append("triad bandwidth " + "; ".join(f"{b['GB/s']:.1f} GB/s at {b['array MB']:.2f} MB"
+                                                    for b in bandwidth))
+    facts.append(f"{bench.get('iters', '?')} timed glimpses each")
+    if "x matmul floor" not in bench.get("columns", []):
+        facts.append("run before the canvas-traffic floor: only its matmul floor was measured")
+    return ", ".join(facts)
 
 
-def bench_page(bench: dict[str, Any], date: str, source: Path) -> str:
-    """The dated page of one run: the machine, the commands (`<date>-bench.sh` beside the JSON, when kept), the
-    table and the chart (`<date>-bench.png`, when kept)."""
-    lines = [GENERATED.format(what=f"bench {source.relative_to(ROOT)}"), "", f"# Bench, {date}", "",
+def bench_page(bench: dict[str, Any], date: str, source: Path, name: str | None = None) -> str:
+    """The dated page of one run (`name`: what the run was, e.g. canvas-series): the machine, the commands
+    (`<date>[-<name>]-bench.sh` beside the JSON, when kept), the table and the chart (`...-bench.png`, when kept)."""
+    title = f"Bench ({name.replace('-', ' ')}), {date}" if name else f"Bench, {date}"
+    lines = [GENERATED.format(what=f"bench {source.relative_to(ROOT)}"), "", f"# {title}", "",
              f"One interleaved `canvit-export bench` run on {_machine(bench)}; medians of the timed glimpses. The JSON "
              f"it wrote is [{source.name}]({source.name}); versions: "
              + ", ".join(f"{k} {v}" for k, v in bench.get("machine", {}).get("versions", {}).items()) + ".", ""]
@@ -135,10 +162,17 @@ def bench_page(bench: dict[str, Any], date: str, source: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+QUICK_START_CANVAS = 32
+"""The README's table shows a run's rows at the Quick start's canvas grid when the run has several grids."""
+
+
 def readme_with_table(readme: str, bench: dict[str, Any], date: str, page: Path) -> str:
     start, end = readme.index(BENCH_START), readme.index(BENCH_END)
-    block = [BENCH_START, f"From [one run on {date}](docs/measurements/{page.name}) ({_machine(bench)}):", "",
-             *bench_table(bench), ""]
+    grids = {row.get("canvas") for row in bench["rows"]}
+    canvas = QUICK_START_CANVAS if len(grids) > 1 and QUICK_START_CANVAS in grids else None
+    shown = f"; its canvas {canvas} rows" if canvas else ""
+    block = [BENCH_START, f"From [one run on {date}](docs/measurements/{page.name}) ({_machine(bench)}{shown}):", "",
+             *bench_table(bench, canvas), ""]
     return readme[:start] + "\n".join(block) + readme[end:]
 
 
@@ -171,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
         return 0 if _write_or_check(MANIFEST_PAGE, manifest_page(schema), args.check) else 1
     source = (args.bench_json or Path()).resolve()
-    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})-bench\.json", source.name)
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?:-([a-z0-9]+(?:-[a-z0-9]+)*))?-bench\.json", source.name)
     if args.bench_json is None or not match or source.parent != ROOT / "docs" / "measurements":
-        parser.error("bench takes docs/measurements/<YYYY-MM-DD>-bench.json (the date of the run)")
+        parser.error("bench takes docs/measurements/<YYYY-MM-DD>[-<name>]-bench.json (the date of the run)")
     bench = json.loads(source.read_text(encoding="utf-8"))
-    page = source.with_name(f"{match.group(1)}-bench.md")
-    ok = _write_or_check(page, bench_page(bench, match.group(1), source), args.check)
+    page = source.with_suffix(".md")
+    ok = _write_or_check(page, bench_page(bench, match.group(1), source, match.group(2)), args.check)
     readme = README.read_text(encoding="utf-8")
     ok = _write_or_check(README, readme_with_table(readme, bench, match.group(1), page), args.check) and ok
     return 0 if ok else 1

@@ -18,6 +18,7 @@ from canvit_export.source import LoadedModel, load
 from canvit_runtime.manifest import SCHEMA_PATH, Manifest, load_manifest, parse_manifest
 
 SCENE_PX, GLIMPSE_PX = 512, 128
+EXECUTORCH_CANVAS = 8  # the .pte programs' canvas grid (tests/test_executorch.py, tests/test_executorch_aarch64.py)
 MIN_FREE_GB = 6.0
 """Free disk the suite needs under the temporary directory: its peak use measured ~3.5 GB (df every 15 s over a
 whole run, 369 tests: fresh Python 3.12 and 3.10 venvs, CanViT-B exports, C++ builds), with room to spare;
@@ -273,3 +274,17 @@ def one_line(output: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), output
     assert "Traceback" not in output and "\x1b" not in output, output
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def pte(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stateful fp32 ViT-S program, canvas 8, with the segmentation readout (EG-C2F reads its entropy), exported
+    as a user types it (issue 28's command at ViT-S sizes; the weights are the `vits16` fixture's: seed 0). Shared by
+    tests/test_executorch.py and tests/test_executorch_aarch64.py: one export per session."""
+    from canvit_export.cli import main
+
+    out = tmp_path_factory.mktemp("executorch") / "vits16-c8-pte"
+    code, output = invoke(main, "executorch", "--random-weights", "--backbone", "vits16", "--canvas", EXECUTORCH_CANVAS,
+                          "--scene", SCENE_PX, "--glimpse", GLIMPSE_PX, "--readout", "segmentation", "--out", out)
+    assert code == 0, output
+    return out

@@ -136,3 +136,43 @@ def test_generated_page_check_can_fail(tmp_path):
     stale.write_text(gen_docs.manifest_page(schema), encoding="utf-8")
     gen_docs.MANIFEST_PAGE = stale
     assert gen_docs.main(["manifest", "--check"]) == 1
+
+
+def test_bench_table_reads_old_and_new_bench_json():
+    """A bench.json from before the canvas-traffic floor (no "x matmul floor" column: its "x floor" was the matmuls'
+    alone) puts that ratio under "x matmul floor" and leaves "x floor" blank; a new one shows both as written, and
+    its machine's features and triad bandwidth."""
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+    assert spec is not None and spec.loader is not None
+    gen_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_docs)
+    row = {"config": "c", "precision": "fp32", "median ms": 30.0, "glimpses/s": 33.3, "vs eager": 2.0,
+           "x floor": 1.5, "peak RSS MB": 100.4, "worst rel-L2": 1e-7}
+    old = {"machine": {"cpu": "X", "cores": 2, "threads": 2}, "iters": 5, "columns": ["config", "x floor"],
+           "rows": [row]}
+    assert gen_docs.bench_table(old)[2] == "| c | fp32 | 30.0 | 33.3 | 2.00x |  | 1.50x | 100 | 1.0e-07 |"
+    assert gen_docs._machine(old).endswith("run before the canvas-traffic floor: only its matmul floor was measured")
+    new = {"machine": {"cpu": "X", "cores": 2, "threads": 2, "features": ["amx_bf16"],
+                       "bandwidth": [{"array MB": 1.11, "GB/s": 19.64}]}, "iters": 5,
+           "columns": ["config", "x floor", "x matmul floor"], "rows": [{**row, "x matmul floor": 1.875}]}
+    assert gen_docs.bench_table(new)[2] == "| c | fp32 | 30.0 | 33.3 | 2.00x | 1.50x | 1.88x | 100 | 1.0e-07 |"
+    assert gen_docs._machine(new) == ("X, 2 cores, 2 threads, features amx_bf16, triad bandwidth 19.6 GB/s at 1.11 MB, "
+                                      "5 timed glimpses each")
+
+
+def test_the_readme_shows_a_canvas_series_at_the_quick_start_canvas():
+    """A run over several canvas grids (a canvas series) fills the README's table with its canvas 32 rows only and
+    says so; a run at one grid shows every row."""
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+    assert spec is not None and spec.loader is not None
+    gen_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_docs)
+    readme = f"intro\n{gen_docs.BENCH_START}\nold\n{gen_docs.BENCH_END}\nrest\n"
+    rows = [{"config": f"c{g}-ov", "precision": "bf16", "canvas": g, "median ms": float(g)} for g in (16, 32, 64)]
+    bench = {"machine": {"cpu": "X"}, "columns": ["x floor", "x matmul floor"], "rows": rows}
+    page = ROOT / "docs" / "measurements" / "2026-12-03-canvas-series-bench.md"
+    series = gen_docs.readme_with_table(readme, bench, "2026-12-03", page)
+    assert "| c32-ov | bf16 | 32.0 |" in series and "c16-ov" not in series and "c64-ov" not in series, series
+    assert "its canvas 32 rows" in series and series.endswith(f"{gen_docs.BENCH_END}\nrest\n")
+    single = gen_docs.readme_with_table(readme, {**bench, "rows": rows[:1]}, "2026-12-03", page)
+    assert "| c16-ov | bf16 | 16.0 |" in single and "its canvas" not in single

@@ -327,3 +327,55 @@ def test_probe_convolution_as_matmul() -> None:
         got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
         assert got.shape == expected.shape == (1, 3, 6, 6)
         assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_reads_on_matmuls() -> None:
+    """reads_on_matmuls: a bf16 ScaledDotProductAttention of 3 queries over 40 keys, as OpenVINO converts the
+    exported Canvas Read (q pre-scaled, the op's scale input, an all-zero mask), is left alone below min_keys and
+    above it becomes MatMul(Q, K, transpose_b),
+    the scale, an f32 Softmax and MatMul(P, V); one of 3 queries over 8 keys (ratio < 4) stays fused, bit for bit;
+    the read stays within bf16 rounding of float64 numpy attention and of the fused op, and compiles to MatMul and
+    Softmax nodes."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import reads_on_matmuls
+
+    heads, dim = 2, 8
+    root = np.float32((1 / np.sqrt(dim)) ** 0.5)
+
+    def toy() -> ov.Model:
+        params = [ops.parameter(shape, ov.Type.f32, name=name) for name, shape in
+                  (("q", [1, heads, 3, dim]), ("k", [1, heads, 40, dim]), ("k2", [1, heads, 8, dim]))]
+        bf = [ops.convert(t, ov.Type.bf16) for t in params]
+        q = ops.multiply(bf[0], ops.constant(root, ov.Type.bf16))
+        mask, scale = ops.constant(np.float32(0), ov.Type.bf16), ops.constant(np.array([root]), ov.Type.bf16)
+        outs = [ops.convert(ops.scaled_dot_product_attention(q, k, k, mask, scale), ov.Type.f32) for k in bf[1:]]
+        return ov.Model(outs, params)
+
+    rng = np.random.default_rng(0)
+    feeds = [rng.standard_normal(s).astype(np.float32) * 2 for s in ([1, heads, 3, dim], [1, heads, 40, dim],
+                                                                   [1, heads, 8, dim])]
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = ov.Core().compile_model(toy(), "CPU", config)(feeds)
+    model = toy()
+    assert reads_on_matmuls(model) == 0, "fewer keys than min_keys (the Reads of canvas 32) stay fused"
+    assert reads_on_matmuls(model, min_keys=32) == 1
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert kinds.count("ScaledDotProductAttention") == 1 and kinds.count("Softmax") == 1, kinds
+    softmax = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Softmax")
+    assert softmax.get_input_element_type(0) == ov.Type.f32
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    layers = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+    assert layers.count("MatMul") >= 2 and "Softmax" in layers, layers
+    after = compiled(feeds)
+
+    def reference(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(dim)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return np.einsum("bhqk,bhkd->bhqd", p / p.sum(-1, keepdims=True), k.astype(np.float64))
+
+    for got, old, k in ((after[0], before[0], feeds[1]), (after[1], before[1], feeds[2])):
+        want = reference(feeds[0], k)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
+        assert np.linalg.norm(got - old) / np.linalg.norm(old) < 2e-2
+    assert np.array_equal(after[1], before[1]), "the short attention changed"

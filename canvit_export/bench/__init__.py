@@ -12,7 +12,8 @@ One job per module (this package imports none of them, so that `python -m canvit
   configs.py   the configurations: artifact x runtime (base.TARGETS), the PyTorch baselines, the machine's facts
   timing.py    the round-robin stepper of the configurations, and peak memory through child.py
   flops.py     the step's matrix products read off its graph, and the analytic GFLOPs of a glimpse
-  floor.py     the floor: the step's matmuls alone, timed on OpenVINO per precision
+  traffic.py   the canvas bytes a glimpse must move (Reads, Writes, canvas readouts) and the triad bandwidth
+  floor.py     the floor: the step's matmuls alone, timed on OpenVINO per precision, plus that canvas traffic
   streams.py   multi-stream throughput of stateful IRs on OpenVINO
   report.py    typed rows (BenchRow) and the report (BenchReport): bench.json and bench.md written from them
   chart.py     bench.png

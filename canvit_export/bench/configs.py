@@ -48,27 +48,54 @@ class Candidate:
     reference: bool = False  # PyTorch eager fp32: the group's reference (errors, "vs eager")
 
 
+CPU_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16",
+                "avx_vnni")
+"""/proc/cpuinfo flags that decide which matmul kernels a CPU runtime can use (AMX tiles, AVX-512 BF16/VNNI/FP16)."""
+
+
 @dataclass(frozen=True)
 class Machine:
     """The machine a bench ran on: CPU model, logical cores, the --threads asked (None: each runtime's default), the
-    platform string and the versions of the runtimes' packages."""
+    platform string, the versions of the runtimes' packages, the CPU's matmul features (CPU_FEATURES it has) and the
+    memory bandwidth the floors were priced at: one {"array MB", "GB/s"} per canvas size (traffic.triad_bandwidth)."""
 
     cpu: str
     cores: int | None
     threads: int | None
     platform: str
     versions: dict[str, str]
+    features: list[str] = field(default_factory=list)
+    bandwidth: list[dict[str, float]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """"CPU, 2 cores, threads 2, features amx_bf16 avx512_bf16, triad bandwidth 19.6 GB/s at 0.5 MB"."""
+        line = f"{self.cpu}, {self.cores} cores, threads {self.threads or 'default'}"
+        if self.features:
+            line += f", features {' '.join(self.features)}"
+        if self.bandwidth:
+            line += ", triad bandwidth " + "; ".join(f"{b['GB/s']:.1f} GB/s at {b['array MB']:.2f} MB"
+                                                     for b in self.bandwidth)
+        return line
 
 
-def machine_facts(threads: int | None) -> Machine:
-    cpu = platform.processor()
+def cpu_features(flags: str) -> list[str]:
+    """The CPU_FEATURES among a /proc/cpuinfo flags line, in CPU_FEATURES order."""
+    have = set(flags.split(":", 1)[-1].split())
+    return [f for f in CPU_FEATURES if f in have]
+
+
+def machine_facts(threads: int | None, bandwidth: list[dict[str, float]] | None = None) -> Machine:
+    """This machine's Machine, with the `bandwidth` measured for the floors."""
+    cpu, features = platform.processor(), []
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        features = cpu_features(next((line for line in lines if line.startswith("flags")), ""))
+    except OSError:
         pass
     return Machine(cpu=cpu, cores=os.cpu_count(), threads=threads, platform=platform.platform(),
-                   versions=tool_versions("onnx", "onnxruntime", "openvino", "nncf", "tensorrt"))
+                   versions=tool_versions("onnx", "onnxruntime", "openvino", "nncf", "tensorrt"), features=features,
+                   bandwidth=bandwidth or [])
 
 
 def check_choices(runtimes: list[str], baselines: tuple[str, ...]) -> None:
@@ -136,7 +163,7 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
             manifest = load_manifest(artifact)
         except ValueError as error:
             raise ExportError(str(error)) from error
-        group = f"{manifest.model.weights_fingerprint[:12]}-{manifest.geometry.model_dump_json()}"
+        group = group_of(manifest)
         groups.setdefault(group, manifest)
         candidates += runtime_candidates(artifact, manifest, group, runtimes, threads)
     if idle := [r for r in runtimes if not any(c.runtime == r for c in candidates)]:  # e.g. the default tensorrt
@@ -151,6 +178,22 @@ def build_candidates(artifacts: list[Path], runtimes: list[str], threads: int | 
             loaded = load_from_record(manifest.model)
             baselines_first += baseline_candidates(group, manifest, loaded, threads, workdir, peer, baselines)
     return _grouped(baselines_first, candidates)
+
+
+def group_of(manifest: Manifest) -> str:
+    """A configuration's group: its weights (fingerprint) and geometry; one eager reference and one floor each."""
+    return f"{manifest.model.weights_fingerprint[:12]}-{manifest.geometry.model_dump_json()}"
+
+
+def artifact_groups(artifacts: list[Path]) -> list[list[Path]]:
+    """`artifacts` by group (group_of), in their first artifact's order. Raises ExportError for an unreadable one."""
+    groups: dict[str, list[Path]] = {}
+    for artifact in artifacts:
+        try:
+            groups.setdefault(group_of(load_manifest(artifact)), []).append(artifact)
+        except ValueError as error:
+            raise ExportError(str(error)) from error
+    return list(groups.values())
 
 
 def _grouped(baselines: list[Candidate], candidates: list[Candidate]) -> list[Candidate]:

@@ -1,5 +1,7 @@
-"""The floor: the step's own matrix products (flops.step_matmuls) alone, side by side in one OpenVINO model, timed per
-precision. A configuration's "x floor" is its step time over its precision's floor."""
+"""The floor (issue 29's honest floor): the step's own matrix products (flops.step_matmuls) alone, side by side in one
+OpenVINO model, timed per precision, plus the glimpse's canvas traffic (traffic.canvas_traffic) at the memory bandwidth
+measured in the same run (traffic.triad_bandwidth). A configuration's "x floor" is its step time over its precision's
+floor, its "x matmul floor" over the matmuls alone."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from canvit_export.bench.configs import Candidate
 from canvit_export.bench.flops import FLOOR_ROW_MULTIPLE, StepMatMul, step_matmuls
 from canvit_export.bench.report import BenchRow, floor_row
+from canvit_export.bench.traffic import canvas_traffic, triad_bandwidth
 from canvit_export.progress import console
 from canvit_runtime.manifest import Manifest, ManifestError
 
@@ -88,9 +91,11 @@ def quantized_floor(model: Any) -> Any:
 def floor_rows(candidates: list[Candidate], threads: int | None) -> list[BenchRow]:
     """Per group and floor precision (FLOOR_HINTS): the latency of the step's own matmuls alone (step_matmuls of the
     group's first artifact, timed as floor_model: every product, its shapes, its weight bytes), the faster of their
-    rows as in the graph and padded to FLOOR_ROW_MULTIPLE. A group whose first artifact is not a graph (TensorRT,
-    Core ML) has no floor."""
+    rows as in the graph and padded to FLOOR_ROW_MULTIPLE, plus its canvas traffic at the triad bandwidth over arrays
+    of its canvas's size on `threads` (measured once per canvas size). A group whose first artifact is not a graph
+    (TensorRT, Core ML) has no floor."""
     out = []
+    bandwidths: dict[int, float] = {}  # canvas bytes -> bytes/s
     groups: dict[str, Manifest] = {}
     for c in candidates:  # each group named by its first configuration (its eager reference's artifact)
         groups.setdefault(c.group, c.manifest)
@@ -100,6 +105,11 @@ def floor_rows(candidates: list[Candidate], threads: int | None) -> list[BenchRo
         except ManifestError as error:
             console.print(f"[yellow]note[/yellow]: no floor for {manifest.directory.name}: {error}")
             continue
+        traffic = canvas_traffic(manifest)
+        if traffic.canvas_bytes not in bandwidths:
+            bandwidths[traffic.canvas_bytes] = triad_bandwidth(traffic.canvas_bytes, threads)
+            console.print(f"memory bandwidth: {bandwidths[traffic.canvas_bytes] / 1e9:.1f} GB/s (best of 5 triads "
+                          f"a = b + s x c over {traffic.canvas_bytes / 1e6:.2f} MB arrays, the canvas's size)")
         for precision in FLOOR_HINTS:
             console.print(f"floor ({manifest.directory.name}): {len(matmuls)} matmuls in {precision}, rows as in the "
                           f"graph and padded to {FLOOR_ROW_MULTIPLE}")
@@ -108,5 +118,12 @@ def floor_rows(candidates: list[Candidate], threads: int | None) -> list[BenchRo
             out.append(floor_row(artifact_name=manifest.directory.name, group=group, canvas=manifest.canvas_grid,
                                  batch=manifest.batch, precision=precision, products=len(matmuls),
                                  weights=sum(mm.weights for mm in matmuls),
-                                 gflops=sum(mm.flops for mm in matmuls) / 1e9, timed=timed))
+                                 gflops=sum(mm.flops for mm in matmuls) / 1e9, timed=timed, traffic=traffic,
+                                 bandwidth=bandwidths[traffic.canvas_bytes]))
     return out
+
+
+def measured_bandwidth(floors: list[BenchRow]) -> list[dict[str, float]]:
+    """The bandwidths the floors were priced at, one {"array MB", "GB/s"} per canvas size, for the machine's facts."""
+    seen = {(f.bandwidth_array_mb, f.bandwidth_gbs) for f in floors if f.bandwidth_gbs is not None}
+    return [{"array MB": mb, "GB/s": gbs} for mb, gbs in sorted(seen) if mb is not None and gbs is not None]

@@ -13,6 +13,7 @@ import numpy as np
 
 from canvit_export.bench.configs import Candidate, Machine
 from canvit_export.bench.flops import FLOOR_ROW_MULTIPLE, glimpse_gflops
+from canvit_export.bench.traffic import CanvasTraffic
 
 FLOOR_OF = {"fp32": "fp32", "fp32-int8w": "fp32", "bf16": "bf16", "bf16-int8w": "bf16", "fp16": "bf16",
             "fp16-int8w": "bf16", "fp16-all": "bf16", "bf16-autocast": "bf16", "int8": "int8"}
@@ -33,7 +34,8 @@ def _extra(key: str) -> Any:
 class BenchRow:
     """One row of the table. Latencies in ms of one step of `batch` scenes (median, 10th and 90th percentile);
     glimpses_per_s = 1000 x batch / the machine time per step; vs_eager = the group's eager median / that time (None
-    for floors); x_floor = that time / the row's floor (FLOOR_OF; None without one); peak RSS and size in MB (1e6
+    for floors); x_floor = that time / the row's floor (FLOOR_OF; None without one): its matmuls alone plus its canvas
+    traffic at the measured bandwidth (floor_row); x_matmul_floor = that time / the matmuls alone; peak RSS and size in MB (1e6
     bytes; None: not measured); the worst canvas rel-L2 and cosine against eager over the rollout (None: not
     measured); GFLOPs per glimpse of `batch` scenes (flops.glimpse_gflops, or the floor's matmuls) and GFLOP/s
     at the machine time per step."""
@@ -49,6 +51,7 @@ class BenchRow:
     glimpses_per_s: float = _column("glimpses/s")
     vs_eager: float | None = _column("vs eager")
     x_floor: float | None = _column("x floor")
+    x_matmul_floor: float | None = _column("x matmul floor")
     peak_rss_mb: float | None = _column("peak RSS MB")
     size_mb: float | None = _column("size MB")
     worst_rel_l2: float | None = _column("worst rel-L2")
@@ -58,6 +61,15 @@ class BenchRow:
     chart_label: str | None = _extra("chart label")
     rows_as_in_graph_ms: float | None = _extra("rows as in the graph ms")
     rows_padded_ms: float | None = _extra(f"rows padded to {FLOOR_ROW_MULTIPLE} ms")
+    matmuls_ms: float | None = _extra("matmuls ms")
+    canvas_mb_moved: float | None = _extra("canvas MB moved")
+    canvas_ms: float | None = _extra("canvas traffic ms")
+    bandwidth_gbs: float | None = _extra("bandwidth GB/s")
+    bandwidth_array_mb: float | None = _extra("bandwidth array MB")
+    target: str | None = _extra("target")
+    """The artifact's target (onnx, openvino, ...): an ONNX graph and an IR on one runtime are different curves."""
+    backbone: str | None = _extra("backbone")
+    """The artifact's backbone (canvit-pytorch's name, e.g. vitb16): which published figures the chart sets beside."""
     group: str | None = None
     """The configuration's group (weights + geometry): which floor it is held to; not written."""
 
@@ -79,7 +91,7 @@ class BenchRow:
             return f"{value:.1e}"
         if column == "worst cosine":
             return f"{value:.6f}"
-        if column in ("vs eager", "x floor"):
+        if column in ("vs eager", "x floor", "x matmul floor"):
             return f"{value:.2f}x"
         return f"{value:.1f}" if isinstance(value, float) else str(value)
 
@@ -108,10 +120,9 @@ class BenchReport:
                 "rows": [r.to_json() for r in self.rows]}
 
     def markdown(self) -> str:
-        """bench.md: the machine in one line, then the table (COLUMNS)."""
-        machine = self.machine
-        lines = [f"Machine: {machine.cpu}, {machine.cores} cores, threads {machine.threads or 'default'}; "
-                 f"median of {self.iters} glimpses per configuration, interleaved.", "",
+        """bench.md: the machine in one line (configs.Machine.describe), then the table (COLUMNS)."""
+        lines = [f"Machine: {self.machine.describe()}; median of {self.iters} glimpses per configuration, interleaved.",
+                 "",
                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(r.cell(k) for k in COLUMNS) + " |" for r in self.rows]
         return "\n".join(lines) + "\n"
@@ -119,49 +130,59 @@ class BenchReport:
 
 def latency_row(*, config: str, runtime: str, precision: str, canvas: int, batch: int, size_mb: float | None,
                 gflops: float, times_ms: Sequence[float], per_step_ms: float, eager_ms: float | None,
-                floor_ms: float | None, rss: float | None, rel_l2: float | None, cosine: float | None) -> BenchRow:
+                floor_ms: float | None, rss: float | None, rel_l2: float | None, cosine: float | None,
+                matmul_floor_ms: float | None = None) -> BenchRow:
     """A configuration's row from its step times `times_ms` (ms; the latency columns) and `per_step_ms`, the machine
-    time per step of `batch` scenes (glimpses/s, vs eager against `eager_ms`, x floor against `floor_ms`, GFLOP/s
-    from `gflops` per glimpse)."""
+    time per step of `batch` scenes (glimpses/s, vs eager against `eager_ms`, x floor against `floor_ms`, x matmul
+    floor against `matmul_floor_ms`, GFLOP/s from `gflops` per glimpse)."""
     return BenchRow(config=config, runtime=runtime, precision=precision, canvas=canvas, batch=batch,
                     median_ms=float(np.median(times_ms)), p10_ms=float(np.percentile(times_ms, 10)),
                     p90_ms=float(np.percentile(times_ms, 90)), glimpses_per_s=1e3 * batch / per_step_ms,
                     vs_eager=eager_ms / per_step_ms if eager_ms else None,
-                    x_floor=per_step_ms / floor_ms if floor_ms else None, peak_rss_mb=rss, size_mb=size_mb,
+                    x_floor=per_step_ms / floor_ms if floor_ms else None,
+                    x_matmul_floor=per_step_ms / matmul_floor_ms if matmul_floor_ms else None, peak_rss_mb=rss, size_mb=size_mb,
                     worst_rel_l2=rel_l2, worst_cosine=cosine, gflops_per_glimpse=gflops,
                     gflop_per_s=gflops / (per_step_ms / 1e3))
 
 
 def floor_row(*, artifact_name: str, group: str, canvas: int, batch: int, precision: str, products: int,
-              weights: int, gflops: float, timed: dict[int, float]) -> BenchRow:
-    """A floor's row: the step's `products` matmuls (`weights` of them weight matrices, `gflops` in all) timed alone
-    at `precision`, `timed` = {rows multiple: median ms} for rows as in the graph (1) and padded (FLOOR_ROW_MULTIPLE);
-    the row is the faster of the two."""
+              weights: int, gflops: float, timed: dict[int, float], traffic: CanvasTraffic,
+              bandwidth: float) -> BenchRow:
+    """A floor's row (issue 29's honest floor): the step's `products` matmuls (`weights` of them weight matrices,
+    `gflops` in all) timed alone at `precision`, `timed` = {rows multiple: median ms} for rows as in the graph (1) and
+    padded (FLOOR_ROW_MULTIPLE), the faster of the two, plus the glimpse's canvas traffic (`traffic.bytes_moved`
+    bytes) at `bandwidth` bytes/s (traffic.triad_bandwidth): floor ms = matmuls ms + 1e3 x bytes moved / bandwidth."""
     multiple = min(timed, key=lambda k: timed[k])
-    ms = timed[multiple]
+    matmuls_ms = timed[multiple]
+    canvas_ms = 1e3 * traffic.bytes_moved / bandwidth
+    ms = matmuls_ms + canvas_ms
     rows_note = f", rows padded to {multiple}" if multiple > 1 else ""
     return BenchRow(
         config=f"floor ({artifact_name}): the step's {products} matmuls alone ({weights} of weights, {gflops:.1f} "
-               f"GFLOPs), {precision} on OpenVINO{rows_note}",
+               f"GFLOPs), {precision} on OpenVINO{rows_note}, + canvas traffic ({traffic.describe()} at "
+               f"{bandwidth / 1e9:.1f} GB/s)",
         runtime="floor", precision=precision, canvas=canvas, batch=batch, median_ms=ms, p10_ms=ms, p90_ms=ms,
-        glimpses_per_s=1e3 * batch / ms, vs_eager=None, x_floor=1.0, peak_rss_mb=None, size_mb=None,
-        worst_rel_l2=None, worst_cosine=None, gflops_per_glimpse=gflops, gflop_per_s=gflops / (ms / 1e3),
-        chart_label=f"floor {precision}: the step's matmuls alone ({artifact_name})",
-        rows_as_in_graph_ms=timed[1], rows_padded_ms=timed[FLOOR_ROW_MULTIPLE], group=group)
+        glimpses_per_s=1e3 * batch / ms, vs_eager=None, x_floor=1.0, x_matmul_floor=ms / matmuls_ms, peak_rss_mb=None,
+        size_mb=None, worst_rel_l2=None, worst_cosine=None, gflops_per_glimpse=gflops, gflop_per_s=gflops / (ms / 1e3),
+        chart_label=f"floor {precision}: the step's matmuls + canvas traffic ({artifact_name})",
+        rows_as_in_graph_ms=timed[1], rows_padded_ms=timed[FLOOR_ROW_MULTIPLE], matmuls_ms=matmuls_ms,
+        canvas_mb_moved=traffic.bytes_moved / 1e6, canvas_ms=canvas_ms, bandwidth_gbs=bandwidth / 1e9,
+        bandwidth_array_mb=traffic.canvas_bytes / 1e6, group=group)
 
 
 def timed_row(candidates: list[Candidate], floors: list[BenchRow], c: Candidate, config: str,
               times_ms: list[float], per_step: float, *, rss: float | None, rel_l2: float | None,
               cosine: float | None) -> BenchRow:
     """latency_row of configuration `c` named `config`, against its group's eager median and its precision's floor
-    in `floors` (FLOOR_OF)."""
+    in `floors` (FLOOR_OF): the honest floor and its matmuls alone."""
     eager = next(float(np.median(e.times_ms)) for e in candidates if e.reference and e.group == c.group)
-    floor = next((f.median_ms for f in floors if (f.group, f.precision) == (c.group, FLOOR_OF.get(c.precision, ""))),
-                 None)
-    return latency_row(config=config, runtime=c.runtime, precision=c.precision, canvas=c.manifest.canvas_grid,
-                       batch=c.manifest.batch, size_mb=c.size_bytes / 1e6, gflops=glimpse_gflops(c.manifest),
-                       times_ms=times_ms, per_step_ms=per_step, eager_ms=eager, floor_ms=floor, rss=rss,
-                       rel_l2=rel_l2, cosine=cosine)
+    floor = next((f for f in floors if (f.group, f.precision) == (c.group, FLOOR_OF.get(c.precision, ""))), None)
+    row = latency_row(config=config, runtime=c.runtime, precision=c.precision, canvas=c.manifest.canvas_grid,
+                      batch=c.manifest.batch, size_mb=c.size_bytes / 1e6, gflops=glimpse_gflops(c.manifest),
+                      times_ms=times_ms, per_step_ms=per_step, eager_ms=eager,
+                      floor_ms=floor.median_ms if floor else None, rss=rss, rel_l2=rel_l2, cosine=cosine,
+                      matmul_floor_ms=floor.matmuls_ms if floor else None)
+    return dataclasses.replace(row, target=c.manifest.target, backbone=c.manifest.architecture.backbone)
 
 
 def candidate_rows(candidates: list[Candidate], rss: dict[str, float | None], floors: list[BenchRow]) -> list[BenchRow]:

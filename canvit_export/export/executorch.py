@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from canvit_export.calibration import CalibrationSet, load_calibration, refuse_unused_calibration
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
@@ -51,6 +52,7 @@ from canvit_export.export.artifact import (
     staged_artifact,
     write_initial_state,
 )
+from canvit_export.export.int8 import int8_record
 from canvit_export.export.onnx import precision_record
 from canvit_export.precision import step_precision
 from canvit_export.progress import Stages
@@ -65,7 +67,8 @@ STATEFUL_INPUTS = ("scene", "centers", "scales", "reset")
 STATE_BUFFERS = {"canvas": "canvas", "recurrent_cls": "recurrent_cls"}
 """State input name -> the program's mutable buffer that holds it."""
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-NARROW = (torch.float16, torch.bfloat16)
+NARROW = (torch.float16, torch.bfloat16, torch.int8, torch.uint8)
+"""Narrower than float32: half floats, and the int8 of a quantized tensor (between an INT8 step's Q and DQ)."""
 CASTS = ("_to_copy", "_to_dim_order_copy", "to")
 TRIG_OPS = ("sin", "cos", "log", "grid_sampler_2d", "grid_sampler")
 
@@ -76,16 +79,17 @@ class StatefulStep(nn.Module):
 
     reset[b] > 0.5 reads the learned initial state (CanViT.init_state, embedded as the constants init_canvas and
     init_recurrent_cls) for row b instead of the buffers. `carry=False` leaves the buffers unwritten: a program whose
-    state does not carry, which the state tests must catch."""
+    state does not carry, which the state tests must catch. `compute`: a module of the step's signature run in its
+    place (the INT8 step, quantize_step); the initial state still comes from `step`'s CanViT."""
 
     canvas: Tensor
     recurrent_cls: Tensor
     init_canvas: Tensor
     init_recurrent_cls: Tensor
 
-    def __init__(self, step: GlimpseStep, batch: int, *, carry: bool = True) -> None:
+    def __init__(self, step: GlimpseStep, batch: int, *, carry: bool = True, compute: nn.Module | None = None) -> None:
         super().__init__()
-        self.step, self.carry = step, carry
+        self.step, self.carry = (step if compute is None else compute), carry
         init = step.canvit.init_state(batch_size=batch, canvas_grid_size=step.canvas_grid)
         self.register_buffer("init_canvas", init.canvas.detach().float().clone())
         self.register_buffer("init_recurrent_cls", init.recurrent_cls.detach().float().clone())
@@ -385,6 +389,73 @@ def export_program(module: nn.Module, args: tuple[Tensor, ...]) -> Any:
         return constant_prop_pass(exported, custom_skip_targets=keep)
 
 
+QUANTIZED_SCOPE = "backbone.blocks"
+"""INT8 quantizes the Linear modules under this path of the step's CanViT: each glimpse backbone block's QKV, attention
+output and MLP matmuls. Canvas Read/Write (their projections too), LayerNorms, RoPE, the VPE, coordinates and the
+readout heads stay float32, and so does the patch embedding (quantized, it failed the int8 gate: docs/executorch.md)."""
+
+
+QUANTIZE_OP = "quantized_decomposed.quantize_per_tensor"
+"""The activation quantizer a converted INT8 program holds, one per quantized matmul input (and output)."""
+
+
+def matmuls(step: nn.Module) -> list[str]:
+    """The qualified names of the step's Linear and Conv2d modules (its weight matmuls, readout heads included)."""
+    return [name for name, module in step.named_modules() if isinstance(module, nn.Linear | nn.Conv2d)]
+
+
+def glimpse_matmuls(step: GlimpseStep) -> dict[str, nn.Module]:
+    """The modules INT8 quantizes (QUANTIZED_SCOPE's Linear and Conv2d modules) under every qualified name the step
+    reaches them by (with readouts, the heads' wrapper holds the CanViT too, and torch.export may use either path)."""
+    chosen = {id(m) for m in step.canvit.get_submodule(QUANTIZED_SCOPE).modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+    return {name: module for name, module in step.named_modules(remove_duplicate=False) if id(module) in chosen}
+
+
+def quantize_step(step: GlimpseStep, args: tuple[Tensor, ...], calibration: CalibrationSet) -> tuple[nn.Module, int]:
+    """The stateless step with its glimpse matmuls (glimpse_matmuls) static INT8: ExecuTorch's XNNPACKQuantizer
+    (symmetric int8 activations per tensor, HistogramObserver; symmetric per-output-channel int8 weights) on the
+    linears and convs whose weight is one of theirs, torchao's prepare_pt2e, every sample of `calibration` run
+    through it, convert_pt2e. `args`: the step's example inputs (INPUT_NAMES order). Returns the converted graph
+    module (the step's signature, Q/DQ ops around each quantized matmul) and how many matmuls it quantized.
+
+    The stateless step is calibrated, each sample's recorded state fed as the input it was in the rollout (first
+    glimpses read the initial state); the stateful program then wraps the result (StatefulStep(compute=...)), so
+    both forms hold the same scales."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    names = glimpse_matmuls(step)
+    expected = len({id(module) for module in names.values()})
+    parameters = {f"{name}.{kind}" for name in names for kind in ("weight", "bias")}
+
+    def chosen(node: Any) -> bool:
+        # GlimpseStep calls F.linear on the modules' weights (no module stack on the node): match the weight itself.
+        # The conv annotator asks about its weight and bias nodes too.
+        if node.op == "get_attr":
+            return node.target in parameters
+        weight = node.args[1] if len(node.args) > 1 else None
+        return getattr(weight, "op", None) == "get_attr" and getattr(weight, "target", None) in parameters
+
+    quantizer = XNNPACKQuantizer().set_filter_function(chosen)
+    for op in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default):
+        quantizer.set_operator_type(op, config)
+    with torch.no_grad(), _quiet():
+        prepared = prepare_pt2e(torch.export.export(step, args, strict=False).module(), quantizer)
+        for feeds in calibration.samples():
+            prepared(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES))
+        converted = convert_pt2e(prepared)
+    quantized = sum(n.op == "call_function" and _base_op(n) in ("linear", "conv2d") and len(n.args) > 1
+                    and _base_op(n.args[1]).startswith("dequantize") for n in converted.graph.nodes)
+    if quantized != expected or not expected:
+        raise ExportError(f"the XNNPACK quantizer took {quantized} of the glimpse backbone's {expected} matmuls "
+                          f"(torchao {_version('torchao')}): please report this")
+    return converted, quantized
+
+
 def lower(exported: Any) -> Any:
     """The edge program manager of `exported` lowered with `to_edge_transform_and_lower` and the XNNPACK partitioner."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -402,43 +473,66 @@ def serialize(lowered: Any) -> bytes:
         return bytes(lowered.to_executorch(ExecutorchBackendConfig()).buffer)
 
 
-def executorch_version() -> str:
+def _version(package: str) -> str:
     from importlib.metadata import version
 
-    return version("executorch")
+    return version(package)
 
 
-def export_executorch(loaded: LoadedModel, geometry: Geometry, out: Path, *, precision: str = "fp32",
-                      stateful: bool = True, heads: Heads | None = None, force: bool = False,
-                      quiet: bool = False) -> Manifest:
-    """Write out/step.pte, out/initial_state.bin and out/manifest.json atomically; return the manifest.
+def executorch_version() -> str:
+    return _version("executorch")
 
-    precision: fp32 or fp16 (matmuls, conv and attention narrow; the canvas path float32). stateful: the state as
-    mutable buffers with a `reset` input (module docstring), or as inputs and outputs. Raises ExportError for a
-    precision the target does not take, bad sizes, a missing executorch package, an existing `out` without force, or
-    a program that fails its audit.
-    """
+
+def check_precision(precision: str, calibration: Path | None) -> None:
+    """ExportError for a precision the target does not take, int8 without a calibration set, or one without int8."""
     try:
         precision_info(precision, allowed=TARGET_PRECISIONS["executorch"])
     except ValueError as error:
         raise ExportError(f"{error} (the precisions the ExecuTorch target exports)") from error
+    if precision == "int8" and calibration is None:
+        raise ExportError("--precision int8 needs --calibration DIR: a set recorded by `canvit-export calibrate "
+                          "--artifact <fp32 ONNX artifact of the same geometry>`")
+    refuse_unused_calibration(calibration, precision == "int8")
+
+
+def export_executorch(loaded: LoadedModel, geometry: Geometry, out: Path, *, precision: str = "fp32",
+                      stateful: bool = True, heads: Heads | None = None, calibration: Path | None = None,
+                      force: bool = False, quiet: bool = False) -> Manifest:
+    """Write out/step.pte, out/initial_state.bin and out/manifest.json atomically; return the manifest.
+
+    precision: fp32 or fp16 (matmuls, conv and attention narrow; the canvas path float32), or int8: the glimpse
+    backbone's matmuls static INT8 (quantize_step), calibrated on `calibration`, a set recorded by `canvit-export
+    calibrate` for this step's input shapes. stateful: the state as mutable buffers with a `reset` input (module
+    docstring), or as inputs and outputs. Raises ExportError for a precision the target does not take, int8 without
+    a calibration set (or a calibration set without int8), bad sizes, a missing executorch package, an existing
+    `out` without force, or a program that fails its audit.
+    """
+    check_precision(precision, calibration)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import: a torch deprecation, not ours
     try:
         import executorch.exir  # noqa: F401
     except ImportError as error:
         raise ExportError("the ExecuTorch target needs executorch: pip install 'canvit-export[executorch]'") from error
-    step_dtypes = step_precision(precision)
+    step_dtypes = step_precision("fp32" if precision == "int8" else precision)  # int8: quantized from fp32
     canvit = loaded.canvit
     check_geometry(geometry, canvit.patch_size)
-    stages = Stages(4, quiet=quiet)
-    with staged_artifact(out, force=force) as staging:
+    stages = Stages(5 if calibration is not None else 4, quiet=quiet)
+    with staged_artifact(out, force=force, inputs=(calibration,) if calibration is not None else ()) as staging:
         step, example, inputs, outputs, state, readout_records = pytorch_step(canvit, geometry, step_dtypes, heads)
+        compute = step
+        if calibration is not None:
+            calib = load_calibration(calibration, inputs=inputs)
+            with stages.stage(f"quantizing the glimpse backbone to INT8 (XNNPACKQuantizer, {calib.count} calibration "
+                              f"samples)"):
+                compute, quantized = quantize_step(step, tuple(example), calib)
         if stateful:
-            module: nn.Module = StatefulStep(step, geometry.batch).eval()
+            # `step` is in eval mode already; a quantized graph module refuses .eval() (torchao), so none is called
+            module: nn.Module = StatefulStep(step, geometry.batch, compute=compute)
             args: tuple[Tensor, ...] = (example.scene, example.centers, example.scales, torch.ones(geometry.batch))
             inputs = [t for t in inputs if t.name not in STATE_BUFFERS] + [
                 TensorSpec(name="reset", shape=[geometry.batch], dtype="float32", role=ROLE_RESET)]
         else:
-            module, args = step, tuple(example)
+            module, args = compute, tuple(example)
         readout_text = f", readouts {'+'.join(heads.names)}" if heads is not None and heads.names else ""
         with stages.stage(f"torch.export of the glimpse step ({precision}, {canvit.config.backbone_name}, canvas "
                           f"{geometry.canvas_grid}x{geometry.canvas_grid}, batch {geometry.batch}, "
@@ -456,6 +550,13 @@ def export_executorch(loaded: LoadedModel, geometry: Geometry, out: Path, *, pre
                 raise ExportError(f"the ExecuTorch program breaks the float32 rule: {violations[0]} "
                                   f"(+{len(violations) - 1} more)")
             delegates, delegated, portable = delegation_census(lowered_program)
+            if calibration is not None:
+                record = int8_record(calib, {
+                    "quantizer": f"executorch {executorch_version()} XNNPACKQuantizer (symmetric int8, per-channel "
+                                 f"weights, HistogramObserver activations), torchao prepare_pt2e/convert_pt2e",
+                    "quantizers": audit["op_counts"].get(QUANTIZE_OP, 0), "excluded_ops": len(matmuls(step)) - quantized})
+            else:
+                record = precision_record(step_dtypes, violations)
         with stages.stage(f"serializing {PROGRAM} and writing the manifest"):
             (staging / PROGRAM).write_bytes(serialize(lowered))
             manifest = finish_manifest(
@@ -471,6 +572,6 @@ def export_executorch(loaded: LoadedModel, geometry: Geometry, out: Path, *, pre
                                                delegate_boundaries=boundaries, violations=violations)),
                 model=loaded.record, architecture=architecture_record(canvit), geometry=geometry,
                 inputs=inputs, outputs=outputs, state=state, initial_state=write_initial_state(canvit, staging),
-                preprocessing=preprocessing_record(geometry), precision=precision_record(step_dtypes, violations),
+                preprocessing=preprocessing_record(geometry), precision=record,
                 readouts=readout_records)
     return manifest.at(out)

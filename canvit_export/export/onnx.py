@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from canvit_export.calibration import refuse_unused_calibration
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
@@ -87,8 +88,7 @@ def export_onnx(loaded: LoadedModel, geometry: Geometry, out: Path, *, opset: in
             export_onnx(loaded, geometry, Path(work) / "fp32", opset=opset, glimpse_output=glimpse_output,
                         precision="fp32", heads=heads, quiet=quiet)
             return export_onnx_int8(Path(work) / "fp32", out, calibration=calibration, force=force, quiet=quiet)
-    if calibration is not None:
-        raise ExportError("--calibration calibrates static INT8: pass it with --precision int8")
+    refuse_unused_calibration(calibration, static_int8=False)  # int8 returned above
     try:
         step_dtypes = step_precision(precision)
     except ValueError as error:

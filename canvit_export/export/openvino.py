@@ -17,6 +17,8 @@ must output f32. A bf16 IR's bf16 MatMuls and a static INT8 IR's INT8 MatMuls ge
 of 8 (`pad_rows`: 1.24x and 1.14x on CanViT-B). Every IR also drops the layout chains that return their input
 (`drop_identity_layouts`: attention's K transposed twice) and runs the segmentation probe's 1x1 convolution as a
 MatMul on the channels-last canvas tokens (`probe_as_matmul`), both pure data movement saved.
+A bf16 IR runs its Canvas Reads' attention (71 queries over >= 2,048 canvas tokens) as two MatMuls around a
+float32 Softmax (`reads_on_matmuls`): the CPU plugin's AMX kernels, where its fused attention ran on AVX-512.
 `--precision <its precision>-int8w` compresses the matmul weights to INT8 (asymmetric, per channel) with NNCF,
 leaving the protected ops (the VPE's Fourier features) untouched.
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 import onnx
 
-from canvit_export.calibration import resolve_calibration
+from canvit_export.calibration import refuse_unused_calibration, resolve_calibration
 from canvit_export.errors import ExportError
 from canvit_export.export.artifact import (
     INITIAL_STATE_FILE,
@@ -248,6 +250,53 @@ def drop_identity_layouts(model: Any) -> int:
     return rewired
 
 
+def reads_on_matmuls(model: Any, min_ratio: int = 4, min_keys: int = 2048) -> int:
+    """Run every bf16 ScaledDotProductAttention with at least min_ratio times more keys than queries and at least
+    min_keys keys (the Canvas Reads from canvas 46 up: 71 glimpse queries over the R + G*G canvas tokens) as
+    MatMul(Q, K, transpose_b) (times the op's scale, plus its mask), a float32 Softmax (Convert before and after it)
+    and MatMul(P, V), instead of the CPU plugin's fused attention: the plugin runs the fused SDPA as a
+    `jit_avx512_bf16` Snippets subgraph and these two MatMuls on its AMX brgemm kernels, and the f32 Softmax keeps
+    its Snippets from fusing the three back. The same products; the softmax's exponentials and sum in f32 (the fused
+    kernel's P is bf16 before P.V, as here). Attention with about as many keys as queries (self-attention) or fewer
+    (the Canvas Writes) keeps the fused kernel, faster there, and so do the Reads of small canvases (the CanViT-B
+    step was no faster at canvas 32, 1,040 keys; 1.06-1.08x at canvas 64, 4,112 keys).
+    Why: docs/measurements/2026-12-03-canvas-passes.md. Returns how many attentions were rewritten; the model is
+    changed in place."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rewritten = 0
+    for sdpa in list(model.get_ordered_ops()):
+        if sdpa.get_type_name() != "ScaledDotProductAttention" or sdpa.get_attributes().get("causal") \
+                or sdpa.get_input_element_type(0) != ov.Type.bf16 or not sdpa.get_input_partial_shape(0).is_static \
+                or not sdpa.get_input_partial_shape(1).is_static:
+            continue
+        queries, keys = sdpa.get_input_shape(0)[-2], sdpa.get_input_shape(1)[-2]
+        extras = [sdpa.input_value(i) for i in range(3, sdpa.get_input_size())]  # attention mask, then scale
+        if keys < min_ratio * queries or keys < min_keys \
+                or any(e.get_node().get_type_name() != "Constant" for e in extras):
+            continue
+        scores = ops.matmul(sdpa.input_value(0), sdpa.input_value(1), False, True).output(0)
+        head_dim = sdpa.get_input_shape(0)[-1]
+        scale = extras[1] if len(extras) > 1 else ops.constant(np.float32(head_dim ** -0.5), ov.Type.bf16).output(0)
+        scores = ops.multiply(scores, scale).output(0)
+        if extras and (extras[0].get_element_type() == ov.Type.boolean or extras[0].get_node().get_data().any()):
+            mask = extras[0]  # an all-zero additive mask (torch's export passes one) is left out
+            if mask.get_element_type() == ov.Type.boolean:  # True keeps a key, False drops it (the op's rule)
+                mask = ops.select(mask, ops.constant(np.float32(0), ov.Type.bf16),
+                                  ops.constant(np.float32(-np.inf), ov.Type.bf16)).output(0)
+            scores = ops.add(scores, mask).output(0)
+        weights = ops.convert(ops.softmax(ops.convert(scores, ov.Type.f32), -1), ov.Type.bf16)
+        out = ops.matmul(weights, sdpa.input_value(2), False, False)
+        out.set_friendly_name(sdpa.get_friendly_name())  # profiles keep the attention's name
+        for target in list(sdpa.output(0).get_target_inputs()):
+            target.replace_source_output(out.output(0))
+        rewritten += 1
+    model.validate_nodes_and_infer_types()
+    return rewritten
+
+
 def probe_as_matmul(model: Any) -> int:
     """Run every 1x1 Convolution that reads channels-last tokens through a Transpose to NCHW (the segmentation probe:
     canvas tokens [B, G, G, C] -> permute -> BatchNorm, folded by OpenVINO into a per-channel Multiply and Add -> 1x1
@@ -333,8 +382,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
     source = load_source_artifact(artifact, target="OpenVINO")
     label = choose_precision(source, precision)
     int8_weights, int8_static = PRECISIONS[label].int8_weights, PRECISIONS[label].int8_static
-    if calibration is not None and not int8_static:
-        raise ExportError("--calibration calibrates static INT8: pass it with --precision int8")
+    refuse_unused_calibration(calibration, int8_static)
     out = out or artifact.with_name(f"{artifact.name}-openvino-{label}{'' if stateful else '-stateless'}")
     stages = Stages(4 if int8_weights else 5 if int8_static else 3, quiet=quiet)
     inputs = (artifact,) if calibration is None else (artifact, calibration)
@@ -347,6 +395,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
             model, protected = _convert(ov, source, artifact, Path(work), int8_static=int8_static)
             if label == "bf16":
                 pad_rows(model, "bf16")
+                reads_on_matmuls(model)
         if int8_weights:
             with stages.stage("compressing weights to INT8 (NNCF)"):
                 model = compress_int8(model, protected_ops(model, protected))

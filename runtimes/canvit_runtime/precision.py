@@ -69,7 +69,7 @@ TARGET_PRECISIONS: dict[str, tuple[str, ...]] = {
     "openvino": ("fp32", "fp16", "bf16", "fp32-int8w", "fp16-int8w", "bf16-int8w", "int8"),  # +INT8 weights, NNCF int8
     "tensorrt": ("fp32", "fp16", "bf16", "int8"),  # strongly typed: the ONNX graph's types (int8: its Q/DQ)
     "coreml": ("fp16", "fp32"),
-    "executorch": ("fp32", "fp16"),  # the step module's own casts, lowered with XNNPACK
+    "executorch": ("fp32", "fp16", "int8"),  # the step module's own casts, lowered with XNNPACK; XNNPACKQuantizer int8
 }
 """Which words each target (and its command) takes."""
 
