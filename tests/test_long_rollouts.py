@@ -90,8 +90,13 @@ def test_1000_glimpses_within_tolerance(long_artifact, readout_fp32, vits16, pho
     assert report.glimpses == GLIMPSES
 
 
+MEMORY_CONFIGURATIONS = ["fp32-onnx-onnxruntime", "fp32-onnx-openvino", "bf16-ir-openvino"]
+"""One per runner and state path (ONNX Runtime; OpenVINO on an ONNX graph; OpenVINO's stateful IR): a leak lives in a
+runner or a runtime's session, not in one precision's kernels, and each 1000-glimpse check costs CI 25 to 65 s."""
+
+
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from Linux's /proc")
-@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+@pytest.mark.parametrize("configuration", MEMORY_CONFIGURATIONS)
 def test_1000_glimpses_keep_memory_flat(long_artifact, photo, configuration: str) -> None:
     kind, runtime = CONFIGURATIONS[configuration]
     session = canvit_runtime.open(long_artifact(kind), runtime=runtime, threads=2)
