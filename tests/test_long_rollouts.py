@@ -58,6 +58,49 @@ def long_artifact(export_artifact, int8, tmp_path_factory) -> Callable[[str], Pa
     return make
 
 
+class RecordedReference:
+    """The fp32 ONNX Runtime reference of the narrower precisions' rollouts, run once per module and replayed: all
+    of them roll out the same F-IID seed-0 viewpoints over the same photo, so each would otherwise recompute the same
+    1000 glimpses (CI time). A replayed glimpse checks that its scene and viewpoint are the recorded ones."""
+
+    def __init__(self, runner: canvit_runtime.Runner) -> None:
+        self.runner, self.manifest, self.name = runner, runner.manifest, runner.name
+        self.scene: np.ndarray | None = None
+        self.recorded: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []  # centers, scales, outputs
+        self.t = 0
+
+    def reset(self) -> None:
+        self.runner.reset()
+        self.t = 0
+
+    def step(self, scene: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> canvit_runtime.StepResult:
+        if self.scene is None:
+            self.scene = scene.copy()
+        assert np.array_equal(self.scene, scene), "every rollout here runs the one recorded scene"
+        if self.t == len(self.recorded):
+            result = self.runner.step(scene, centers, scales)
+            state = {"canvas": result.canvas.copy(), "recurrent_cls": result.recurrent_cls.copy()}
+            self.recorded.append((centers.copy(), scales.copy(), {**state, **{k: v.copy() for k, v in result.extras.items()}}))
+        seen_centers, seen_scales, outputs = self.recorded[self.t]
+        assert np.array_equal(seen_centers, centers) and np.array_equal(seen_scales, scales), f"glimpse {self.t}"
+        self.t += 1
+        extras = {k: v for k, v in outputs.items() if k not in ("canvas", "recurrent_cls")}
+        return canvit_runtime.StepResult(outputs.__getitem__, extras)
+
+
+@pytest.fixture(scope="module")
+def fp32_reference() -> Callable[[Path], RecordedReference]:
+    """fp32_reference(artifact) -> that fp32 artifact on ONNX Runtime, recorded on first use and replayed after."""
+    made: dict[Path, RecordedReference] = {}
+
+    def make(artifact: Path) -> RecordedReference:
+        if artifact not in made:
+            made[artifact] = RecordedReference(canvit_runtime.open(artifact, runtime="onnxruntime"))
+        return made[artifact]
+
+    return make
+
+
 def rss_mb() -> float:
     """This process's resident set (Linux /proc/self/statm), MB."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -65,13 +108,14 @@ def rss_mb() -> float:
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
-def test_1000_glimpses_within_tolerance(long_artifact, readout_fp32, vits16, photo, tmp_path: Path,
+def test_1000_glimpses_within_tolerance(long_artifact, fp32_reference, readout_fp32, vits16, photo, tmp_path: Path,
                                         configuration: str) -> None:
     """1000 F-IID glimpses (the pretraining distribution: every scale and place) against the precision's own
     tolerances at every glimpse; a NaN fails every comparison. fp32 is compared with PyTorch; the narrower
     precisions with the fp32 artifact of the same weights on ONNX Runtime (the fp32 cases prove that export equal to
     PyTorch within 1e-4 over the same 1000 glimpses, far inside their tolerances; the INT8 artifacts' reference is the
-    same step with readout heads, exported the same way), which keeps the suite minutes shorter."""
+    same step with readout heads, exported the same way; each reference is run once and replayed, RecordedReference),
+    which keeps the suite minutes shorter."""
     kind, runtime = CONFIGURATIONS[configuration]
     if kind == "fp32":
         report = parity_command(artifact=long_artifact(kind), runtime=runtime, loaded=None, image=photo,
@@ -80,7 +124,7 @@ def test_1000_glimpses_within_tolerance(long_artifact, readout_fp32, vits16, pho
     else:
         runner = canvit_runtime.open(long_artifact(kind), runtime=runtime)
         fp32 = readout_fp32 if runner.manifest.readouts else long_artifact("fp32")
-        reference = canvit_runtime.open(fp32, runtime="onnxruntime")
+        reference = fp32_reference(fp32)
         report = run_parity(runner.manifest, runner, vits16, scene_batch(photo, scene_px=512, batch=1), "f-iid",
                             glimpses=GLIMPSES, tolerances=tolerances_for(runner.manifest.precision.name),
                             reference=reference)

@@ -379,3 +379,101 @@ def test_reads_on_matmuls() -> None:
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
         assert np.linalg.norm(got - old) / np.linalg.norm(old) < 2e-2
     assert np.array_equal(after[1], before[1]), "the short attention changed"
+
+
+def test_reads_on_matmuls_read_the_head_split_keys() -> None:
+    """The step's Canvas Read reaches OpenVINO as head split (Transpose 0,2,1,3), torch's K^T (Reshape, Transpose,
+    Reshape) and OpenVINO's transpose back before ScaledDotProductAttention; drop_identity_layouts leaves that chain
+    (it does not return its input as a whole). reads_on_matmuls' score MatMul reads the head split itself
+    (transpose_b), so the compiled model moves no [.., dim, keys] K^T; the output is unchanged within bf16 rounding."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import drop_identity_layouts, reads_on_matmuls
+
+    heads, dim, keys = 2, 8, 40
+
+    def toy() -> ov.Model:
+        q = ops.parameter([1, heads, 3, dim], ov.Type.f32, name="q")
+        tokens = ops.parameter([1, keys, heads, dim], ov.Type.f32, name="tokens")
+        split = ops.transpose(ops.convert(tokens, ov.Type.bf16), ops.constant(np.array([0, 2, 1, 3], np.int64)))
+        k_t = ops.reshape(ops.transpose(ops.reshape(split, [heads, keys, dim], False), [0, 2, 1]),
+                          [1, heads, dim, keys], False)
+        k = ops.transpose(k_t, [0, 1, 3, 2])
+        out = ops.scaled_dot_product_attention(ops.convert(q, ov.Type.bf16), k, split)
+        return ov.Model([ops.convert(out, ov.Type.f32)], [q, tokens])
+
+    rng = np.random.default_rng(0)
+    feeds = [rng.standard_normal([1, heads, 3, dim]).astype(np.float32),
+             rng.standard_normal([1, keys, heads, dim]).astype(np.float32)]
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = ov.Core().compile_model(toy(), "CPU", config)(feeds)[0]
+    model = toy()
+    assert drop_identity_layouts(model) == 0, "the chain starts at the head split: not an identity as a whole"
+    assert reads_on_matmuls(model, min_keys=32) == 1
+    scores = next(op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul")
+    source = scores.input_value(1).get_node()
+    assert source.get_type_name() == "Transpose" and list(source.input_value(1).get_node().get_data()) == [0, 2, 1, 3]
+    assert scores.get_attributes()["transpose_b"] is True
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    moved = [list(op.get_output_partial_shape(0).to_shape()) for op in compiled.get_runtime_model().get_ordered_ops()
+             if op.get_rt_info()["layerType"].astype(str) == "Transpose"]
+    assert not [s for s in moved if s[-2:] == [dim, keys]], moved
+    after = compiled(feeds)[0]
+    assert np.linalg.norm(after - before) / np.linalg.norm(before) < 2e-2
+
+
+def test_layer_norm_per_reader() -> None:
+    """layer_norm_per_reader: a LayerNorm (MVN, Multiply gamma, Add beta) read by two ops (a Canvas Read's keys and
+    values) gets a second affine for its second reader, which OpenVINO's compilation does not merge back into the
+    first; the outputs are unchanged to float32 rounding; a LayerNorm with one reader is left."""
+    import openvino.opset13 as ops
+
+    from canvit_export.export.openvino import layer_norm_per_reader
+
+    rng = np.random.default_rng(0)
+    gamma, beta = rng.uniform(0.5, 2, 32).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+
+    def toy() -> ov.Model:
+        x = ops.parameter([1, 64, 32], ov.Type.f32, name="x")
+        norms = []
+        for source, scale in ((x, 1), (ops.exp(x), 2)):  # two distinct LayerNorms: nothing for OpenVINO to merge
+            mvn = ops.mvn(source, ops.constant(np.array([-1], np.int64)), True, 1e-6, "inside_sqrt")
+            norms.append(ops.add(ops.multiply(mvn, ops.constant(gamma * scale)), ops.constant(beta)))
+        shared, single = norms
+        shared.output(0).set_names({"ln_kv"})
+        keys = ops.multiply(shared, x)  # not a constant: nothing for OpenVINO to fold the copy into
+        values = ops.reshape(shared, [1, 64, 4, 8], False)
+        return ov.Model([keys, values, ops.sqrt(ops.abs(single))], [x])
+
+    x = rng.standard_normal((1, 64, 32)).astype(np.float32) * 4 + 1
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = ov.Core().compile_model(toy(), "CPU", config)([x])
+    model = toy()
+    copies = layer_norm_per_reader(model)
+    assert copies == {next(iter(copies)): {"ln_kv"}} and len(copies) == 1, copies
+    name = next(iter(copies))
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    originals = [op.get_rt_info()["originalLayersNames"].astype(str) for op in compiled.get_runtime_model().get_ops()]
+    assert any(name in o.split(",") for o in originals), "the copy survives compilation as its own node"
+    after = compiled([x])
+    for i in range(3):  # the same products; a fused multiply-add in one kernel and not the other moves an ulp
+        np.testing.assert_allclose(after[i], before[i], rtol=1e-6, atol=1e-6 * np.abs(before[i]).max())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_canvas_copy_before_the_reads_rope(ir, precision: str) -> None:
+    """In the compiled step (ViT-S, canvas 16: 272 canvas tokens) no Reorder copies a canvas-sized tensor: a Canvas
+    Read's keys have their own LayerNorm affine (layer_norm_per_reader), so the plugin's in-place RoPE no longer copies
+    the LayerNorm output the values share (three copies per glimpse before; with the copy's operands in the same
+    order as the shared affine's, OpenVINO merges the two back and the copies return)."""
+    model = ov.Core().read_model(str(ir(precision, stateful=False) / "step.xml"))  # a stateful IR without readouts
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # has no runtime nodes
+    runtime = compiled.get_runtime_model().get_ordered_ops()
+    kind = lambda op: op.get_rt_info()["layerType"].astype(str)
+    canvas_norms = [op for op in runtime if op.get_output_partial_shape(0).is_static
+                    and 272 in list(op.get_output_partial_shape(0).to_shape())
+                    and "layer_norm" in op.get_rt_info()["originalLayersNames"].astype(str)]
+    assert len(canvas_norms) >= 6, "the canvas LayerNorms (3 Reads, 3 Writes) are there to be checked"
+    copies = [target.get_node().get_friendly_name() for norm in canvas_norms for target in norm.output(0).get_target_inputs()
+              if kind(target.get_node()) == "Reorder"]
+    assert not copies, copies

@@ -16,9 +16,12 @@ from a protected op (precision.audit_onnx's `protected`: canvas stream, coordina
 must output f32. A bf16 IR's bf16 MatMuls and a static INT8 IR's INT8 MatMuls get their rows padded to a multiple
 of 8 (`pad_rows`: 1.24x and 1.14x on CanViT-B). Every IR also drops the layout chains that return their input
 (`drop_identity_layouts`: attention's K transposed twice) and runs the segmentation probe's 1x1 convolution as a
-MatMul on the channels-last canvas tokens (`probe_as_matmul`), both pure data movement saved.
+MatMul on the channels-last canvas tokens (`probe_as_matmul`), and gives the keys of each Canvas Read a LayerNorm
+affine of their own (`layer_norm_per_reader`: no copy of the shared LayerNorm output before their in-place RoPE),
+all pure data movement saved.
 A bf16 IR runs its Canvas Reads' attention (71 queries over >= 2,048 canvas tokens) as two MatMuls around a
-float32 Softmax (`reads_on_matmuls`): the CPU plugin's AMX kernels, where its fused attention ran on AVX-512.
+float32 Softmax (`reads_on_matmuls`, the keys read at their head split: no K^T moved): the CPU plugin's AMX
+kernels, where its fused attention ran on AVX-512.
 `--precision <its precision>-int8w` compresses the matmul weights to INT8 (asymmetric, per channel) with NNCF,
 leaving the protected ops (the VPE's Fourier features) untouched.
 """
@@ -210,44 +213,65 @@ def pad_rows(model: Any, kind: str, multiple: int = ROW_MULTIPLE) -> int:
 LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze"}
 
 
+def _layout_chain(end: Any) -> list[Any]:
+    """The layout ops (LAYOUT_OPS, static shapes) that lead to the output `end`, nearest first."""
+    chain, start = [], end
+    while start.get_node().get_type_name() in LAYOUT_OPS and start.get_partial_shape().is_static:
+        chain.append(start.get_node())
+        start = start.get_node().input_value(0)
+    return chain
+
+
+def _returns_its_input(chain: list[Any]) -> bool:
+    """Whether the layout ops `chain` (nearest the end first) return their input unchanged: applied with numpy to an
+    index tensor of the input's shape (a bijection: any reordering shows), not inferred."""
+    import numpy as np
+
+    start, end = chain[-1].input_value(0), chain[0].output(0)
+    if not start.get_partial_shape().is_static or start.get_shape() != end.get_shape():
+        return False
+    index = np.arange(int(np.prod(list(start.get_shape())))).reshape(list(start.get_shape()))
+    for node in reversed(chain):
+        if node.get_type_name() == "Transpose":
+            perm = node.input_value(1).get_node()
+            if perm.get_type_name() != "Constant":
+                return False
+            index = np.transpose(index, [int(p) for p in perm.get_vector()])
+        else:
+            index = index.reshape([int(d) for d in node.get_output_shape(0)])
+    return bool(np.array_equal(index.ravel(), np.arange(index.size)))
+
+
 def drop_identity_layouts(model: Any) -> int:
     """Bypass every chain of two or more layout ops (Reshape/Transpose/Squeeze/Unsqueeze with constant shapes) that
     returns its input unchanged: each reader of the chain's end then reads the chain's start. Why: converting the
     exported attention into ScaledDotProductAttention, OpenVINO 2026.4 transposes K back for the SDPA op after the
     graph's own K^T (torch's export: Reshape, Transpose, Reshape), and the CPU plugin ran both; on the canvas reads
-    that is [8, 1040, 128] moved twice per read. Identity is checked on the data, not inferred: the chain is applied
-    with numpy to an index tensor of its input's shape (a bijection: any reordering shows). Returns how many readers
-    were rewired; the model is changed in place."""
-    import numpy as np
-
-    def apply(node: Any, x: np.ndarray) -> np.ndarray | None:
-        if node.get_type_name() == "Transpose":
-            perm = node.input_value(1).get_node()
-            if perm.get_type_name() != "Constant":
-                return None
-            return np.transpose(x, [int(p) for p in perm.get_vector()])
-        return x.reshape([int(d) for d in node.get_output_shape(0)])
-
+    that is [8, 1040, 128] moved twice per read. Only whole chains (back to a non-layout op) are bypassed: a fused
+    attention's keys keep their head split in front of the pair (the plugin's own K^T, merged with a bare head split,
+    ran slower: docs/measurements/2026-12-03-canvas-passes.md). Returns how many readers were rewired; the model is
+    changed in place."""
     rewired = 0
     for op in list(model.get_ordered_ops()):
         if op.get_type_name() in LAYOUT_OPS:
             continue
         for port in op.inputs():
-            end = port.get_source_output()
-            chain, start = [], end
-            while start.get_node().get_type_name() in LAYOUT_OPS and start.get_partial_shape().is_static:
-                chain.append(start.get_node())
-                start = start.get_node().input_value(0)
-            if len(chain) < 2 or not start.get_partial_shape().is_static or start.get_shape() != end.get_shape():
-                continue
-            index: np.ndarray | None = np.arange(int(np.prod(list(start.get_shape())))).reshape(list(start.get_shape()))
-            for node in reversed(chain):
-                index = apply(node, index) if index is not None else None
-            if index is not None and np.array_equal(index.ravel(), np.arange(index.size)):
-                port.replace_source_output(start)
+            chain = _layout_chain(port.get_source_output())
+            if len(chain) >= 2 and _returns_its_input(chain):
+                port.replace_source_output(chain[-1].input_value(0))
                 rewired += 1
     model.validate_nodes_and_infer_types()
     return rewired
+
+
+def _without_identity_tail(end: Any) -> Any:
+    """`end` read past the longest run of layout ops just before it that returns its input (the export's K^T and
+    OpenVINO's transpose back, behind a head split that stays): the output that run starts from, else `end`."""
+    chain = _layout_chain(end)
+    for length in range(len(chain), 1, -1):
+        if _returns_its_input(chain[:length]):
+            return chain[length - 1].input_value(0)
+    return end
 
 
 def reads_on_matmuls(model: Any, min_ratio: int = 4, min_keys: int = 2048) -> int:
@@ -259,7 +283,9 @@ def reads_on_matmuls(model: Any, min_ratio: int = 4, min_keys: int = 2048) -> in
     its Snippets from fusing the three back. The same products; the softmax's exponentials and sum in f32 (the fused
     kernel's P is bf16 before P.V, as here). Attention with about as many keys as queries (self-attention) or fewer
     (the Canvas Writes) keeps the fused kernel, faster there, and so do the Reads of small canvases (the CanViT-B
-    step was no faster at canvas 32, 1,040 keys; 1.06-1.08x at canvas 64, 4,112 keys).
+    step was no faster at canvas 32, 1,040 keys; 1.06-1.08x at canvas 64, 4,112 keys). The score MatMul reads the
+    keys at their head split, past torch's K^T and OpenVINO's transpose back (_without_identity_tail), so that no
+    [8, 128, keys] K^T is moved (0.91x the step's time at canvas 64 on an AMD EPYC).
     Why: docs/measurements/2026-12-03-canvas-passes.md. Returns how many attentions were rewritten; the model is
     changed in place."""
     import numpy as np
@@ -277,7 +303,7 @@ def reads_on_matmuls(model: Any, min_ratio: int = 4, min_keys: int = 2048) -> in
         if keys < min_ratio * queries or keys < min_keys \
                 or any(e.get_node().get_type_name() != "Constant" for e in extras):
             continue
-        scores = ops.matmul(sdpa.input_value(0), sdpa.input_value(1), False, True).output(0)
+        scores = ops.matmul(sdpa.input_value(0), _without_identity_tail(sdpa.input_value(1)), False, True).output(0)
         head_dim = sdpa.get_input_shape(0)[-1]
         scale = extras[1] if len(extras) > 1 else ops.constant(np.float32(head_dim ** -0.5), ov.Type.bf16).output(0)
         scores = ops.multiply(scores, scale).output(0)
@@ -295,6 +321,41 @@ def reads_on_matmuls(model: Any, min_ratio: int = 4, min_keys: int = 2048) -> in
         rewritten += 1
     model.validate_nodes_and_infer_types()
     return rewritten
+
+
+def layer_norm_per_reader(model: Any) -> dict[str, set[str]]:
+    """Give each reader of a LayerNorm's output beyond the first its own affine: MVN -> Multiply(gamma) -> Add(beta)
+    read by N ops becomes N affines over the one MVN. Why: a Canvas Read's keys and values both read ln_kv(canvas),
+    and the CPU plugin rotates the keys in place (its RoPE node), so it copied the whole shared LayerNorm output for
+    them first (a canvas-sized Reorder per Read, 1.2-1.3 ms at canvas 64); with an affine of their own the keys'
+    RoPE rotates that, and the Reorder is gone (0.97x the step at canvas 64 on an AMD EPYC: the copy cost more than
+    the second affine pass). The same products in the same order (the CanViT-B step's outputs were bitwise those
+    of the shared form; a kernel that fuses the multiply-add may move an ulp).
+    The copy multiplies gamma by the normalized tensor (operands swapped) so that OpenVINO's merge of identical ops
+    does not fold it back. Returns {each copy's output tensor name: the LayerNorm output's tensor names} (so that the
+    compiled-model audit protects a copy of a protected op); the model is changed in place."""
+    import openvino.opset13 as ops
+
+    copies: dict[str, set[str]] = {}
+    for add in list(model.get_ordered_ops()):
+        readers = sorted(add.output(0).get_target_inputs(),  # a set: sorted, so the IR is the same every time
+                         key=lambda r: (r.get_node().get_friendly_name(), r.get_index()))
+        if add.get_type_name() != "Add" or len(readers) < 2:
+            continue
+        mul, beta = add.input_value(0).get_node(), add.input_value(1)
+        if mul.get_type_name() != "Multiply" or mul.input_value(0).get_node().get_type_name() != "MVN" \
+                or mul.input_value(1).get_node().get_type_name() != "Constant" \
+                or beta.get_node().get_type_name() != "Constant":
+            continue
+        for k, reader in enumerate(readers[1:], 1):
+            own = ops.add(ops.multiply(mul.input_value(1), mul.input_value(0)), beta)
+            name = f"{add.get_friendly_name()}/reader{k}"
+            own.set_friendly_name(name)
+            own.output(0).set_names({name})
+            copies[name] = set(add.output(0).get_names())
+            reader.replace_source_output(own.output(0))
+    model.validate_nodes_and_infer_types()
+    return copies
 
 
 def probe_as_matmul(model: Any) -> int:
@@ -406,6 +467,7 @@ def export_openvino(artifact: Path, out: Path | None, *, precision: str | None =
                 padded = pad_rows(model, "int8")
                 int8_facts["quantizer"] += f"; rows of {padded} INT8 MatMuls padded to a multiple of {ROW_MULTIPLE}"
         probe_as_matmul(model)  # after NNCF, which leaves the probe's convolution float (a readout is protected)
+        protected = protected | {copy for copy, of in layer_norm_per_reader(model).items() if of & protected}
         with stages.stage("compiling on CPU and auditing the canvas path in the compiled model's runtime info"):
             audit = _audit_compiled(ov, model, protected)
         with stages.stage("making the state variables and saving the IR" if stateful else "saving the stateless IR"):
