@@ -462,18 +462,18 @@ def test_layer_norm_per_reader() -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_no_canvas_copy_before_the_reads_rope(ir, precision: str) -> None:
-    """In the compiled step (ViT-S, canvas 16: 272 canvas tokens) no Reorder copies a canvas-sized tensor: a Canvas
-    Read's keys have their own LayerNorm affine (layer_norm_per_reader), so the plugin's in-place RoPE no longer copies
-    the LayerNorm output the values share (three copies per glimpse before; with the copy's operands in the same
-    order as the shared affine's, OpenVINO merges the two back and the copies return)."""
-    model = ov.Core().read_model(str(ir(precision, stateful=False) / "step.xml"))  # a stateful IR without readouts
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # has no runtime nodes
+    """In the compiled step (ViT-S, canvas 16: 272 canvas tokens) no Reorder reads a canvas LayerNorm's output: a
+    Canvas Read's keys have their own LayerNorm affine (layer_norm_per_reader), so the plugin's in-place RoPE no longer
+    copies the LayerNorm output the values share (three copies per glimpse before; with the copy's operands in the
+    same order as the shared affine's, OpenVINO merges the two back and the copies return)."""
+    # stateless: the runtime model of a stateful IR without readouts lists its inputs only
+    model = ov.Core().read_model(str(ir(precision, stateful=False) / "step.xml"))
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     runtime = compiled.get_runtime_model().get_ordered_ops()
-    kind = lambda op: op.get_rt_info()["layerType"].astype(str)
     canvas_norms = [op for op in runtime if op.get_output_partial_shape(0).is_static
                     and 272 in list(op.get_output_partial_shape(0).to_shape())
                     and "layer_norm" in op.get_rt_info()["originalLayersNames"].astype(str)]
     assert len(canvas_norms) >= 6, "the canvas LayerNorms (3 Reads, 3 Writes) are there to be checked"
     copies = [target.get_node().get_friendly_name() for norm in canvas_norms for target in norm.output(0).get_target_inputs()
-              if kind(target.get_node()) == "Reorder"]
+              if target.get_node().get_rt_info()["layerType"].astype(str) == "Reorder"]
     assert not copies, copies

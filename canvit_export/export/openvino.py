@@ -338,15 +338,15 @@ def layer_norm_per_reader(model: Any) -> dict[str, set[str]]:
 
     copies: dict[str, set[str]] = {}
     for add in list(model.get_ordered_ops()):
-        readers = sorted(add.output(0).get_target_inputs(),  # a set: sorted, so the IR is the same every time
-                         key=lambda r: (r.get_node().get_friendly_name(), r.get_index()))
-        if add.get_type_name() != "Add" or len(readers) < 2:
+        if add.get_type_name() != "Add" or len(add.output(0).get_target_inputs()) < 2:
             continue
         mul, beta = add.input_value(0).get_node(), add.input_value(1)
         if mul.get_type_name() != "Multiply" or mul.input_value(0).get_node().get_type_name() != "MVN" \
                 or mul.input_value(1).get_node().get_type_name() != "Constant" \
                 or beta.get_node().get_type_name() != "Constant":
             continue
+        readers = sorted(add.output(0).get_target_inputs(),  # a set: sorted, so the IR is the same every time
+                         key=lambda r: (r.get_node().get_friendly_name(), r.get_index()))
         for k, reader in enumerate(readers[1:], 1):
             own = ops.add(ops.multiply(mul.input_value(1), mul.input_value(0)), beta)
             name = f"{add.get_friendly_name()}/reader{k}"
